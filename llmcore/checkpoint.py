@@ -1,0 +1,162 @@
+"""Checkpoints: safetensors weights + optimizer, data-loader, schedule and RNG state.
+
+Layout of `out_dir/ckpt-000100/`: `model.safetensors` (trunk, HF-style names), `aux.safetensors`
+(recipe modules, when any), `optimizer.pt` (or the engine's own files), `state.json` (step,
+loader state, world size), `rng-rank<r>.pt`, `config.yaml`, `tokenizer/`. A directory is
+written as `ckpt-N.tmp` and renamed when complete, then `out_dir/latest` (a one-line text
+file) is replaced atomically, then old checkpoints beyond `keep_last` are pruned. A crash
+therefore never leaves `latest` pointing at a partial checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmcore.errors import CheckpointError
+
+CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+
+
+def ckpt_name(step: int) -> str:
+    return f"ckpt-{step:06d}"
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint dir from: a checkpoint dir, a run dir (its `latest`), or a `latest` file."""
+    p = Path(path)
+    if p.is_file() and p.name == "latest":
+        p = p.parent
+    if p.is_dir() and (p / "latest").is_file():
+        target = p / (p / "latest").read_text().strip()
+        if not target.is_dir():
+            raise CheckpointError(f"{p / 'latest'} points at {target.name}, which does not exist")
+        return target
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if not (p / "state.json").is_file():
+        raise CheckpointError(f"{p} is not a checkpoint (no state.json) and has no `latest` file")
+    return p
+
+
+def latest(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint `out_dir/latest` points at, or None when the run has none yet."""
+    p = Path(out_dir)
+    return resolve(p) if (p / "latest").is_file() else None
+
+
+def split_state(full: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """TrainModule state -> (trunk weights with `model.` stripped, aux weights)."""
+    trunk = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+    aux = {k[len("aux."):]: v for k, v in full.items() if k.startswith("aux.")}
+    return trunk, aux
+
+
+def save(engine, out_dir: str, step: int, train_state: dict, config_yaml: str,
+         tokenizer_dir: str | None, keep_last: int, loader_state: dict | None = None) -> Path:
+    """Write checkpoint `step` atomically on every rank's part; returns the final path."""
+    out = Path(out_dir)
+    final = out / ckpt_name(step)
+    tmp = out / (ckpt_name(step) + ".tmp")
+    full = engine.full_state_dict()  # collective under ZeRO-3: every rank calls it
+    if engine.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    engine.barrier()
+    if engine.is_main:
+        trunk, aux = split_state(full)
+        save_file({k: v.contiguous() for k, v in trunk.items()}, str(tmp / "model.safetensors"))
+        if aux:
+            save_file({k: v.contiguous() for k, v in aux.items()}, str(tmp / "aux.safetensors"))
+        state = dict(train_state, step=step, world_size=engine.world_size, backend=engine.backend,
+                     loader=loader_state)
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        (tmp / "config.yaml").write_text(config_yaml)
+        if tokenizer_dir:
+            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+    engine.save_optimizer(str(tmp))
+    torch.save(rng_state(), tmp / f"rng-rank{engine.rank}.pt")
+    engine.barrier()
+    if engine.is_main:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_latest(out, final.name)
+        prune(out, keep_last)
+    engine.barrier()
+    return final
+
+
+def _write_latest(out: Path, name: str) -> None:
+    tmp = out / f"latest.tmp-{os.getpid()}"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, out / "latest")
+
+
+def prune(out: Path, keep_last: int) -> None:
+    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all)."""
+    if keep_last <= 0:
+        return
+    steps = sorted(int(m.group(1)) for d in out.iterdir() if (m := CKPT_RE.match(d.name)) and d.is_dir())
+    for s in steps[:-keep_last]:
+        shutil.rmtree(out / ckpt_name(s), ignore_errors=True)
+
+
+def read_state(ckpt: Path) -> dict:
+    try:
+        return json.loads((ckpt / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{ckpt / 'state.json'} is unreadable: {e}") from None
+
+
+def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """TrainModule-style state dict (`model.*`, `aux.*`) from the safetensors files."""
+    path = ckpt / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: model.safetensors is missing")
+    try:
+        full = {f"model.{k}": v for k, v in load_file(str(path)).items()}
+        if (ckpt / "aux.safetensors").is_file():
+            full.update({f"aux.{k}": v for k, v in load_file(str(ckpt / "aux.safetensors")).items()})
+    except Exception as e:  # safetensors raises its own types for truncated/corrupt headers
+        raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+    return full
+
+
+def check_compatible(ckpt: Path, state: dict, world_size: int, backend: str) -> None:
+    """A resume must keep the world size of sharded optimizer state; say so otherwise."""
+    saved = state.get("world_size", 1)
+    if saved != world_size and (backend == "deepspeed" or state.get("backend") == "deepspeed"):
+        raise CheckpointError(
+            f"{ckpt} was saved by {saved} DeepSpeed processes; resuming with {world_size} is not supported "
+            f"(launch with --nproc_per_node {saved}, or export-hf and start a new run with train.init_from)")
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_rng(ckpt: Path, rank: int) -> None:
+    path = ckpt / f"rng-rank{rank}.pt"
+    if path.is_file():
+        set_rng_state(torch.load(path, weights_only=False))

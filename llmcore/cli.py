@@ -1,0 +1,192 @@
+"""The `llmcore` command: tokenizer train, data prepare, train, eval, generate, export-hf, import-hf.
+
+Settings of a training run live in the typed config (YAML + dotted overrides), not in flags;
+the flags here are for the one-shot tools around it. Any `LlmcoreError` (bad config key,
+missing file, corrupt shard or checkpoint) prints one line naming the problem and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from llmcore.errors import LlmcoreError
+
+
+def _split_csv(text: str | None) -> list[str]:
+    return [t for t in (text or "").split(",") if t]
+
+
+def cmd_tokenizer_train(a) -> None:
+    from llmcore.registry import all_special_tokens
+    from llmcore.tokenizer import Tokenizer
+
+    specials = _split_csv(a.special_tokens)
+    if not a.no_recipe_tokens:
+        specials += [t for t in all_special_tokens() if t not in specials]
+    tok = Tokenizer.train(a.input, a.out, a.vocab_size, special_tokens=specials, seed=a.seed,
+                          overwrite=a.overwrite)
+    print(f"tokenizer: {a.out} (vocab {tok.vocab_size}, special {', '.join(tok.special_ids) or 'none'})")
+
+
+def cmd_data_prepare(a) -> None:
+    from llmcore.data.prepare import prepare
+    from llmcore.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(a.tokenizer)
+    manifest = prepare(a.input, tok, a.out, val_fraction=a.val_fraction, num_proc=a.num_proc,
+                       text_field=a.text_field, sample_by=a.sample_by, overwrite=a.overwrite, seed=a.seed)
+    # The run finds its tokenizer beside the data unless data.tokenizer says otherwise.
+    shutil.copytree(a.tokenizer, Path(a.out) / "tokenizer", dirs_exist_ok=True)
+    splits = manifest["splits"]
+    print(f"data: {a.out}: " + ", ".join(f"{k} {v['num_tokens']:,} tokens / {v['num_docs']:,} docs"
+                                         for k, v in splits.items()))
+
+
+def load_run_config(path: str | None, overrides: list[str]):
+    from llmcore.config import load_config
+    from llmcore.registry import recipe_config_class
+
+    return load_config(path, overrides, recipe_configs=recipe_config_class)
+
+
+def cmd_train(a) -> None:
+    cfg = load_run_config(a.config, a.overrides)
+    if a.print_config:
+        print(cfg.to_yaml())
+        return
+    from llmcore.train import Trainer
+
+    result = Trainer(cfg).fit()
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, default=float))
+
+
+def cmd_eval(a) -> None:
+    import llmcore
+    from llmcore import evaluate
+
+    model, tok = llmcore.load(a.checkpoint)
+    out: dict = {}
+    if a.data:
+        from llmcore.data.shards import TokenShards
+
+        shards = TokenShards(a.data, "val", expected_tokenizer_hash=tok.hash)
+        out["validation"] = evaluate.validation_loss(model, shards, a.seq_len, a.batch_size, a.max_batches)
+    if a.tasks:
+        res = evaluate.exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens)
+        out["exact_match"] = {k: v for k, v in res.items() if k != "examples"}
+    if not out:
+        raise LlmcoreError("eval needs --data (validation loss) and/or --tasks (exact match)")
+    print(json.dumps(out, indent=1))
+
+
+def cmd_generate(a) -> None:
+    import llmcore
+    from llmcore.generate import generate_text
+
+    model, tok = llmcore.load(a.checkpoint)
+    prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin]
+    outs = generate_text(model, tok, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+                         top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+    for p, o in zip(prompts, outs):
+        print(p + o)
+
+
+def cmd_export_hf(a) -> None:
+    from llmcore.hf import export_hf
+
+    export_hf(a.checkpoint, a.out, overwrite=a.overwrite)
+    print(f"exported {a.checkpoint} -> {a.out}")
+
+
+def cmd_import_hf(a) -> None:
+    from llmcore.hf import import_hf
+
+    import_hf(a.model, a.out)
+    print(f"imported {a.model} -> {a.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmcore", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="action", required=True)
+    t = tok.add_parser("train", help="train a SentencePiece BPE tokenizer")
+    t.add_argument("--input", nargs="+", required=True, help="text/.gz/.jsonl files")
+    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--special-tokens", help="comma-separated extra special tokens")
+    t.add_argument("--no-recipe-tokens", action="store_true",
+                   help="do not reserve the special tokens every registered recipe declares")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(fn=cmd_tokenizer_train)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="action", required=True)
+    d = data.add_parser("prepare", help="tokenize text into memmap shards + manifest")
+    d.add_argument("--input", nargs="+", required=True, help="files or folders (.txt, .gz, .jsonl, .parquet)")
+    d.add_argument("--tokenizer", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--val-fraction", type=float, default=0.01)
+    d.add_argument("--num-proc", type=int, default=1)
+    d.add_argument("--text-field", default="text")
+    d.add_argument("--sample-by", default="paragraph", choices=["line", "paragraph", "document"])
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true")
+    d.set_defaults(fn=cmd_data_prepare)
+
+    tr = sub.add_parser("train", help="train (resumes from train.out_dir/latest)")
+    tr.add_argument("--config", help="YAML config (recipes/configs/*.yaml)")
+    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
+    tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    tr.set_defaults(fn=cmd_train)
+
+    ev = sub.add_parser("eval", help="validation loss and/or exact match of a checkpoint")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", help="prepared data folder (its val split)")
+    ev.add_argument("--tasks", help="prompt/answer jsonl for exact match")
+    ev.add_argument("--seq-len", type=int, default=256)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--max-batches", type=int, default=None)
+    ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.set_defaults(fn=cmd_eval)
+
+    g = sub.add_parser("generate", help="sample continuations (prompts from --prompt or stdin)")
+    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--prompt", action="append")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(fn=cmd_generate)
+
+    ex = sub.add_parser("export-hf", help="write a Hugging Face LlamaForCausalLM folder")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(fn=cmd_export_hf)
+
+    im = sub.add_parser("import-hf", help="turn a Llama-architecture HF folder into a checkpoint")
+    im.add_argument("--model", required=True)
+    im.add_argument("--out", required=True)
+    im.set_defaults(fn=cmd_import_hf)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except LlmcoreError as e:
+        print(f"llmcore: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

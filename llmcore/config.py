@@ -1,0 +1,321 @@
+"""Typed run configuration: dataclasses loaded from YAML plus dotted command-line overrides.
+
+Used by the CLI, the trainer and `llmcore.load`. Every key is checked: an unknown key is an
+error naming the key, the file and the nearest valid key; a value of the wrong type is an error
+naming the key and the expected type. Recipe sections (`sam: {rho: 0.05}`) are typed by the
+recipe's own `Config` dataclass, found through the recipe registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmcore.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Unset (None) fields come from the preset; a set field overrides it."""
+
+    preset: str = "tiny"
+    """Named size from `llmcore.presets` (tiny, 20m, 60m, 150m, 1b, 3b, 8b)."""
+    vocab_size: int | None = None
+    """None: taken from the tokenizer, so model and tokenizer cannot disagree."""
+    d_model: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    ffn_hidden: int | None = None
+    max_seq_len: int | None = None
+    rope_theta: float | None = None
+    norm_eps: float | None = None
+    tie_embeddings: bool | None = None
+    doc_mask: bool = True
+    """Attend only within a document of a packed window (no leakage across documents)."""
+
+
+@dataclass
+class SourceConfig:
+    """One data source of a weighted mixture."""
+
+    path: str = ""
+    """A folder made by `llmcore data prepare`."""
+    weight: float = 1.0
+    name: str = ""
+    """Label in logs and token accounting; defaults to the folder name."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """Prepared data folder (`llmcore data prepare --out`); the single source when `sources` is empty."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """Weighted mixture; when given, `path` is only used for validation data if `val_path` is unset."""
+    val_path: str = ""
+    """Folder whose `val` split is used for evaluation; default: `path` (or the first source)."""
+    tokenizer: str = ""
+    """Tokenizer folder; default: `<path>/tokenizer` (written there by `data prepare`)."""
+    seq_len: int = 256
+    verify: str = "size"
+    """Shard check at open: `size` (cheap, catches truncation) or `full` (sha256 of every shard)."""
+    reverse: bool = False
+    """Right-to-left windows (for a reverse LM, e.g. FSP-RevLM targets)."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    """Applied to matrices only; norms and other 1-D parameters are never decayed."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    """0.95 rather than 0.999: the usual choice for LM pretraining stability."""
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Global L2 norm clip; 0 disables."""
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "cosine"
+    """cosine | wsd (warmup, stable, linear anneal) | constant (after warmup)."""
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak (cosine floor, WSD anneal target)."""
+    anneal_fraction: float = 0.2
+    """WSD only: fraction of max_steps spent in the final linear anneal."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    out_dir: str = "runs/default"
+    seed: int = 0
+    micro_batch_size: int = 8
+    """Sequences per forward pass on one process."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step over all processes; a multiple of micro_batch * world."""
+    precision: str = "auto"
+    """auto (bf16 autocast on a GPU that supports it, else fp32) | fp32 | bf16."""
+    z_loss: float = 0.0
+    log_every: int = 10
+    eval_every: int = 0
+    """0: evaluate only at the end."""
+    eval_batches: int = 20
+    save_every: int = 0
+    """0: save only at the end (and on SIGTERM/SIGUSR1)."""
+    keep_last: int = 3
+    progress: bool = True
+    peak_flops: float = 0.0
+    """Peak FLOP/s of one device for MFU; 0 looks the device up and logs no MFU if unknown."""
+    init_from: str = ""
+    """Checkpoint to start from (weights only), e.g. one made by `import-hf`."""
+
+
+@dataclass
+class EngineConfig:
+    backend: str = "single"
+    """single | ddp | deepspeed."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage (1, 2, 3); 0 with other backends."""
+    deepspeed_config: str = ""
+    """Optional JSON whose keys override the generated DeepSpeed config."""
+    offload: bool = False
+    """DeepSpeed: offload optimizer state to CPU."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    recipes: list[str] = field(default_factory=list)
+    """Recipe names to compose, in order; each may have a section of its own name."""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """Filled by the loader: recipe name -> that recipe's typed Config instance."""
+
+    def validate(self) -> "Config":
+        """Check cross-field rules; raise ConfigError naming the key."""
+        _one_of("schedule.kind", self.schedule.kind, ("cosine", "wsd", "constant"))
+        _one_of("engine.backend", self.engine.backend, ("single", "ddp", "deepspeed"))
+        _one_of("train.precision", self.train.precision, ("auto", "fp32", "bf16"))
+        _one_of("data.verify", self.data.verify, ("size", "full"))
+        _one_of("optim.name", self.optim.name, ("adamw",))
+        if self.engine.backend == "deepspeed" and self.engine.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"engine.zero_stage must be 0-3, got {self.engine.zero_stage}")
+        if self.engine.backend != "deepspeed" and self.engine.zero_stage:
+            raise ConfigError("engine.zero_stage needs engine.backend=deepspeed")
+        for key in ("train.max_steps", "train.micro_batch_size", "train.global_batch_size", "data.seq_len"):
+            if _get(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {_get(self, key)}")
+        if self.train.global_batch_size % self.train.micro_batch_size:
+            raise ConfigError(
+                f"train.global_batch_size={self.train.global_batch_size} is not a multiple of "
+                f"train.micro_batch_size={self.train.micro_batch_size}")
+        if not 0.0 <= self.schedule.anneal_fraction <= 1.0:
+            raise ConfigError(f"schedule.anneal_fraction must be in [0, 1], got {self.schedule.anneal_fraction}")
+        if not self.data.path and not self.data.sources:
+            raise ConfigError("data.path is empty: give a folder made by `llmcore data prepare`")
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (recipe sections at top level), loadable again by `from_dict`."""
+        out = {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "recipe"}
+        for name, sub in self.recipe.items():
+            out[name] = _to_plain(sub)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                recipe_configs: typing.Callable[[str], type | None] | None = None) -> Config:
+    """Load a YAML config, apply `a.b=value` overrides, type-check everything, validate.
+
+    `recipe_configs(name)` returns the Config dataclass of a recipe (or None for a recipe
+    without options); the CLI passes the registry's lookup so llmcore never names a recipe.
+    """
+    source = str(path) if path else "<defaults>"
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return from_dict(raw, source=source, recipe_configs=recipe_configs)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def from_dict(raw: dict, source: str = "<dict>",
+              recipe_configs: typing.Callable[[str], type | None] | None = None) -> Config:
+    """Build a Config from a nested dict (the YAML document), checking every key and type."""
+    raw = dict(raw)
+    recipes = raw.get("recipes", []) or []
+    if isinstance(recipes, str):
+        recipes = [recipes]
+    if not isinstance(recipes, list) or not all(isinstance(r, str) for r in recipes):
+        raise ConfigError(f"{source}: recipes must be a list of names, got {recipes!r}")
+    recipe_sections: dict[str, Any] = {}
+    for name in recipes:
+        cls = recipe_configs(name) if recipe_configs else None
+        section = raw.pop(name, None) or {}
+        if cls is None:
+            if section:
+                raise ConfigError(f"{source}: recipe {name!r} takes no options, got {sorted(section)}")
+            continue
+        recipe_sections[name] = _build(cls, section, name, source)
+    cfg = _build(Config, raw, "", source)
+    cfg.recipes = list(recipes)
+    cfg.recipe = recipe_sections
+    return cfg.validate()
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "recipe"}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
+            raise ConfigError(f"{source}: unknown key {dotted!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, dotted, source)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, source)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, source)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict or tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `1e-3` (no dot) as a string; accept what float() accepts.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{source}: {key} must be {getattr(tp, '__name__', tp)}, got {value!r}")

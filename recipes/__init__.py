@@ -1,0 +1,4 @@
+"""Built-in recipes. Importing this package registers them (llmcore finds it through the
+`llmcore.recipes` entry point in pyproject.toml)."""
+
+from recipes import probe  # noqa: F401
