@@ -227,6 +227,9 @@ class Trainer:
         shards = TokenShards(path, "val", expected_tokenizer_hash=self.tokenizer.hash, verify=d.verify)
         n = max_batches if max_batches is not None else self.cfg.train.eval_batches
         batches = list(eval_batches(shards, d.seq_len, self.cfg.train.micro_batch_size, n))
+        if not batches:
+            log.warning("%s has no validation windows of %d tokens (val_fraction 0?): no val_loss", path, d.seq_len)
+            return {}
         world = self.engine.world_size
         batches = batches[: len(batches) - len(batches) % world] or batches[:1]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -299,8 +302,9 @@ class Trainer:
                                  last["tokens_per_s"])
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
                     ev = self.evaluate()
-                    self.metrics.write({"step": self.step, **ev})
-                    bar.write(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
+                    if ev:
+                        self.metrics.write({"step": self.step, **ev})
+                        bar.write(f"step {self.step}: val_loss {ev['val_loss']:.4f}")
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0 and self.step < cfg.train.max_steps:
                     self.save()
                 if self._stop_requested():

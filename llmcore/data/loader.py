@@ -1,0 +1,225 @@
+"""The training data stream: packed windows from a weighted mixture of token sources.
+
+Used by the trainer (``PackedLoader``: one batch per micro-step, its ``state_dict`` in every
+checkpoint) and by evaluation (``eval_batches`` over a val split).
+
+How the stream is defined, so that it is the same for any number of processes:
+- a source of N tokens offers windows ``[i*T, i*T + T + 1)`` for ``i < (N - 1) // T``
+  (T = seq_len; the extra token gives the last label), visited in a permutation drawn from
+  ``(seed, source index, epoch)`` -- reshuffled every epoch;
+- global sample g comes from the source picked by one uniform of a seeded PCG64 stream
+  (weights normalised), then takes that source's next window;
+- each global batch is samples ``[k*B, (k+1)*B)``; rank r keeps samples r, r + W, r + 2W, ...
+  of it (W = world size), but every rank advances every cursor, so ranks never talk;
+- a recipe ``transform(sample, rng)`` gets ``rng = default_rng([seed, g, 7])``: reproducible
+  on resume without any saved state of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from llmcore.data.shards import TokenShards
+from llmcore.errors import ConfigError, DataError
+
+Transform = Callable[[dict, np.random.Generator], dict]
+_KEYS = ("tokens", "doc_ids", "loss_mask")
+
+
+def to_batch(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack samples {tokens, doc_ids, loss_mask: [T+1]} into the model's batch:
+    input_ids [b, T] = tokens[:-1], labels [b, T] = tokens[1:] (-100 where loss_mask[1:] is
+    False), doc_ids [b, T] = doc_ids[:-1]; all int64."""
+    tokens = np.stack([s["tokens"] for s in samples]).astype(np.int64)
+    mask = np.stack([s["loss_mask"] for s in samples]).astype(bool)
+    doc = np.stack([s["doc_ids"] for s in samples]).astype(np.int64)
+    labels = np.where(mask[:, 1:], tokens[:, 1:], -100)
+    return {"input_ids": torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels)),
+            "doc_ids": torch.from_numpy(np.ascontiguousarray(doc[:, :-1]))}
+
+
+class _Source:
+    """One weighted source: its windows, the current epoch's order and the cursor in it."""
+
+    def __init__(self, index: int, name: str, shards: TokenShards, weight: float,
+                 seq_len: int, seed: int):
+        self.index, self.name, self.shards, self.weight = index, name, shards, weight
+        self.seq_len, self.seed = seq_len, seed
+        self.num_windows = (shards.num_tokens - 1) // seq_len
+        if self.num_windows < 1:
+            raise DataError(f"source {name!r} ({shards.path}, split {shards.split!r}) has "
+                            f"{shards.num_tokens} tokens: fewer than one window of "
+                            f"seq_len + 1 = {seq_len + 1}")
+        self.epoch = self.cursor = self.samples = 0
+        self._order: np.ndarray | None = None
+
+    def order(self) -> np.ndarray:
+        if self._order is None:  # one permutation per epoch, rebuilt lazily after resume
+            rng = np.random.default_rng([self.seed, self.index, self.epoch])
+            self._order = rng.permutation(self.num_windows)
+        return self._order
+
+    def next_window(self) -> int:
+        """Start token of the next window; moves the cursor (and the epoch at its end)."""
+        start = int(self.order()[self.cursor]) * self.seq_len
+        self.cursor += 1
+        self.samples += 1
+        if self.cursor == self.num_windows:
+            self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
+        return start
+
+    def sample(self, start: int) -> dict:
+        n = self.seq_len + 1
+        return {"tokens": self.shards.read(start, n), "doc_ids": self.shards.doc_ids(start, n),
+                "loss_mask": np.ones(n, dtype=bool)}
+
+
+class PackedLoader:
+    """Deterministic, resumable batches of packed windows from weighted sources.
+
+    ``sources``: ``[(name, TokenShards, weight), ...]``. Every ``next_batch()`` returns this
+    rank's ``global_batch_size // world_size`` samples of the next global batch as
+    ``{"input_ids", "labels", "doc_ids"}`` int64 tensors of shape [b, seq_len].
+    """
+
+    def __init__(self, sources: list[tuple[str, TokenShards, float]], seq_len: int,
+                 global_batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 transform: Transform | None = None):
+        if not sources:
+            raise ConfigError("the data loader needs at least one source")
+        if seq_len < 1 or global_batch_size < 1:
+            raise ConfigError(f"seq_len={seq_len} and global_batch_size={global_batch_size} "
+                              "must be >= 1")
+        if world_size < 1 or not 0 <= rank < world_size or global_batch_size % world_size:
+            raise ConfigError(f"global_batch_size={global_batch_size} must be a multiple of "
+                              f"world_size={world_size} (rank={rank})")
+        names = [s[0] for s in sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data source names must be unique: {names}")
+        weights = np.asarray([float(s[2]) for s in sources])
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ConfigError(f"data source weights {dict(zip(names, weights.tolist()))} must "
+                              "be >= 0 with a positive sum")
+        hashes = {s[1].tokenizer_hash for s in sources}
+        if len(hashes) > 1:
+            raise DataError("data sources were made with different tokenizers: "
+                            + ", ".join(f"{n}: {s.tokenizer_hash}" for n, s, _ in sources))
+        self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
+        self.rank, self.world_size, self.transform = rank, world_size, transform
+        self.batch_size = global_batch_size // world_size
+        self._sources = [_Source(i, n, s, float(w), seq_len, seed)
+                         for i, (n, s, w) in enumerate(sources)]
+        self._cdf = np.cumsum(weights) / weights.sum()
+        self._rng = np.random.Generator(np.random.PCG64([seed, 0x6D6978]))  # "mix" stream
+        self.samples = 0  # global samples consumed (all ranks)
+
+    def _pick(self, n: int) -> np.ndarray:
+        u = self._rng.random(n)
+        # min(): u can round to the last cdf entry exactly when it is 1 - eps
+        return np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self._cdf) - 1)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """This rank's part of the next global batch: input_ids, labels, doc_ids [b, T]."""
+        picks = self._pick(self.global_batch_size)
+        samples = []
+        for j, k in enumerate(picks):
+            src = self._sources[int(k)]
+            start = src.next_window()
+            if j % self.world_size != self.rank:
+                continue
+            sample = src.sample(start)
+            if self.transform is not None:
+                g = self.samples + j
+                sample = self._apply(sample, np.random.default_rng([self.seed, g, 7]), src)
+            samples.append(sample)
+        self.samples += self.global_batch_size
+        return to_batch(samples)
+
+    def _apply(self, sample: dict, rng: np.random.Generator, src: _Source) -> dict:
+        out = self.transform(sample, rng)
+        n = self.seq_len + 1
+        if not isinstance(out, dict) or any(len(np.asarray(out.get(k, ()))) != n for k in _KEYS):
+            got = ({k: np.shape(out.get(k)) for k in _KEYS} if isinstance(out, dict)
+                   else type(out).__name__)
+            raise ValueError(f"transform {self.transform!r} must return {_KEYS} of length {n} "
+                             f"each; got {got} (source {src.name!r})")
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return self.next_batch()
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        """JSON-serialisable position: samples consumed, mixing RNG state, per-source
+        epoch/cursor/samples. 128-bit RNG words are strings so any JSON reader keeps them."""
+        st = self._rng.bit_generator.state
+        return {
+            "version": 1, "seed": self.seed, "seq_len": self.seq_len, "samples": self.samples,
+            "rng": {"state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
+                    "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]},
+            "sources": [{"name": s.name, "num_windows": s.num_windows, "epoch": s.epoch,
+                         "cursor": s.cursor, "samples": s.samples,
+                         "tokens": s.samples * self.seq_len} for s in self._sources],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where ``state`` (from ``state_dict``) stopped. The world size and
+        batch size may differ from the saved run; seed, seq_len and sources may not."""
+        if state.get("version") != 1:
+            raise DataError(f"data-loader state has version {state.get('version')!r}, expected 1")
+        for key in ("seed", "seq_len"):
+            if state[key] != getattr(self, key):
+                raise ConfigError(f"cannot resume data loader: saved {key}={state[key]}, "
+                                  f"this run has {key}={getattr(self, key)}")
+        saved = [(s["name"], s["num_windows"]) for s in state["sources"]]
+        mine = [(s.name, s.num_windows) for s in self._sources]
+        if saved != mine:
+            raise DataError(f"cannot resume data loader: saved sources (name, windows) {saved} "
+                            f"differ from this run's {mine}")
+        r = state["rng"]
+        self._rng.bit_generator.state = {
+            "bit_generator": "PCG64", "has_uint32": r["has_uint32"], "uinteger": r["uinteger"],
+            "state": {"state": int(r["state"]), "inc": int(r["inc"])}}
+        self.samples = int(state["samples"])
+        for src, s in zip(self._sources, state["sources"]):
+            src.epoch, src.cursor = int(s["epoch"]), int(s["cursor"])
+            src.samples = int(s["samples"])
+            src._order = None
+
+    def stats(self) -> dict:
+        """Token accounting: per source the samples and tokens (seq_len per sample) consumed
+        by the whole run (all ranks), its share of all tokens, and epochs completed so far."""
+        total = max(1, self.samples)
+        return {"samples": self.samples, "tokens": self.samples * self.seq_len,
+                "sources": {s.name: {"weight": s.weight, "samples": s.samples,
+                                     "tokens": s.samples * self.seq_len,
+                                     "share": s.samples / total, "epoch": s.epoch,
+                                     "epochs": s.epoch + s.cursor / s.num_windows}
+                            for s in self._sources}}
+
+
+def eval_batches(shards: TokenShards, seq_len: int, batch_size: int,
+                 max_batches: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Sequential non-overlapping windows ``[i*T, i*T + T + 1)`` of ``shards`` in batches of
+    ``batch_size`` (the last one may be smaller), same dict as ``PackedLoader.next_batch``."""
+    n_windows = max(0, (shards.num_tokens - 1) // seq_len)
+    batch: list[dict] = []
+    made = 0
+    for i in range(n_windows):
+        if max_batches is not None and made >= max_batches:
+            return
+        start, n = i * seq_len, seq_len + 1
+        batch.append({"tokens": shards.read(start, n), "doc_ids": shards.doc_ids(start, n),
+                      "loss_mask": np.ones(n, dtype=bool)})
+        if len(batch) == batch_size:
+            yield to_batch(batch)
+            made, batch = made + 1, []
+    if batch and (max_batches is None or made < max_batches):
+        yield to_batch(batch)

@@ -1,0 +1,154 @@
+"""The trainer end to end on the `tiny` preset: learning, exact resume, accumulation, signals,
+recipe hooks, checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import llmcore
+from llmcore import checkpoint
+from llmcore.cli import load_run_config
+from llmcore.errors import CheckpointError, DataError
+from llmcore.registry import temporary_recipe
+from llmcore.train import Trainer
+from recipes.base import Recipe
+
+
+def make_cfg(prepared, out_dir, *extra):
+    return load_run_config(None, [
+        f"data.path={prepared}", f"train.out_dir={out_dir}", "model.preset=tiny", "data.seq_len=64",
+        "train.max_steps=20", "train.micro_batch_size=4", "train.global_batch_size=8", "train.log_every=1",
+        "train.progress=false", "train.eval_batches=4", "optim.lr=3e-3", "schedule.warmup_steps=5", *extra])
+
+
+def losses(out_dir):
+    rows = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def trunk(out_dir):
+    return load_file(str(checkpoint.resolve(out_dir) / "model.safetensors"))
+
+
+def test_loss_falls_and_checkpoint_loads(prepared, tmp_path):
+    out = tmp_path / "run"
+    result = Trainer(make_cfg(prepared, out, "train.max_steps=40")).fit()
+    curve = losses(out)
+    assert curve[40] < 0.5 * curve[1], curve
+    assert result["val_loss"] < 0.6 * curve[1]
+    model, tok = llmcore.load(str(out))
+    assert not model.training and tok.vocab_size == model.args.vocab_size
+    ids = torch.tensor([tok.encode("The hacker reads the file")])
+    assert model.logits(model(ids)).shape == (1, ids.shape[1], tok.vocab_size)
+
+
+class StopAt(Recipe):
+    """Sends the process a signal after a given step, as slurm or a user would."""
+
+    step = 10
+    signum = signal.SIGUSR1
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_exact_resume_is_bitwise(prepared, tmp_path):
+    straight = tmp_path / "straight"
+    Trainer(make_cfg(prepared, straight)).fit()
+    split = tmp_path / "split"
+    with temporary_recipe("stop_at", StopAt):
+        first = Trainer(make_cfg(prepared, split, "recipes=[stop_at]")).fit()
+    assert first["stopped_by_signal"] and first["step"] == 10
+    assert checkpoint.resolve(split).name == "ckpt-000010"
+    resumed = Trainer(make_cfg(prepared, split))
+    assert resumed.step == 10
+    resumed.fit()
+    a, b = losses(straight), losses(split)
+    assert [a[s] for s in range(1, 21)] == [b[s] for s in range(1, 21)]  # exact floats
+    wa, wb = trunk(straight), trunk(split)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigterm_checkpoints_and_exits(prepared, tmp_path):
+    class Term(StopAt):
+        step, signum = 3, signal.SIGTERM
+
+    with temporary_recipe("term", Term):
+        result = Trainer(make_cfg(prepared, tmp_path / "r", "recipes=[term]")).fit()
+    assert result["stopped_by_signal"] and result["step"] == 3
+    state = checkpoint.read_state(checkpoint.resolve(tmp_path / "r"))
+    assert state["step"] == 3 and state["loader"]["samples"] > 0
+
+
+def test_gradient_accumulation_matches_one_big_batch(prepared, tmp_path):
+    big = Trainer(make_cfg(prepared, tmp_path / "big", "train.max_steps=3", "train.micro_batch_size=8"))
+    small = Trainer(make_cfg(prepared, tmp_path / "small", "train.max_steps=3", "train.micro_batch_size=2"))
+    assert small.accum == 4 and big.accum == 1
+    big.fit()
+    small.fit()
+    la, lb = losses(tmp_path / "big"), losses(tmp_path / "small")
+    assert [la[s] for s in (1, 2, 3)] == pytest.approx([lb[s] for s in (1, 2, 3)], rel=1e-5)
+    wa, wb = trunk(tmp_path / "big"), trunk(tmp_path / "small")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_probe_recipe_hooks_called_and_weight_zero_is_bit_identical(prepared, tmp_path):
+    Trainer(make_cfg(prepared, tmp_path / "base", "train.max_steps=5")).fit()
+    trainer = Trainer(make_cfg(prepared, tmp_path / "probe", "train.max_steps=5", "recipes=[probe]"))
+    trainer.fit()
+    calls = trainer.recipes.recipes[0].calls
+    for hook in ("bind", "modules", "on_train_start", "on_train_end", "on_eval"):
+        assert calls[hook] >= 1, hook
+    assert calls["transform"] == 5 * 8  # every sample of every step
+    assert calls["optimizer_step"] == 5 and calls["on_step_end"] == 5
+    assert calls["loss"] == 5 * 2  # every micro-batch
+    assert trainer.ignore_ids.tolist() == [trainer.tokenizer.token_id("<probe>")]
+    wa, wb = trunk(tmp_path / "base"), trunk(tmp_path / "probe")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert "probe.weight" in load_file(str(checkpoint.resolve(tmp_path / "probe") / "aux.safetensors"))
+
+
+def test_probe_aux_loss_trains_the_aux_head(prepared, tmp_path):
+    trainer = Trainer(make_cfg(prepared, tmp_path / "p", "train.max_steps=3", "recipes=[probe]",
+                               "probe.loss_weight=1.0"))
+    w0 = trainer.engine.module.aux["probe"].weight.detach().clone()
+    result = trainer.fit()
+    assert "probe/aux" in result and result["probe/aux"] > 0
+    assert not torch.equal(w0, trainer.engine.module.aux["probe"].weight.detach())
+
+
+def test_keep_last_prunes_old_checkpoints(prepared, tmp_path):
+    out = tmp_path / "r"
+    Trainer(make_cfg(prepared, out, "train.max_steps=8", "train.save_every=2", "train.keep_last=2")).fit()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("ckpt")) == ["ckpt-000006", "ckpt-000008"]
+    assert (out / "latest").read_text().strip() == "ckpt-000008"
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_untouched(prepared, tmp_path):
+    out = tmp_path / "r"
+    Trainer(make_cfg(prepared, out, "train.max_steps=2")).fit()
+    weights = checkpoint.resolve(out) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        Trainer(make_cfg(prepared, out, "train.max_steps=4"))
+    assert sorted(p.name for p in out.rglob("*")) == before
+    (out / "latest").write_text("ckpt-000099\n")
+    with pytest.raises(CheckpointError, match="ckpt-000099"):
+        Trainer(make_cfg(prepared, out, "train.max_steps=4"))
+
+
+def test_data_from_another_tokenizer_is_rejected(prepared, tmp_path, corpus_file):
+    from llmcore.tokenizer import Tokenizer
+
+    other = Tokenizer.train([str(corpus_file)], str(tmp_path / "tok2"), 400)
+    with pytest.raises(DataError, match="tokenizer"):
+        Trainer(make_cfg(prepared, tmp_path / "r", f"data.tokenizer={other.path}"))
