@@ -55,12 +55,18 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
+    format: str = "tokens"
+    """tokens: packed windows of prepared shards | sft: prompt/answer jsonl, loss on answers."""
     path: str = ""
-    """Prepared data folder (`llmcore data prepare --out`); the single source when `sources` is empty."""
+    """tokens: prepared data folder (`llmcore data prepare --out`), the single source when
+    `sources` is empty. sft: the training jsonl."""
     sources: list[SourceConfig] = field(default_factory=list)
     """Weighted mixture; when given, `path` is only used for validation data if `val_path` is unset."""
     val_path: str = ""
-    """Folder whose `val` split is used for evaluation; default: `path` (or the first source)."""
+    """tokens: folder whose `val` split is used for evaluation; default: `path` (or the first
+    source). sft: the validation jsonl (default: none)."""
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
     tokenizer: str = ""
     """Tokenizer folder; default: `<path>/tokenizer` (written there by `data prepare`)."""
     seq_len: int = 256
@@ -152,6 +158,10 @@ class Config:
         _one_of("engine.backend", self.engine.backend, ("single", "ddp", "deepspeed"))
         _one_of("train.precision", self.train.precision, ("auto", "fp32", "bf16"))
         _one_of("data.verify", self.data.verify, ("size", "full"))
+        _one_of("data.format", self.data.format, ("tokens", "sft"))
+        if self.data.format == "sft" and (self.data.sources or not self.data.tokenizer):
+            raise ConfigError("data.format=sft reads one jsonl (data.path) and needs data.tokenizer; "
+                              "data.sources is for token shards")
         _one_of("optim.name", self.optim.name, ("adamw",))
         if self.engine.backend == "deepspeed" and self.engine.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"engine.zero_stage must be 0-3, got {self.engine.zero_stage}")

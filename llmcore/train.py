@@ -22,6 +22,7 @@ import torch
 from llmcore import checkpoint
 from llmcore.config import Config
 from llmcore.data.loader import PackedLoader, eval_batches
+from llmcore.data.sft import SFTLoader, sft_eval_batches
 from llmcore.data.shards import TokenShards
 from llmcore.engine import Engine, TrainModule, build_engine
 from llmcore.errors import ConfigError
@@ -68,6 +69,15 @@ class StepContext:
             self.engine.zero_grad()
 
 
+def _reversed_then(transform: Callable | None) -> Callable:
+    """Reverse each window (a right-to-left LM, e.g. FSP-RevLM's target model), then apply
+    the recipes' transform to the reversed sample."""
+    def fn(sample: dict, rng) -> dict:
+        sample = {k: (v[::-1].copy() if k in ("tokens", "doc_ids", "loss_mask") else v) for k, v in sample.items()}
+        return transform(sample, rng) if transform is not None else sample
+    return fn
+
+
 def tokenizer_dir(cfg: Config) -> str:
     if cfg.data.tokenizer:
         return cfg.data.tokenizer
@@ -102,9 +112,7 @@ class Trainer:
             raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
                               f"micro_batch_size x world size = {cfg.train.micro_batch_size} x {world}")
         self.accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world)
-        self.loader = PackedLoader(self._sources(), cfg.data.seq_len, cfg.train.global_batch_size,
-                                   seed=cfg.train.seed, rank=self.engine.rank, world_size=world,
-                                   transform=self.recipes.transform())
+        self.loader = self._make_loader()
         ids = self.recipes.ignore_ids()
         self.ignore_ids = torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
         self.use_bf16 = cfg.train.precision == "bf16" or (
@@ -118,6 +126,31 @@ class Trainer:
         self._restore()
 
     # --- set-up -------------------------------------------------------------------------------
+    def _make_loader(self):
+        d, t = self.cfg.data, self.cfg.train
+        transform = self.recipes.transform()
+        if d.reverse:
+            transform = _reversed_then(transform)
+        common = dict(seed=t.seed, rank=self.engine.rank, world_size=self.engine.world_size, transform=transform)
+        if d.format == "sft":
+            return SFTLoader(d.path, self.tokenizer, d.seq_len, t.global_batch_size, prompt_field=d.prompt_field,
+                             answer_field=d.answer_field, **common)
+        return PackedLoader(self._sources(), d.seq_len, t.global_batch_size, **common)
+
+    def _eval_batches(self, n: int) -> tuple[str, list[dict]]:
+        d, mb = self.cfg.data, self.cfg.train.micro_batch_size
+        if d.format == "sft":
+            if not d.val_path:
+                return "data.val_path", []
+            return d.val_path, list(sft_eval_batches(d.val_path, self.tokenizer, d.seq_len, mb, n,
+                                                     transform=self.recipes.transform(), seed=self.cfg.train.seed,
+                                                     prompt_field=d.prompt_field, answer_field=d.answer_field))
+        path = d.val_path or d.path or d.sources[0].path
+        shards = TokenShards(path, "val", expected_tokenizer_hash=self.tokenizer.hash, verify=d.verify)
+        reverse = _reversed_then(None) if d.reverse else None
+        return path, list(eval_batches(shards, d.seq_len, mb, n,
+                                       transform=(lambda s: reverse(s, None)) if reverse else None))
+
     def _sources(self) -> list[tuple[str, TokenShards, float]]:
         d = self.cfg.data
         specs = [(s.name or Path(s.path).name, s.path, s.weight) for s in d.sources] or [(Path(d.path).name, d.path, 1.0)]
@@ -222,13 +255,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, max_batches: int | None = None) -> dict:
         """Mean next-token loss and perplexity on the validation split (all ranks share it)."""
-        d = self.cfg.data
-        path = d.val_path or d.path or d.sources[0].path
-        shards = TokenShards(path, "val", expected_tokenizer_hash=self.tokenizer.hash, verify=d.verify)
-        n = max_batches if max_batches is not None else self.cfg.train.eval_batches
-        batches = list(eval_batches(shards, d.seq_len, self.cfg.train.micro_batch_size, n))
+        path, batches = self._eval_batches(max_batches if max_batches is not None else self.cfg.train.eval_batches)
         if not batches:
-            log.warning("%s has no validation windows of %d tokens (val_fraction 0?): no val_loss", path, d.seq_len)
+            log.warning("%s has no validation data (val_fraction 0, or no sft val file): no val_loss", path)
             return {}
         world = self.engine.world_size
         batches = batches[: len(batches) - len(batches) % world] or batches[:1]

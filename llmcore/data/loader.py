@@ -206,9 +206,11 @@ class PackedLoader:
 
 
 def eval_batches(shards: TokenShards, seq_len: int, batch_size: int,
-                 max_batches: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                 max_batches: int | None = None,
+                 transform: Callable[[dict], dict] | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Sequential non-overlapping windows ``[i*T, i*T + T + 1)`` of ``shards`` in batches of
-    ``batch_size`` (the last one may be smaller), same dict as ``PackedLoader.next_batch``."""
+    ``batch_size`` (the last one may be smaller), same dict as ``PackedLoader.next_batch``.
+    ``transform(sample)`` rewrites each window first (e.g. reversal for a right-to-left LM)."""
     n_windows = max(0, (shards.num_tokens - 1) // seq_len)
     batch: list[dict] = []
     made = 0
@@ -216,8 +218,9 @@ def eval_batches(shards: TokenShards, seq_len: int, batch_size: int,
         if max_batches is not None and made >= max_batches:
             return
         start, n = i * seq_len, seq_len + 1
-        batch.append({"tokens": shards.read(start, n), "doc_ids": shards.doc_ids(start, n),
-                      "loss_mask": np.ones(n, dtype=bool)})
+        sample = {"tokens": shards.read(start, n), "doc_ids": shards.doc_ids(start, n),
+                  "loss_mask": np.ones(n, dtype=bool)}
+        batch.append(transform(sample) if transform is not None else sample)
         if len(batch) == batch_size:
             yield to_batch(batch)
             made, batch = made + 1, []

@@ -1,0 +1,136 @@
+"""Supervised fine-tuning data: prompt/answer jsonl, loss on the answer only.
+
+Used by the trainer when `data.format: sft` (pause-finetuning, task fine-tunes, the
+forgetting harness). Each example becomes one row of seq_len + 1 tokens:
+`prompt + answer + eos`, right-padded with `pad`; `loss_mask` is True on the answer and eos
+(target side) only. Rows carry `prompt_len` so recipe transforms can act at the boundary
+(e.g. append pauses after the prompt). The loader has PackedLoader's interface: the global
+batch is the same for any world size, rank r takes rows r, r+W, ...; resumable; a transform
+gets `rng = default_rng([seed, global_index, 7])`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from llmcore.errors import ConfigError, DataError
+
+
+def read_examples(path: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[tuple[str, str]]:
+    """(prompt, answer) pairs of a jsonl file; DataError naming the file and line otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"SFT file not found: {p}")
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or prompt_field not in row or answer_field not in row:
+            raise DataError(f"{p}:{n}: needs string fields {prompt_field!r} and {answer_field!r}")
+        out.append((str(row[prompt_field]), str(row[answer_field])))
+    if not out:
+        raise DataError(f"{p} has no examples")
+    return out
+
+
+def encode_examples(examples: list[tuple[str, str]], tokenizer, seq_len: int, where: str) -> list[dict]:
+    """Token rows of length seq_len + 1 (see module docstring)."""
+    n = seq_len + 1
+    rows = []
+    for i, (prompt, answer) in enumerate(examples):
+        p_ids = tokenizer.encode(prompt)
+        a_ids = tokenizer.encode(answer) + [tokenizer.eos_id]
+        ids = p_ids + a_ids
+        if len(ids) > n:
+            raise DataError(f"{where} example {i}: {len(ids)} tokens exceed data.seq_len + 1 = {n}")
+        tokens = np.full(n, tokenizer.pad_id, dtype=np.int64)
+        tokens[:len(ids)] = ids
+        mask = np.zeros(n, dtype=bool)
+        mask[len(p_ids):len(ids)] = True
+        doc = np.zeros(n, dtype=np.int64)
+        doc[len(ids):] = 1  # padding is its own document
+        rows.append({"tokens": tokens, "doc_ids": doc, "loss_mask": mask, "prompt_len": len(p_ids)})
+    return rows
+
+
+def rows_to_batch(rows: list[dict]) -> dict[str, torch.Tensor]:
+    tokens = np.stack([r["tokens"] for r in rows])
+    mask = np.stack([r["loss_mask"] for r in rows])
+    doc = np.stack([r["doc_ids"] for r in rows])
+    return {"input_ids": torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
+            "labels": torch.from_numpy(np.ascontiguousarray(np.where(mask[:, 1:], tokens[:, 1:], -100))),
+            "doc_ids": torch.from_numpy(np.ascontiguousarray(doc[:, :-1]))}
+
+
+class SFTLoader:
+    """Shuffled (per epoch, seeded) batches of SFT rows; the PackedLoader interface."""
+
+    def __init__(self, path: str, tokenizer, seq_len: int, global_batch_size: int, *, seed: int,
+                 rank: int = 0, world_size: int = 1, transform: Callable | None = None,
+                 prompt_field: str = "prompt", answer_field: str = "answer"):
+        if global_batch_size % world_size:
+            raise ConfigError(f"global batch {global_batch_size} is not divisible by world size {world_size}")
+        self.path, self.seq_len, self.seed = path, seq_len, seed
+        self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
+        self.transform = transform
+        self.rows = encode_examples(read_examples(path, prompt_field, answer_field), tokenizer, seq_len, path)
+        self.samples = 0
+        self._perm_epoch, self._perm = -1, None
+
+    def _row_index(self, g: int) -> int:
+        epoch, pos = divmod(g, len(self.rows))
+        if self._perm_epoch != epoch:  # one permutation per epoch, a pure function of (seed, epoch)
+            self._perm = np.random.default_rng([self.seed, epoch, 11]).permutation(len(self.rows))
+            self._perm_epoch = epoch
+        return int(self._perm[pos])
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        rows = []
+        for j in range(self.rank, self.global_batch_size, self.world_size):
+            g = self.samples + j
+            row = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.rows[self._row_index(g)].items()}
+            if self.transform is not None:
+                row = self.transform(row, np.random.default_rng([self.seed, g, 7]))
+            rows.append(row)
+        self.samples += self.global_batch_size
+        return rows_to_batch(rows)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"version": 1, "kind": "sft", "seed": self.seed, "samples": self.samples, "examples": len(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "sft" or state.get("examples") != len(self.rows) or state.get("seed") != self.seed:
+            raise DataError(f"cannot resume SFT loader on {self.path}: saved state {state} does not match "
+                            f"{len(self.rows)} examples, seed {self.seed}")
+        self.samples = int(state["samples"])
+
+    def stats(self) -> dict:
+        return {"samples": self.samples, "epochs": self.samples / len(self.rows)}
+
+
+def sft_eval_batches(path: str, tokenizer, seq_len: int, batch_size: int, max_batches: int | None = None,
+                     transform: Callable | None = None, seed: int = 0,
+                     prompt_field: str = "prompt", answer_field: str = "answer") -> Iterator[dict]:
+    """The examples of `path` in file order, batched; `transform` applied as in training."""
+    rows = encode_examples(read_examples(path, prompt_field, answer_field), tokenizer, seq_len, path)
+    if transform is not None:
+        rows = [transform(r, np.random.default_rng([seed, i, 13])) for i, r in enumerate(rows)]
+    for b, start in enumerate(range(0, len(rows), batch_size)):
+        if max_batches is not None and b >= max_batches:
+            return
+        yield rows_to_batch(rows[start:start + batch_size])
