@@ -16,19 +16,21 @@ def load(path: str, device: str | None = None):
     import torch
 
     from llmcore import checkpoint
-    from llmcore.config import from_dict
     from llmcore.model import Transformer
-    from llmcore.presets import resolve_model_args
     from llmcore.tokenizer import Tokenizer
-    import yaml
 
     ckpt = checkpoint.resolve(path)
-    raw = yaml.safe_load((ckpt / "config.yaml").read_text())
-    cfg = from_dict({k: raw[k] for k in ("model",) if k in raw} | {"data": {"path": "-"}})
     tokenizer = Tokenizer.load(str(ckpt / "tokenizer"))
-    args = resolve_model_args(cfg.model, tokenizer.vocab_size)
-    model = Transformer(args)
+    model = Transformer(checkpoint.model_args(ckpt, tokenizer.vocab_size))
     weights = {k[len("model."):]: v for k, v in checkpoint.load_weights(ckpt).items() if k.startswith("model.")}
     model.load_state_dict(weights)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.eval(), tokenizer
+
+
+def load_recipes(path: str):
+    """The recipes (a RecipeSet, bound to nothing yet) a checkpoint was trained with, for
+    their decoding hooks: `generate_text(..., recipes=llmcore.load_recipes(path))`."""
+    from llmcore import checkpoint
+
+    return checkpoint.recipes(checkpoint.resolve(path))

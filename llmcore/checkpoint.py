@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmcore.errors import CheckpointError
+from llmcore.errors import CheckpointError, ConfigError
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 
@@ -160,3 +160,38 @@ def load_rng(ckpt: Path, rank: int) -> None:
     path = ckpt / f"rng-rank{rank}.pt"
     if path.is_file():
         set_rng_state(torch.load(path, weights_only=False))
+
+
+def _saved_config(ckpt: Path) -> dict:
+    path = ckpt / "config.yaml"
+    try:
+        import yaml
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is missing or unreadable: {e}") from None
+
+
+def model_args(ckpt: Path, vocab_size: int | None):
+    """The checkpoint's architecture (ModelArgs) from its config.yaml."""
+    from llmcore.config import from_dict
+    from llmcore.presets import resolve_model_args
+
+    raw = _saved_config(ckpt)
+    try:
+        cfg = from_dict({"model": raw.get("model") or {}, "data": {"path": "-"}}, source=str(ckpt / "config.yaml"))
+        return resolve_model_args(cfg.model, vocab_size)
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt / 'config.yaml'}: {e}") from None
+
+
+def recipes(ckpt: Path):
+    """The RecipeSet the checkpoint was trained with (for its decoding hooks: pauses, bans, …)."""
+    from llmcore.config import from_dict
+    from llmcore.registry import RecipeSet, recipe_config_class
+
+    raw = _saved_config(ckpt)
+    names = raw.get("recipes") or []
+    sections = {n: raw[n] for n in names if n in raw}
+    cfg = from_dict({"data": {"path": "-"}, "recipes": names, **sections}, source=str(ckpt / "config.yaml"),
+                    recipe_configs=recipe_config_class)
+    return RecipeSet.from_config(cfg)

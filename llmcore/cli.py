@@ -70,14 +70,21 @@ def cmd_eval(a) -> None:
     from llmcore import evaluate
 
     model, tok = llmcore.load(a.checkpoint)
+    recipes = llmcore.load_recipes(a.checkpoint)
+    recipes.bind(tok)
     out: dict = {}
     if a.data:
         from llmcore.data.shards import TokenShards
 
         shards = TokenShards(a.data, "val", expected_tokenizer_hash=tok.hash)
-        out["validation"] = evaluate.validation_loss(model, shards, a.seq_len, a.batch_size, a.max_batches)
+        from llmcore.data.stats import unigram_entropy
+
+        out["validation"] = evaluate.validation_loss(model, shards, a.seq_len, a.batch_size, a.max_batches,
+                                                     ignore_ids=recipes.ignore_ids())
+        # The context-free baseline: a useful model's loss is well below it.
+        out["validation"]["unigram_entropy"] = unigram_entropy(shards)
     if a.tasks:
-        res = evaluate.exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens)
+        res = evaluate.exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens, recipes=recipes)
         out["exact_match"] = {k: v for k, v in res.items() if k != "examples"}
     if not out:
         raise LlmcoreError("eval needs --data (validation loss) and/or --tasks (exact match)")
@@ -91,22 +98,22 @@ def cmd_generate(a) -> None:
     model, tok = llmcore.load(a.checkpoint)
     prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin]
     outs = generate_text(model, tok, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                         top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+                         top_k=a.top_k, top_p=a.top_p, seed=a.seed, recipes=llmcore.load_recipes(a.checkpoint))
     for p, o in zip(prompts, outs):
         print(p + o)
 
 
 def cmd_export_hf(a) -> None:
-    from llmcore.hf import export_hf
+    from llmcore.export import export_hf
 
-    export_hf(a.checkpoint, a.out, overwrite=a.overwrite)
+    export_hf(a.checkpoint, a.out, overwrite=a.overwrite, max_shard_size=a.max_shard_size, dtype=a.dtype)
     print(f"exported {a.checkpoint} -> {a.out}")
 
 
 def cmd_import_hf(a) -> None:
-    from llmcore.hf import import_hf
+    from llmcore.export import import_hf
 
-    import_hf(a.model, a.out)
+    import_hf(a.model, a.out, overwrite=a.overwrite)
     print(f"imported {a.model} -> {a.out}")
 
 
@@ -169,11 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--out", required=True)
     ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--max-shard-size", default="2GB", help="split model.safetensors above this size")
+    ex.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast weights")
     ex.set_defaults(fn=cmd_export_hf)
 
     im = sub.add_parser("import-hf", help="turn a Llama-architecture HF folder into a checkpoint")
     im.add_argument("--model", required=True)
     im.add_argument("--out", required=True)
+    im.add_argument("--overwrite", action="store_true")
     im.set_defaults(fn=cmd_import_hf)
     return p
 

@@ -74,8 +74,10 @@ class Attention(nn.Module):
         k, v = cache.append(k, v)  # (B, S, Hkv, D)
         T, S = q.shape[1], k.shape[1]
         qpos = torch.arange(start, start + T, device=q.device)[:, None]
-        allowed = qpos >= torch.arange(S, device=q.device)[None, :]  # (T, S)
-        mask = allowed[None, None] & key_mask[:, None, None, :S]  # (B, 1, T, S)
+        kpos = torch.arange(S, device=q.device)[None, :]
+        # A pad query still sees itself: a row with no visible key gives NaN on some GPU
+        # backends, and NaN leaks into real tokens through 0 * NaN in the values.
+        mask = (qpos >= kpos)[None, None] & (key_mask[:, None, None, :S] | (qpos == kpos)[None, None])  # (B, 1, T, S)
         rep = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(rep, dim=2)
         v = v.repeat_interleave(rep, dim=2)

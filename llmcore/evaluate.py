@@ -1,0 +1,111 @@
+"""Evaluation of a trained model: validation loss / perplexity and exact match on prompt->answer tasks.
+
+Used by the CLI (`llmcore eval`) and by anyone scoring a checkpoint from Python
+(`model, tok = llmcore.load(ckpt)`). The loss goes through `kernels.linear_cross_entropy`,
+so [tokens, vocab] logits never exist, as in training; exact match decodes greedily with
+`llmcore.generate`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Sequence
+
+import torch
+
+import kernels
+from llmcore.data.loader import eval_batches
+from llmcore.data.shards import TokenShards
+from llmcore.errors import DataError
+from llmcore.generate import generate_text
+
+
+@torch.inference_mode()
+def validation_loss(model, shards: TokenShards | str, seq_len: int, batch_size: int,
+                    max_batches: int | None = None,
+                    ignore_ids: Sequence[int] | None = None) -> dict:
+    """Mean next-token loss over consecutive windows of a validation split.
+
+    `shards` is a TokenShards (or a prepared data folder, whose `val` split is read); windows
+    of `seq_len` (+1 for the last label) come from `llmcore.data.loader.eval_batches`.
+    `ignore_ids` are target ids that take no loss (e.g. a recipe's `<pause>`), as in training.
+    Returns {"loss": nats per token, "ppl": exp(loss), "tokens": number of scored targets}.
+    """
+    if isinstance(shards, (str, os.PathLike)):
+        shards = TokenShards(str(shards), "val")
+    device = next(model.parameters()).device
+    weight = model.output_weight
+    ignore = None if not ignore_ids else torch.tensor(list(ignore_ids), dtype=torch.long, device=device)
+    total, count = 0.0, 0
+    for batch in eval_batches(shards, seq_len, batch_size, max_batches):
+        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        h = model(ids, batch["doc_ids"].to(device))  # (B, T, d)
+        loss_sum = kernels.linear_cross_entropy(h.reshape(-1, h.shape[-1]), weight, labels.reshape(-1),
+                                                ignore_ids=ignore, reduction="sum")
+        keep = labels != -100
+        if ignore is not None:
+            keep &= ~torch.isin(labels, ignore)
+        total += float(loss_sum.float())
+        count += int(keep.sum())
+    if count == 0:
+        raise DataError(f"{shards.path} split {shards.split!r} has {shards.num_tokens} tokens: "
+                        f"not one window of seq_len={seq_len} to evaluate")
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 80.0)), "tokens": count}
+
+
+def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[dict]:
+    """The (prompt, answer) pairs of a JSON-lines file; blank lines are skipped.
+
+    DataError naming the file and line number for a missing file, a line that is not a JSON
+    object, or one without both fields.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"task file {path} does not exist")
+    tasks = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in (prompt_field, answer_field) if k not in row]
+            if missing:
+                raise DataError(f"{path}:{lineno}: missing field(s) {missing} (has {sorted(row)})")
+            tasks.append({"prompt": str(row[prompt_field]), "answer": str(row[answer_field])})
+    if not tasks:
+        raise DataError(f"task file {path} holds no examples")
+    return tasks
+
+
+def first_line(text: str) -> str:
+    """The answer part of a generation: up to the first newline, stripped."""
+    return text.split("\n", 1)[0].strip()
+
+
+def exact_match(model, tokenizer, jsonl_path: str, *, max_new_tokens: int = 32,
+                prompt_field: str = "prompt", answer_field: str = "answer", recipes=None,
+                batch_size: int = 16) -> dict:
+    """Greedy exact match on a prompt->answer JSON-lines task.
+
+    A prediction is the generated text up to the first newline (or eos), stripped; it is
+    correct when it equals the stripped answer. Returns {"accuracy", "n", "examples": [{prompt,
+    answer, prediction, correct}]}.
+    """
+    tasks = read_tasks(jsonl_path, prompt_field, answer_field)
+    examples = []
+    for start in range(0, len(tasks), batch_size):
+        chunk = tasks[start:start + batch_size]
+        outs = generate_text(model, tokenizer, [t["prompt"] for t in chunk], max_new_tokens,
+                             temperature=0.0, recipes=recipes)
+        for t, out in zip(chunk, outs):
+            pred = first_line(out)
+            examples.append(dict(t, prediction=pred, correct=pred == t["answer"].strip()))
+    n_correct = sum(e["correct"] for e in examples)
+    return {"accuracy": n_correct / len(examples), "n": len(examples), "examples": examples}
