@@ -1,0 +1,45 @@
+"""The `llmcore` command end to end, and its one-line errors for bad input."""
+
+import json
+
+import pytest
+
+from llmcore.cli import main
+
+
+def test_pipeline_from_text_to_hf_folder(tmp_path, corpus_file, capsys):
+    tok, data, run, hf = (str(tmp_path / n) for n in ("tok", "data", "run", "hf"))
+    assert main(["tokenizer", "train", "--input", str(corpus_file), "--vocab-size", "400", "--out", tok]) == 0
+    assert main(["data", "prepare", "--input", str(corpus_file), "--tokenizer", tok, "--out", data,
+                 "--val-fraction", "0.05"]) == 0
+    assert main(["train", "--config", "recipes/configs/tiny.yaml", f"data.path={data}", f"train.out_dir={run}",
+                 "data.seq_len=64", "train.max_steps=30", "train.progress=false", "train.eval_every=0",
+                 "train.save_every=0"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", run, "--data", data, "--seq-len", "64"]) == 0
+    val = json.loads(capsys.readouterr().out)["validation"]
+    assert val["loss"] < val["unigram_entropy"]
+    assert main(["generate", "--checkpoint", run, "--prompt", "The hacker", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.startswith("The hacker")
+    assert main(["export-hf", "--checkpoint", run, "--out", hf]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys, prepared):
+    assert main(["train", "--config", "recipes/configs/tiny.yaml", "optim.lrr=1"]) == 2
+    assert "unknown key 'optim.lrr'; did you mean 'optim.lr'?" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["train", "--config", "recipes/configs/tiny.yaml", f"data.path={tmp_path}/missing",
+                 f"train.out_dir={tmp_path}/r"]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "none"), "--data", str(prepared)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["data", "prepare", "--input", str(tmp_path / "no.txt"), "--tokenizer", str(prepared / "tokenizer"),
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "no.txt" in capsys.readouterr().err
+
+
+def test_print_config_resolves_overrides(capsys):
+    assert main(["train", "--config", "recipes/configs/tiny.yaml", "optim.lr=0.5", "--print-config"]) == 0
+    assert "lr: 0.5" in capsys.readouterr().out
