@@ -35,3 +35,14 @@ def test_explicit_fields_override_preset_and_tokenizer_vocab():
         resolve_model_args(ModelConfig(preset="tinny"))
     with pytest.raises(ConfigError, match="n_heads=4 is not divisible by model.n_kv_heads=3"):
         resolve_model_args(ModelConfig(preset="tiny", n_kv_heads=3))
+
+
+def test_readme_table_matches_presets():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)`[^|]*\|(?:[^|]*\|){5} ([\d,]+) \|$", readme, flags=re.M)
+    assert len(rows) == len(preset_names())
+    for name, count in rows:
+        assert get_preset(name).num_params() == int(count.replace(",", "")), name
