@@ -8,7 +8,6 @@ so [tokens, vocab] logits never exist, as in training; exact match decodes greed
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Sequence
@@ -17,6 +16,7 @@ import torch
 
 import kernels
 from llmcore.data.loader import eval_batches
+from llmcore.data.sft import read_tasks
 from llmcore.data.shards import TokenShards
 from llmcore.errors import DataError
 from llmcore.generate import generate_text
@@ -54,34 +54,6 @@ def validation_loss(model, shards: TokenShards | str, seq_len: int, batch_size: 
                         f"not one window of seq_len={seq_len} to evaluate")
     loss = total / count
     return {"loss": loss, "ppl": math.exp(min(loss, 80.0)), "tokens": count}
-
-
-def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[dict]:
-    """The (prompt, answer) pairs of a JSON-lines file; blank lines are skipped.
-
-    DataError naming the file and line number for a missing file, a line that is not a JSON
-    object, or one without both fields.
-    """
-    if not os.path.isfile(path):
-        raise DataError(f"task file {path} does not exist")
-    tasks = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in (prompt_field, answer_field) if k not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field(s) {missing} (has {sorted(row)})")
-            tasks.append({"prompt": str(row[prompt_field]), "answer": str(row[answer_field])})
-    if not tasks:
-        raise DataError(f"task file {path} holds no examples")
-    return tasks
 
 
 def first_line(text: str) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 import sentencepiece as spm
 
 from llmcore.errors import TokenizerError
+from llmcore.fsutil import replace_dir
 
 MODEL_FILE = "tokenizer.model"
 SPECIALS_FILE = "special_tokens.json"
@@ -171,7 +172,7 @@ class Tokenizer:
             with open(os.path.join(tmp, SPECIALS_FILE), "w") as f:
                 json.dump(meta, f, indent=1)
                 f.write("\n")
-            _replace_dir(tmp, out_dir)
+            replace_dir(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -306,14 +307,3 @@ def _reservoir(items: Iterable[str], k: int, seed: int) -> list[str]:
         if j < k:
             out[j] = item
     return out
-
-
-def _replace_dir(tmp: str, out_dir: str) -> None:
-    """Move the finished ``tmp`` folder to ``out_dir``; an old ``out_dir`` goes only after."""
-    old = None
-    if os.path.exists(out_dir):
-        old = f"{out_dir}.old-{os.getpid()}"
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)

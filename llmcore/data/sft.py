@@ -21,34 +21,42 @@ import torch
 from llmcore.errors import ConfigError, DataError
 
 
-def read_examples(path: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[tuple[str, str]]:
-    """(prompt, answer) pairs of a jsonl file; DataError naming the file and line otherwise."""
+def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[dict]:
+    """The {"prompt", "answer"} pairs of a JSON-lines file; blank lines are skipped.
+
+    Used by SFT training and by exact-match evaluation. DataError naming the file and line
+    number for a missing file, a line that is not a JSON object, or one without both fields.
+    """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"SFT file not found: {p}")
-    out = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or prompt_field not in row or answer_field not in row:
-            raise DataError(f"{p}:{n}: needs string fields {prompt_field!r} and {answer_field!r}")
-        out.append((str(row[prompt_field]), str(row[answer_field])))
-    if not out:
-        raise DataError(f"{p} has no examples")
-    return out
+        raise DataError(f"task file {p} does not exist")
+    tasks = []
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in (prompt_field, answer_field) if k not in row]
+            if missing:
+                raise DataError(f"{p}:{lineno}: missing field(s) {missing} (has {sorted(row)})")
+            tasks.append({"prompt": str(row[prompt_field]), "answer": str(row[answer_field])})
+    if not tasks:
+        raise DataError(f"task file {p} holds no examples")
+    return tasks
 
 
-def encode_examples(examples: list[tuple[str, str]], tokenizer, seq_len: int, where: str) -> list[dict]:
+def encode_examples(examples: list[dict], tokenizer, seq_len: int, where: str) -> list[dict]:
     """Token rows of length seq_len + 1 (see module docstring)."""
     n = seq_len + 1
     rows = []
-    for i, (prompt, answer) in enumerate(examples):
-        p_ids = tokenizer.encode(prompt)
-        a_ids = tokenizer.encode(answer) + [tokenizer.eos_id]
+    for i, ex in enumerate(examples):
+        p_ids = tokenizer.encode(ex["prompt"])
+        a_ids = tokenizer.encode(ex["answer"]) + [tokenizer.eos_id]
         ids = p_ids + a_ids
         if len(ids) > n:
             raise DataError(f"{where} example {i}: {len(ids)} tokens exceed data.seq_len + 1 = {n}")
@@ -82,7 +90,7 @@ class SFTLoader:
         self.path, self.seq_len, self.seed = path, seq_len, seed
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
         self.transform = transform
-        self.rows = encode_examples(read_examples(path, prompt_field, answer_field), tokenizer, seq_len, path)
+        self.rows = encode_examples(read_tasks(path, prompt_field, answer_field), tokenizer, seq_len, path)
         self.samples = 0
         self._perm_epoch, self._perm = -1, None
 
@@ -127,7 +135,7 @@ def sft_eval_batches(path: str, tokenizer, seq_len: int, batch_size: int, max_ba
                      transform: Callable | None = None, seed: int = 0,
                      prompt_field: str = "prompt", answer_field: str = "answer") -> Iterator[dict]:
     """The examples of `path` in file order, batched; `transform` applied as in training."""
-    rows = encode_examples(read_examples(path, prompt_field, answer_field), tokenizer, seq_len, path)
+    rows = encode_examples(read_tasks(path, prompt_field, answer_field), tokenizer, seq_len, path)
     if transform is not None:
         rows = [transform(r, np.random.default_rng([seed, i, 13])) for i, r in enumerate(rows)]
     for b, start in enumerate(range(0, len(rows), batch_size)):

@@ -21,6 +21,7 @@ import numpy as np
 
 from llmcore.data.shards import FORMAT, MANIFEST
 from llmcore.errors import DataError
+from llmcore.fsutil import replace_dir
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -107,13 +108,7 @@ def finish_folder(tmp: str, out_dir: str, manifest: dict) -> None:
     with open(os.path.join(tmp, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
-    old = None
-    if os.path.exists(out_dir):
-        old = f"{out_dir}.old-{os.getpid()}"
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out_dir)
 
 
 def write_token_folder(out_dir: str, splits: dict[str, Iterable[Sequence[int]]], *,

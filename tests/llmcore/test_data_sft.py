@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmcore.data.sft import SFTLoader, read_examples
+from llmcore.data.sft import SFTLoader, read_tasks
 from llmcore.errors import ConfigError, DataError
 from llmcore.tokenizer import Tokenizer
 
@@ -57,10 +57,10 @@ def test_ranks_split_global_batch_and_resume(tmp_path, tok):
 def test_errors_name_file_and_line(tmp_path, tok):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: needs"):
-        read_examples(str(bad))
-    with pytest.raises(DataError, match="not found"):
-        read_examples(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing field"):
+        read_tasks(str(bad))
+    with pytest.raises(DataError, match="does not exist"):
+        read_tasks(str(tmp_path / "missing.jsonl"))
     long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "x " * 100, "answer": "y"}])
     with pytest.raises(DataError, match="exceed data.seq_len"):
         SFTLoader(str(long), tok, 16, 1, seed=0)
