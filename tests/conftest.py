@@ -16,6 +16,10 @@ import torch
 # Two cores on CI: more threads only adds contention, and a fixed count keeps float
 # reductions in the same order run to run (bitwise resume tests rely on it).
 torch.set_num_threads(1)
+# Triton must see the interpreter flag before its first import, whichever test imports it
+# first; auto dispatch never picks Triton for a CPU tensor, so this changes nothing else.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
 

@@ -1,0 +1,32 @@
+"""llmcore's compute kernels: each op a pure function over tensors, Triton and PyTorch paths.
+
+Public ops (the model and losses use only these):
+
+- ``flash_attention(q, k, v, causal=True, doc_ids=None, softmax_scale=None)``
+- ``linear_cross_entropy(h, w, labels, ignore_index=-100, ignore_ids=None, z_loss=0.0,
+  label_smoothing=0.0, reduction="mean")``
+- ``rms_norm(x, weight, eps=1e-6)``, ``swiglu(gate, up)``, ``apply_rope(q, k, cos, sin)``
+
+The backend is picked per call by device (Triton on CUDA, PyTorch elsewhere);
+``LLMCORE_KERNELS=torch|triton|flash_attn`` forces one (see ``kernels/_dispatch.py``).
+
+Layout of an op: ``kernels/<op>.py`` holds the PyTorch path and the public function and imports
+only torch; ``kernels/<op>_triton.py`` holds the ``@triton.jit`` kernels, their launchers and the
+``autograd.Function``, and is imported on the first Triton call. The split keeps this package
+cheap to import: ``import transformers`` imports any top-level ``kernels`` package, and it must
+not pull in Triton.
+
+``kernels.swiglu`` and ``kernels.linear_cross_entropy`` name the public functions, which shadow
+their same-named modules as package attributes; reach the modules with ``from
+kernels.linear_cross_entropy import ...`` or ``importlib.import_module``.
+"""
+
+from kernels.attention import flash_attention
+from kernels.linear_cross_entropy import linear_cross_entropy
+from kernels.rmsnorm import rms_norm
+from kernels.rope import apply_rope
+from kernels.swiglu import swiglu
+
+__version__ = "0.1.0"
+
+__all__ = ["flash_attention", "linear_cross_entropy", "rms_norm", "swiglu", "apply_rope"]

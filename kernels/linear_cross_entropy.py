@@ -1,0 +1,223 @@
+"""Linear cross-entropy: next-token loss from hidden states without a [N, V] logits tensor.
+
+Both backends compact away ignored rows (``ignore_index`` labels and the ``ignore_ids``
+control tokens such as ``<pause>``), so those rows cost no unembedding FLOPs, and walk the rest
+in chunks of rows. The forward of ``LinearCrossEntropyFunction`` computes each chunk's loss AND
+its gradients w.r.t. the hidden states and the weight, so the backward is one multiply by the
+incoming scalar; only ``reduction="none"`` recomputes in its backward, since the per-token
+weights are known only then. The per-chunk work is ``chunk_pass_torch`` here or
+``chunk_pass_triton`` (fused softmax/gradient row kernel) in ``linear_cross_entropy_triton.py``.
+
+Used by ``llmcore`` losses (``kernels.linear_cross_entropy(h, W_out, labels)``) and by recipes
+that add vocabulary losses.
+"""
+
+import torch
+
+from kernels import _dispatch
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "valid_rows", "chunk_pass_torch"]
+
+# Logits alive at once on the PyTorch path: 2**24 elements (64 MiB fp32) per chunk keeps peak
+# memory a small multiple of W while the matmuls stay large enough to be efficient.
+CHUNK_ELEMENTS = 1 << 24
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def valid_rows(labels, ignore_index, ignore_ids):
+    """Boolean [N]: rows whose target is neither ``ignore_index`` nor in ``ignore_ids``."""
+    valid = labels != ignore_index
+    if ignore_ids is not None and ignore_ids.numel() > 0:
+        valid &= ~torch.isin(labels, ignore_ids)
+    return valid
+
+
+def _chunk_pass(backend):
+    if backend == "torch":
+        return chunk_pass_torch
+    from kernels.linear_cross_entropy_triton import chunk_pass_triton
+
+    return chunk_pass_triton
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    """Chunked linear CE over the non-ignored rows; ``backend`` picks the per-chunk pass."""
+
+    @staticmethod
+    def forward(ctx, h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction,
+                backend):
+        chunk_pass = _chunk_pass(backend)
+        idx = valid_rows(labels, ignore_index, ignore_ids).nonzero().squeeze(1)
+        hv = h.index_select(0, idx)
+        yv = labels.index_select(0, idx)
+        want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.reduction, ctx.h_shape = reduction, h.shape
+        if reduction == "none":
+            losses, _, _ = chunk_pass(hv, w, yv, z_loss, smoothing, 1.0, None, False, False)
+            ctx.save_for_backward(hv, w, yv, idx)
+            ctx.options = (z_loss, smoothing, want_dh, want_dw, chunk_pass)
+            out = torch.zeros(h.shape[0], dtype=losses.dtype, device=h.device)
+            return out.index_copy_(0, idx, losses)
+        count = idx.numel()
+        # mean over zero rows stays 0/0 = nan, exactly like F.cross_entropy
+        scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
+        losses, dh_v, dw = chunk_pass(hv, w, yv, z_loss, smoothing, scale, None, want_dh, want_dw)
+        loss = losses.sum() / count if reduction == "mean" else losses.sum()
+        dh = torch.zeros_like(h).index_copy_(0, idx, dh_v) if want_dh else None
+        ctx.save_for_backward(dh, dw.to(w.dtype) if want_dw else None)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        nones = (None,) * 7
+        if ctx.reduction == "none":
+            hv, w, yv, idx = ctx.saved_tensors
+            z_loss, smoothing, want_dh, want_dw, chunk_pass = ctx.options
+            g = grad_out.index_select(0, idx).contiguous()
+            _, dh_v, dw = chunk_pass(hv, w, yv, z_loss, smoothing, 1.0, g, want_dh, want_dw)
+            dh = None
+            if want_dh:
+                dh = torch.zeros(ctx.h_shape, dtype=hv.dtype, device=hv.device)
+                dh.index_copy_(0, idx, dh_v)
+            return (dh, dw.to(w.dtype) if want_dw else None) + nones
+        dh, dw = ctx.saved_tensors
+        dh = dh * grad_out.to(dh.dtype) if dh is not None else None
+        dw = dw * grad_out.to(dw.dtype) if dw is not None else None
+        return (dh, dw) + nones
+
+
+def _acc_dtype(t):
+    # fp32 for half inputs, the input's own dtype for fp32/fp64 (the float64 test references)
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def chunk_pass_torch(h, w, y, z_loss, smoothing, scale, row_weight, want_dh, want_dw):
+    """Loss rows [n] and, if asked, dh [n, d] and dW [V, d] (fp32, fp64 for fp64 inputs) for
+    rows h [n, d] with targets y [n]; gradients are of ``sum_i row_weight_i * scale * loss_i``
+    (``row_weight`` [n] or None). Matmuls run in h's dtype (w is cast if it differs)."""
+    n, vocab = h.shape[0], w.shape[0]
+    acc = _acc_dtype(h)
+    w = w if w.dtype == h.dtype else w.to(h.dtype)  # matmuls in h's dtype, as autocast would
+    losses = torch.empty(n, dtype=acc, device=h.device)
+    dh = torch.empty_like(h) if want_dh else None
+    dw = torch.zeros(w.shape, dtype=acc, device=w.device) if want_dw else None
+    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        hc, yc = h[start:stop], y[start:stop]
+        logits = (hc @ w.t()).to(acc)  # (n_c, V)
+        lse = torch.logsumexp(logits, dim=-1)  # (n_c,)
+        loss = lse - logits.gather(1, yc[:, None]).squeeze(1)
+        if smoothing > 0.0:
+            # PyTorch's definition: (1 - e) * nll + e * mean over classes of -log p
+            loss = (1.0 - smoothing) * loss + smoothing * (lse - logits.mean(dim=-1))
+        if z_loss > 0.0:
+            loss = loss + z_loss * lse * lse
+        losses[start:stop] = loss
+        if not (want_dh or want_dw):
+            continue
+        # d loss / d logits = p * (1 + 2 z lse) - (1 - e) onehot - e / V, built in place
+        grad = logits.sub_(lse[:, None]).exp_()
+        if z_loss > 0.0:
+            grad.mul_((1.0 + 2.0 * z_loss * lse)[:, None])
+        grad.scatter_add_(1, yc[:, None], torch.full_like(lse, smoothing - 1.0)[:, None])
+        if smoothing > 0.0:
+            grad.sub_(smoothing / vocab)
+        if row_weight is not None:
+            grad.mul_(row_weight[start:stop, None].to(acc))
+        if scale != 1.0:
+            grad.mul_(scale)
+        grad = grad.to(h.dtype)
+        if want_dh:
+            dh[start:stop] = grad @ w
+        if want_dw:
+            if dw.dtype == grad.dtype:
+                dw.addmm_(grad.t(), hc)  # no [V, d] temporary per chunk
+            else:
+                dw += grad.t() @ hc
+    return losses, dh, dw
+
+
+def _forward_only(h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction, backend):
+    # no autograd graph wanted (eval): skip the gradient work entirely
+    idx = valid_rows(labels, ignore_index, ignore_ids).nonzero().squeeze(1)
+    losses, _, _ = _chunk_pass(backend)(h.index_select(0, idx), w, labels.index_select(0, idx),
+                                        z_loss, smoothing, 1.0, None, False, False)
+    if reduction == "none":
+        out = torch.zeros(h.shape[0], dtype=losses.dtype, device=h.device)
+        return out.index_copy_(0, idx, losses)
+    total = losses.sum()
+    return total / idx.numel() if reduction == "mean" else total
+
+
+def _run(h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction, backend):
+    args = (h, w, labels, ignore_index, ignore_ids, float(z_loss), float(smoothing), reduction,
+            backend)
+    if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
+        return LinearCrossEntropyFunction.apply(*args)
+    return _forward_only(*args)
+
+
+def linear_cross_entropy_torch(h, w, labels, ignore_index=-100, ignore_ids=None, z_loss=0.0,
+                               label_smoothing=0.0, reduction="mean"):
+    """PyTorch path: h [N, d], w [V, d], labels [N], ignore_ids a long tensor or None."""
+    return _run(h, w, labels, ignore_index, ignore_ids, z_loss, label_smoothing, reduction,
+                "torch")
+
+
+def _as_id_tensor(ignore_ids, device):
+    if ignore_ids is None:
+        return None
+    if isinstance(ignore_ids, torch.Tensor):
+        return ignore_ids.to(device=device, dtype=torch.long).reshape(-1)
+    return torch.tensor(list(ignore_ids), dtype=torch.long, device=device)
+
+
+def linear_cross_entropy(h, w, labels, ignore_index=-100, ignore_ids=None, z_loss=0.0,
+                         label_smoothing=0.0, reduction="mean"):
+    """Cross-entropy of ``h @ w.T`` against ``labels`` without materialising the logits.
+
+    Args:
+        h: [N, d] hidden states (any leading shape [..., d] is flattened).
+        w: [V, d] output (unembedding) weight.
+        labels: [N] (or h's leading shape) long targets.
+        ignore_index: label value that takes no loss.
+        ignore_ids: 1-D long tensor or sequence of target ids that also take no loss (pause
+            and other control tokens); rows with them cost no unembedding FLOPs.
+        z_loss: weight of the z-loss term ``z_loss * logsumexp(logits)**2`` per token.
+        label_smoothing: as in ``F.cross_entropy`` (uniform over all V classes).
+        reduction: "mean" over non-ignored tokens (nan when there are none, like
+            ``F.cross_entropy``), "sum", or "none".
+
+    Returns:
+        A scalar (mean/sum) or a tensor of labels' shape (none) with zeros at ignored tokens,
+        in fp32 (fp64 for fp64 inputs) whatever h's dtype: a bf16 sum over many tokens would
+        lose the digits that the (sum, count) bookkeeping needs.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"linear_cross_entropy: reduction={reduction!r} not in {REDUCTIONS}")
+    if w.dim() != 2 or h.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"linear_cross_entropy: h {tuple(h.shape)} and w {tuple(w.shape)} must be "
+            "[N, d] and [V, d]"
+        )
+    lead = labels.shape
+    h2 = h.reshape(-1, h.shape[-1])
+    flat = labels.reshape(-1)
+    if flat.shape[0] != h2.shape[0]:
+        raise ValueError(
+            f"linear_cross_entropy: labels {tuple(lead)} do not match h {tuple(h.shape)}"
+        )
+    if not 0.0 <= label_smoothing < 1.0 or z_loss < 0.0:
+        raise ValueError(
+            f"linear_cross_entropy: need 0 <= label_smoothing < 1 and z_loss >= 0, got "
+            f"{label_smoothing} and {z_loss}"
+        )
+    ids = _as_id_tensor(ignore_ids, flat.device)
+    backend = _dispatch.backend("linear_cross_entropy", h2, w, flat)
+    if backend == "triton":
+        from kernels.linear_cross_entropy_triton import check_inputs
+
+        check_inputs(h2, w)
+    out = _run(h2, w, flat, ignore_index, ids, z_loss, label_smoothing, reduction, backend)
+    return out.reshape(lead) if reduction == "none" else out

@@ -1,0 +1,142 @@
+"""Triton linear cross-entropy: a fused softmax/loss/gradient row kernel around chunked matmuls.
+
+Imported by ``kernels/linear_cross_entropy.py`` on the first Triton call; the autograd.Function
+there calls ``chunk_pass_triton``. The surviving
+(non-ignored) rows are walked in chunks; per chunk the logits come from one matmul, then
+``_ce_rows_kernel`` makes two passes over each row: an online max/sum-exp for the
+log-sum-exp and loss, then the gradient d loss / d logits written in place over the logits,
+which two more matmuls turn into dh and dW. Peak memory is one chunk of logits plus dW.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._triton_utils import check_dtype, next_pow2
+
+# logits alive at once: 2**26 elements (128 MiB bf16), so the matmuls are large and a
+# half-precision dW sees few roundings, while staying well under one weight's memory at LLM sizes
+CHUNK_ELEMENTS = 1 << 26
+MAX_BLOCK_V = 4096
+
+
+@triton.jit
+def _ce_rows_kernel(logits_ptr, labels_ptr, loss_ptr, weight_ptr, stride_row, V,
+                    z_loss, smoothing, scale,
+                    HAS_WEIGHT: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                    BLOCK_V: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = logits_ptr + row * stride_row
+    label = tl.load(labels_ptr + row)
+    cols = tl.arange(0, BLOCK_V)
+    # pass 1: running max m and sum of exp(x - m) over the vocabulary, plus sum(x) for smoothing
+    m = tl.full((BLOCK_V,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    total = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    for start in range(0, V, BLOCK_V):
+        mask = start + cols < V
+        x = tl.load(base + start + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, x)
+        # lanes past V stay at -inf: shift them by 0 so exp gives 0 instead of exp(nan)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+        m = m_new
+        total += tl.where(mask, x, 0.0)
+    m_row = tl.max(m, axis=0)
+    s_row = tl.sum(s * tl.exp(m - m_row), axis=0)
+    lse = m_row + tl.log(s_row)
+    target = tl.load(base + label).to(tl.float32)
+    loss = lse - target
+    if smoothing > 0.0:
+        loss = (1.0 - smoothing) * loss + smoothing * (lse - tl.sum(total, axis=0) / V)
+    loss += z_loss * lse * lse
+    tl.store(loss_ptr + row, loss)
+    if COMPUTE_GRAD:
+        # pass 2: d loss / d x = p * (1 + 2 z lse) - (1 - e) [col == label] - e / V
+        g_scale = scale
+        if HAS_WEIGHT:
+            g_scale = g_scale * tl.load(weight_ptr + row).to(tl.float32)
+        p_scale = 1.0 + 2.0 * z_loss * lse
+        for start in range(0, V, BLOCK_V):
+            idx = start + cols
+            mask = idx < V
+            x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
+            grad = tl.exp(x - lse) * p_scale - smoothing / V
+            grad = tl.where(idx == label, grad - (1.0 - smoothing), grad)
+            tl.store(base + idx, (grad * g_scale).to(logits_ptr.dtype.element_ty), mask=mask)
+
+
+def _rows_pass(logits, labels, z_loss, smoothing, scale, row_weight, compute_grad):
+    """Run the row kernel over a [n, V] logits chunk (in place when computing the gradient);
+    returns the fp32 loss [n]."""
+    n, vocab = logits.shape
+    loss = torch.empty(n, dtype=torch.float32, device=logits.device)
+    if n:
+        _ce_rows_kernel[(n,)](
+            logits, labels, loss, row_weight if row_weight is not None else loss,
+            logits.stride(0), vocab, z_loss, smoothing, scale,
+            HAS_WEIGHT=row_weight is not None, COMPUTE_GRAD=compute_grad,
+            BLOCK_V=min(MAX_BLOCK_V, next_pow2(vocab)),
+        )
+    return loss
+
+
+def _accumulate_dw(dw, grad, hc):
+    """dw += grad.T @ hc, with dw in fp32 (or the half dtype of a half weight)."""
+    if dw.dtype == grad.dtype:
+        dw.addmm_(grad.t(), hc)
+        return
+    if dw.is_cuda and _OUT_DTYPE_MM["ok"]:
+        try:
+            # cuBLAS accumulates the half product straight into fp32: no [V, d] temporaries
+            torch.addmm(dw, grad.t(), hc, out_dtype=dw.dtype, out=dw)
+            return
+        except (TypeError, RuntimeError):
+            _OUT_DTYPE_MM["ok"] = False  # older torch: fall back below from now on
+    dw += (grad.t() @ hc).to(dw.dtype)
+
+
+_OUT_DTYPE_MM = {"ok": True}
+
+
+def chunk_pass_triton(h, w, y, z_loss, smoothing, scale, row_weight, want_dh, want_dw):
+    """Triton version of ``chunk_pass_torch``: loss rows [n] fp32 and, if asked, dh [n, d]
+    (h's dtype) and dW [V, d] for rows h [n, d]; gradients are of ``sum_i row_weight_i *
+    scale * loss_i`` (``row_weight`` [n] or None).
+
+    The matmuls run in h's dtype (an fp32 weight is cast once, as autocast would). dW
+    accumulates in fp32 unless h and w are both half precision; then it accumulates in that
+    dtype, like Liger-Kernel, so its memory stays one weight's worth (chunks are large, so
+    it is rounded only a few times).
+    """
+    h, y = h.contiguous(), y.contiguous()
+    if row_weight is not None:
+        row_weight = row_weight.float().contiguous()
+    wc = w if w.dtype == h.dtype else w.to(h.dtype)
+    n, vocab = h.shape[0], w.shape[0]
+    losses = torch.empty(n, dtype=torch.float32, device=h.device)
+    dh = torch.empty_like(h) if want_dh else None
+    dw = None
+    if want_dw:
+        both_half = h.dtype != torch.float32 and w.dtype != torch.float32
+        dw = torch.zeros(w.shape, dtype=w.dtype if both_half else torch.float32,
+                         device=w.device)
+    step = max(1, CHUNK_ELEMENTS // vocab)
+    grad = want_dh or want_dw
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        hc = h[start:stop]
+        logits = hc @ wc.t()  # (n_c, V) in h's dtype; becomes the gradient in place
+        rw = row_weight[start:stop] if row_weight is not None else None
+        losses[start:stop] = _rows_pass(logits, y[start:stop], z_loss, smoothing, scale, rw,
+                                        grad)
+        if want_dh:
+            torch.matmul(logits, wc, out=dh[start:stop])
+        if want_dw:
+            _accumulate_dw(dw, logits, hc)
+    return losses, dh, dw
+
+
+def check_inputs(h, w):
+    """The Triton path takes fp32/fp16/bf16 tensors (h and w may differ, e.g. bf16 and fp32)."""
+    check_dtype("linear_cross_entropy", h, w)

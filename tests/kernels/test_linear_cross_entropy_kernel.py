@@ -1,0 +1,197 @@
+"""Linear cross-entropy: the Triton path (interpreted on CPU) and the PyTorch path vs
+F.cross_entropy(h @ w.T) in float64: loss, dh and dW for every reduction, ignored labels and
+ignored ids, z-loss, label smoothing, several chunks and vocabulary blocks."""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernel_testing import DEVICE, assert_close, compare_op
+
+# the package attribute kernels.linear_cross_entropy is the public function, not this module
+lce = importlib.import_module("kernels.linear_cross_entropy")
+
+N, D, V = 9, 41, 97
+PAUSE = 7  # a control-token id passed in ignore_ids
+
+
+def _reference(ignore_index=-100, ignore_ids=(), z_loss=0.0, smoothing=0.0, reduction="mean"):
+    def ref(h, w, labels):
+        keep = labels != ignore_index
+        for i in ignore_ids:
+            keep &= labels != i
+        logits = h @ w.t()
+        losses = F.cross_entropy(logits, torch.where(keep, labels, -100), reduction="none",
+                                 label_smoothing=smoothing)
+        losses = losses + z_loss * torch.logsumexp(logits, -1) ** 2 * keep
+        if reduction == "mean":
+            return losses.sum() / keep.sum()
+        return losses.sum() if reduction == "sum" else losses
+    return ref
+
+
+def _inputs(n=N, d=D, vocab=V, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    w = torch.randn(vocab, d, generator=gen, dtype=torch.float64) * d ** -0.5 * 3
+    labels = torch.randint(0, vocab, (n,), generator=gen)
+    labels[2] = -100
+    labels[5] = PAUSE
+    return [h.to(DEVICE), w.to(DEVICE), labels.to(DEVICE)]
+
+
+OPTIONS = [
+    pytest.param({}, id="plain"),
+    pytest.param({"ignore_ids": (PAUSE, 3)}, id="ignore-ids"),
+    pytest.param({"ignore_ids": (PAUSE,), "z_loss": 1e-2, "smoothing": 0.1}, id="zloss-smooth"),
+]
+REDUCTIONS = [pytest.param(r, id=r) for r in ("mean", "sum", "none")]
+
+
+def _ours(opts, reduction):
+    return lambda h, w, labels: kernels.linear_cross_entropy(
+        h, w, labels, ignore_ids=opts.get("ignore_ids"), z_loss=opts.get("z_loss", 0.0),
+        label_smoothing=opts.get("smoothing", 0.0), reduction=reduction)
+
+
+def _torch_path(opts, reduction):
+    ids = torch.tensor(opts.get("ignore_ids", ()), dtype=torch.long, device=DEVICE)
+    return lambda h, w, labels: lce.linear_cross_entropy_torch(
+        h, w, labels, -100, ids, opts.get("z_loss", 0.0), opts.get("smoothing", 0.0), reduction)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Several row chunks and vocabulary blocks even at N=9, V=97."""
+    import kernels.linear_cross_entropy_triton as lt
+
+    monkeypatch.setattr(lce, "CHUNK_ELEMENTS", 4 * V)
+    monkeypatch.setattr(lt, "CHUNK_ELEMENTS", 4 * V)
+    monkeypatch.setattr(lt, "MAX_BLOCK_V", 32)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_triton_matches_float64(use_triton, small_chunks, opts, reduction):
+    ref_opts = {k: v for k, v in opts.items()}
+    compare_op(["loss", "dh", "dW"], _ours(opts, reduction), _reference(**ref_opts,
+               reduction=reduction), _inputs(), torch.float32)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bf16"),
+                                   pytest.param(torch.float16, id="fp16")])
+def test_triton_half_precision(use_triton, small_chunks, dtype):
+    opts = {"ignore_ids": (PAUSE,), "z_loss": 1e-3}
+    compare_op(["loss", "dh", "dW"], _ours(opts, "mean"), _reference(**opts), _inputs(), dtype,
+               torch_fn=_torch_path(opts, "mean"))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_torch_path_matches_float64(use_torch, small_chunks, opts, reduction):
+    compare_op(["loss", "dh", "dW"], _ours(opts, reduction),
+               _reference(**opts, reduction=reduction), _inputs(), torch.float64)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_torch_path_gradcheck(use_torch, small_chunks, reduction):
+    h, w, labels = _inputs(n=7, d=6, vocab=11)
+    h.requires_grad_(True)
+    w.requires_grad_(True)
+    labels[0] = 3
+    assert torch.autograd.gradcheck(
+        lambda h, w: kernels.linear_cross_entropy(h, w, labels, ignore_ids=[3], z_loss=0.1,
+                                                  label_smoothing=0.2, reduction=reduction),
+        (h, w))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton",
+                                                  marks=pytest.mark.triton)])
+def test_ignored_rows_take_no_loss_and_no_gradient(monkeypatch, backend):
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    h, w, labels = (x.float() if x.is_floating_point() else x for x in _inputs())
+    h.requires_grad_(True)
+    losses = kernels.linear_cross_entropy(h, w, labels, ignore_ids=[PAUSE], reduction="none")
+    assert losses[2].item() == 0.0 and losses[5].item() == 0.0
+    assert (losses[[0, 1, 3, 4, 6, 7, 8]] > 0).all()
+    losses.sum().backward()
+    assert torch.equal(h.grad[[2, 5]], torch.zeros(2, D, device=DEVICE))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton",
+                                                  marks=pytest.mark.triton)])
+def test_all_rows_ignored(monkeypatch, backend):
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    h, w = (x.float().requires_grad_(True) for x in _inputs()[:2])
+    labels = torch.full((N,), -100, device=DEVICE)
+    total = kernels.linear_cross_entropy(h, w, labels, reduction="sum")
+    total.backward()
+    assert total.item() == 0.0
+    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+    # like F.cross_entropy, a mean over no tokens is nan
+    assert torch.isnan(kernels.linear_cross_entropy(h, w, labels, reduction="mean"))
+
+
+def test_no_grad_and_frozen_weight_paths_agree(use_torch):
+    h, w, labels = _inputs()
+    ref = _reference()(h, w, labels)
+    with torch.no_grad():
+        torch.testing.assert_close(kernels.linear_cross_entropy(h, w, labels), ref)
+    h_leaf = h.clone().requires_grad_(True)  # weight frozen: only dh is computed
+    loss = kernels.linear_cross_entropy(h_leaf, w, labels)
+    loss.backward()
+    ref_h = h.clone().requires_grad_(True)
+    _reference()(ref_h, w, labels).backward()
+    torch.testing.assert_close(h_leaf.grad, ref_h.grad)
+
+
+def test_leading_dims_are_flattened(use_torch):
+    h, w, labels = _inputs(n=12)
+    out = kernels.linear_cross_entropy(h.view(3, 4, D), w, labels.view(3, 4), reduction="none")
+    assert out.shape == (3, 4)
+    torch.testing.assert_close(out.view(-1), _reference(reduction="none")(h, w, labels))
+
+
+def test_bad_arguments_are_errors():
+    h, w, labels = _inputs()
+    with pytest.raises(ValueError, match="reduction='avg' not in"):
+        kernels.linear_cross_entropy(h, w, labels, reduction="avg")
+    with pytest.raises(ValueError, match=r"h \(9, 41\) and w \(97, 40\) must be"):
+        kernels.linear_cross_entropy(h, w[:, :40], labels)
+    with pytest.raises(ValueError, match=r"labels \(8,\) do not match h \(9, 41\)"):
+        kernels.linear_cross_entropy(h, w, labels[:8])
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton",
+                                                  marks=pytest.mark.triton)])
+def test_bf16_hidden_states_with_fp32_weight(monkeypatch, small_chunks, backend):
+    # autocast-style training: bf16 activations, fp32 master weight. The matmuls run in bf16,
+    # dW comes back in fp32, and the loss in fp32 (a bf16 sum would drop digits).
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    h64, w64, labels = _inputs()
+    h = h64.bfloat16().requires_grad_(True)
+    w = w64.float().requires_grad_(True)
+    loss = kernels.linear_cross_entropy(h, w, labels, ignore_ids=[PAUSE], reduction="sum")
+    loss.backward()
+    assert loss.dtype == torch.float32 and h.grad.dtype == torch.bfloat16
+    assert w.grad.dtype == torch.float32
+    ref_h = h.detach().double().requires_grad_(True)
+    ref_w = w.detach().bfloat16().double().requires_grad_(True)  # the weight the matmul sees
+    ref = _reference(ignore_ids=(PAUSE,), reduction="sum")(ref_h, ref_w, labels)
+    ref.backward()
+    # bound: what F.cross_entropy on bf16 logits errs at the same inputs
+    h2 = h.detach().clone().requires_grad_(True)
+    w2 = w.detach().bfloat16().requires_grad_(True)
+    naive = _reference(ignore_ids=(PAUSE,), reduction="sum")(h2, w2, labels)
+    naive.backward()
+    assert_close("loss", ref, loss, torch.bfloat16, naive)
+    assert_close("dh", ref_h.grad, h.grad, torch.bfloat16, h2.grad)
+    assert_close("dW", ref_w.grad, w.grad, torch.bfloat16, w2.grad)
