@@ -1,0 +1,293 @@
+"""The pause recipe (arXiv 2310.02226): pretraining insertions (count, positions, trimming,
+document ids, resume), loss masking through `ignore_ids`, the finetuning rewrite, decoding
+(prompt pauses, `<pause>` never sampled), recipe-off bit-identity, and the CLI path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import llmcore
+from llmcore import checkpoint
+from llmcore.cli import load_run_config, main
+from llmcore.data import PackedLoader, TokenShards, to_batch
+from llmcore.data.sft import encode_examples, rows_to_batch
+from llmcore.errors import ConfigError, DataError
+from llmcore.generate import generate
+from llmcore.losses import count_loss_tokens, ntp_loss
+from llmcore.model import Transformer
+from llmcore.presets import ModelArgs
+from llmcore.registry import RecipeSet
+from llmcore.tokenizer import Tokenizer
+from llmcore.train import Trainer
+from recipes.pause import Pause, num_pauses
+
+PAUSE = 7  # a stand-in id for the tokenizer-free tests
+
+
+def window(n=65, seed=0):
+    """A packed window: distinct tokens 100.., three documents, a loss mask with holes."""
+    rng = np.random.default_rng(seed)
+    doc = np.repeat([0, 1, 2], [20, 25, n - 45])
+    mask = rng.random(n) < 0.8
+    return {"tokens": np.arange(100, 100 + n, dtype=np.int64), "doc_ids": doc, "loss_mask": mask}
+
+
+def recipe(mode="pretrain", **kw):
+    r = Pause(Pause.Config(mode=mode, **kw))
+    r.pause_id = PAUSE
+    return r
+
+
+@pytest.fixture(scope="module")
+def tok(prepared):
+    return Tokenizer.load(str(prepared / "tokenizer"))
+
+
+# --- pretraining insertions --------------------------------------------------------------------
+
+@pytest.mark.parametrize("seq_len,fraction,k", [(64, 0.1, 6), (25, 0.1, 3), (64, 0.0, 0), (10, 0.25, 3), (7, 0.5, 4)])
+def test_num_pauses_rounds_to_nearest_half_up(seq_len, fraction, k):
+    assert num_pauses(seq_len, fraction) == k
+
+
+def test_pretrain_inserts_k_pauses_keeps_order_and_trims_to_seq_len_plus_one():
+    s = window()
+    n, k = 65, num_pauses(64, 0.1)
+    for seed in range(20):
+        out = recipe().transform(s, np.random.default_rng(seed))
+        assert all(len(out[key]) == n for key in ("tokens", "doc_ids", "loss_mask"))
+        pause = out["tokens"] == PAUSE
+        assert pause.sum() == k
+        # the real tokens are the window's first n - k, in order, with their own doc id and mask
+        np.testing.assert_array_equal(out["tokens"][~pause], s["tokens"][:n - k])
+        np.testing.assert_array_equal(out["doc_ids"][~pause], s["doc_ids"][:n - k])
+        np.testing.assert_array_equal(out["loss_mask"][~pause], s["loss_mask"][:n - k])
+        assert out["loss_mask"][pause].all()
+        # a pause takes the doc id of the real token before it (the first real token's if none)
+        for i in np.flatnonzero(pause):
+            before = [j for j in range(i) if not pause[j]]
+            assert out["doc_ids"][i] == (out["doc_ids"][before[-1]] if before else s["doc_ids"][0])
+    np.testing.assert_array_equal(s["tokens"], np.arange(100, 165))  # the input is untouched
+
+
+def test_pause_positions_are_uniform_and_may_be_consecutive():
+    n, k, draws = 65, 6, 3000
+    counts, consecutive = np.zeros(n), 0
+    for seed in range(draws):
+        pause = recipe().transform(window(), np.random.default_rng(seed))["tokens"] == PAUSE
+        counts += pause
+        consecutive += bool((pause[1:] & pause[:-1]).any())
+    freq = counts / draws
+    # every slot, the first and last included, is a pause with probability k/n (sd ~0.005)
+    assert np.abs(freq - k / n).max() < 0.03
+    # P(some two adjacent) for a uniform 6-subset of 65 slots = 1 - C(60,6)/C(65,6) ~ 0.41
+    assert 0.3 < consecutive / draws < 0.52
+
+
+def test_same_rng_seed_gives_same_insertions_and_other_seeds_differ():
+    a = recipe().transform(window(), np.random.default_rng([3, 17, 7]))
+    b = recipe().transform(window(), np.random.default_rng([3, 17, 7]))
+    c = recipe().transform(window(), np.random.default_rng([3, 18, 7]))
+    assert all(np.array_equal(a[key], b[key]) for key in a)
+    assert not np.array_equal(a["tokens"], c["tokens"])
+
+
+def test_fraction_zero_returns_the_sample_unchanged():
+    s = window()
+    assert recipe(fraction=0.0).transform(s, np.random.default_rng(0)) is s
+
+
+def test_loader_resume_reproduces_the_insertions(prepared, tok):
+    r = Pause(Pause.Config())
+    r.bind(tok)
+    shards = [("d", TokenShards(str(prepared), "train"), 1.0)]
+
+    def loader():
+        return PackedLoader(shards, 32, 4, seed=5, transform=r.transform)
+
+    ref = loader()
+    batches = [ref.next_batch() for _ in range(4)]
+    first = loader()
+    first.next_batch(), first.next_batch()
+    resumed = loader()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for want in batches[2:]:
+        got = resumed.next_batch()
+        assert all(torch.equal(got[key], want[key]) for key in want)
+    pid = tok.token_id("<pause>")
+    assert all(int((torch.cat([b["input_ids"], b["labels"][:, -1:]], 1) == pid).sum()) == 4 * 3 for b in batches)
+
+
+# --- loss masking ------------------------------------------------------------------------------
+
+def test_labels_followed_by_pause_are_ignored_and_no_others():
+    r = recipe(fraction=0.2)
+    samples = []
+    for seed in range(3):
+        s = window(seed=seed)
+        s["loss_mask"] = np.ones(65, dtype=bool)
+        samples.append(r.transform(s, np.random.default_rng(seed)))
+    batch = to_batch(samples)
+    labels, inputs = batch["labels"], batch["input_ids"]
+    ignore = torch.tensor(r.ignore_ids())
+    kept = labels != PAUSE
+    pause_targets = sum(int((s["tokens"][1:] == PAUSE).sum()) for s in samples)
+    assert pause_targets > 0 and count_loss_tokens(labels, ignore) == int(kept.sum()) == labels.numel() - pause_targets
+    # a pause position's own output (predicting the next real token) keeps its loss
+    assert ((inputs == PAUSE) & kept).any()
+    g = torch.Generator().manual_seed(0)
+    h, w = torch.randn(3, 64, 16, generator=g), torch.randn(200, 16, generator=g)
+    got = ntp_loss(h, w, labels, ignore)
+    ref = F.cross_entropy((h.double() @ w.double().T)[kept], labels[kept], reduction="sum")
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
+    # without ignore_ids the pause targets would be scored: the ignore path is what drops them
+    assert not torch.allclose(ntp_loss(h, w, labels).double(), ref, rtol=1e-3)
+
+
+# --- finetuning --------------------------------------------------------------------------------
+
+def test_finetune_puts_m_pauses_after_the_prompt_and_keeps_answer_only_loss(tok):
+    (row,) = encode_examples([{"prompt": "Count: 1 2", "answer": " 3 4."}], tok, 40, "t")
+    p, m = row["prompt_len"], 5
+    r = Pause(Pause.Config(mode="finetune", num_tokens=m))
+    r.bind(tok)
+    pid = tok.token_id("<pause>")
+    out = r.transform(row, np.random.default_rng(0))
+    answer = tok.encode(" 3 4.") + [tok.eos_id]
+    assert len(out["tokens"]) == 41 and out["prompt_len"] == p
+    assert out["tokens"][:p].tolist() == tok.encode("Count: 1 2")
+    assert out["tokens"][p:p + m].tolist() == [pid] * m
+    assert out["tokens"][p + m:p + m + len(answer)].tolist() == answer
+    assert (out["tokens"][p + m + len(answer):] == tok.pad_id).all()
+    assert out["doc_ids"][:p + m + len(answer)].tolist() == [0] * (p + m + len(answer))
+    labels = rows_to_batch([out])["labels"][0]
+    ignore = torch.tensor(r.ignore_ids())
+    scored = [int(x) for x in labels if x != -100 and x != pid]
+    assert scored == answer and count_loss_tokens(labels, ignore) == len(answer)
+    assert int(labels[p + m - 1]) == answer[0]  # the last pause predicts the answer's first token
+
+
+def test_finetune_errors_name_the_setting(tok):
+    (row,) = encode_examples([{"prompt": "Count: 1 2", "answer": " 3 4."}], tok, 16, "t")
+    r = Pause(Pause.Config(mode="finetune", num_tokens=10))
+    r.bind(tok)
+    with pytest.raises(DataError, match="data.seq_len >= "):
+        r.transform(row, np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="data.format=sft"):
+        r.transform(window(), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("override,key", [("pause.mode=both", "pause.mode"), ("pause.fraction=1.5", "pause.fraction"),
+                                          ("pause.num_tokens=-1", "pause.num_tokens")])
+def test_bad_options_are_config_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_run_config(None, ["data.path=x", "recipes=[pause]", override])
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+class PauseLover(Transformer):
+    """A model whose every next-token distribution puts ~all its mass on `<pause>`; it also
+    records the ids of each prefill (the prompts as the model saw them)."""
+
+    def __init__(self, args, pause_id):
+        super().__init__(args)
+        self.pause_id, self.prefills = pause_id, []
+
+    def forward(self, input_ids, *a, **kw):
+        if input_ids.shape[1] > 1:
+            self.prefills.append(input_ids.tolist())
+        return super().forward(input_ids, *a, **kw)
+
+    def logits(self, h):
+        out = super().logits(h).clone()
+        out[..., self.pause_id] += 50.0
+        return out
+
+
+@pytest.fixture(scope="module")
+def pause_lover(tok):
+    torch.manual_seed(0)
+    args = ModelArgs(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64,
+                     max_seq_len=64)
+    return PauseLover(args, tok.token_id("<pause>")).eval()
+
+
+def test_pause_is_never_sampled(tok, pause_lover):
+    pid = tok.token_id("<pause>")
+    prompts = [tok.encode("Count: 1 2"), tok.encode("The kernel")]
+    biased = generate(pause_lover, prompts, 12, temperature=1.0, seed=0)
+    assert all(t == pid for row in biased for t in row)  # the bias does win without the recipe
+    for mode in ("pretrain", "finetune"):
+        recipes = RecipeSet([Pause(Pause.Config(mode=mode))])
+        recipes.bind(tok)
+        for temperature in (0.0, 1.0, 2.0):
+            out = generate(pause_lover, prompts, 24, temperature=temperature, seed=1,
+                           logits_processors=recipes.logits_processors())
+            assert sum(len(r) for r in out) == 48 and all(t != pid for row in out for t in row)
+
+
+def test_prepare_prompt_appends_m_pauses_in_finetune_mode_only(tok, pause_lover):
+    from llmcore.generate import generate_text
+
+    pid = tok.token_id("<pause>")
+    ids = tok.encode("Count: 1 2")
+    ft = RecipeSet([Pause(Pause.Config(mode="finetune", num_tokens=4))])
+    pt = RecipeSet([Pause(Pause.Config(mode="pretrain"))])
+    for r in (ft, pt):
+        r.bind(tok)
+    assert ft.prepare_prompt(ids) == ids + [pid] * 4
+    assert pt.prepare_prompt(ids) == ids
+    pause_lover.prefills.clear()
+    text = generate_text(pause_lover, tok, ["Count: 1 2"], 6, temperature=0.0, recipes=ft, stop_at_eos=False)
+    assert pause_lover.prefills == [[ids + [pid] * 4]] and "<pause>" not in text[0]
+
+
+# --- training and the CLI ----------------------------------------------------------------------
+
+def make_cfg(prepared, out_dir, *extra):
+    return load_run_config(None, [
+        f"data.path={prepared}", f"train.out_dir={out_dir}", "model.preset=tiny", "data.seq_len=64",
+        "train.max_steps=3", "train.micro_batch_size=4", "train.global_batch_size=8", "train.progress=false",
+        "train.eval_batches=1", "optim.lr=3e-3", "schedule.warmup_steps=2", *extra])
+
+
+def trunk(out_dir):
+    return load_file(str(checkpoint.resolve(out_dir) / "model.safetensors"))
+
+
+def test_recipe_off_is_bit_identical_and_on_changes_training(prepared, tmp_path):
+    Trainer(make_cfg(prepared, tmp_path / "base")).fit()
+    Trainer(make_cfg(prepared, tmp_path / "off", "recipes=[pause]", "pause.fraction=0")).fit()
+    on = Trainer(make_cfg(prepared, tmp_path / "on", "recipes=[pause]"))
+    result = on.fit()
+    base, off, paused = trunk(tmp_path / "base"), trunk(tmp_path / "off"), trunk(tmp_path / "on")
+    assert all(torch.equal(base[k], off[k]) for k in base)
+    assert not all(torch.equal(base[k], paused[k]) for k in base)
+    # 8 windows of 65 tokens with 6 pauses each; targets are tokens 1..64, and a pause target
+    # takes no loss: 5 or 6 dropped per window (5 when the window starts with a pause)
+    assert 8 * 58 <= result["loss_tokens"] <= 8 * 59
+
+
+def test_cli_eval_and_generate_use_the_checkpoints_pause_recipe(prepared, tmp_path, capsys):
+    rows = [{"prompt": f"Count: {i} {i + 1}", "answer": f" {i + 2}."} for i in range(8)]
+    jsonl = tmp_path / "tasks.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "ft"
+    Trainer(make_cfg(prepared, run, "data.format=sft", f"data.path={jsonl}", f"data.val_path={jsonl}",
+                     f"data.tokenizer={prepared / 'tokenizer'}", "data.seq_len=24", "train.max_steps=2",
+                     "recipes=[pause]", "pause.mode=finetune", "pause.num_tokens=3")).fit()
+    tok = Tokenizer.load(str(prepared / "tokenizer"))
+    recipes = llmcore.load_recipes(str(run))
+    recipes.bind(tok)
+    assert recipes.prepare_prompt([10, 11]) == [10, 11] + [tok.token_id("<pause>")] * 3
+    assert main(["eval", "--checkpoint", str(run), "--tasks", str(jsonl), "--max-new-tokens", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["exact_match"]["n"] == 8
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "Count: 3 4", "--max-new-tokens", "8"]) == 0
+    assert "<pause>" not in capsys.readouterr().out
