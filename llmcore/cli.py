@@ -194,8 +194,22 @@ def main(argv: list[str] | None = None) -> int:
         args.fn(args)
     except LlmcoreError as e:
         print(f"llmcore: error: {e}", file=sys.stderr)
+        _close_process_group(barrier=False)
         return 2
+    _close_process_group()
     return 0
+
+
+def _close_process_group(barrier: bool = True) -> None:
+    """Leave torch.distributed cleanly: with gloo, exiting while the group is alive can abort
+    the process ("terminate called without an active exception") and torchrun reports a failure."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

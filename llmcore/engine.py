@@ -33,13 +33,16 @@ class TrainModule(nn.Module):
         return loss_fn(self, hidden, batch)
 
 
-def init_distributed(device_type: str) -> tuple[int, int, int]:
-    """Start the process group when launched by torchrun/slurm; return (rank, local_rank, world)."""
+def init_distributed(device_type: str, required: bool = False) -> tuple[int, int, int]:
+    """Start the process group when launched by torchrun/slurm (or when the backend needs one
+    even for a single process, as DDP does); return (rank, local_rank, world)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    if (world > 1 or required) and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
     return rank, local_rank, world
 
 
@@ -128,11 +131,15 @@ class Engine:
 
     # --- state ----------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole TrainModule state on CPU (gathered from shards where needed)."""
+        """The whole TrainModule state on CPU (gathered from shards where needed). Complete on
+        rank 0; sharded engines may return {} on other ranks. Every rank must call it."""
         return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
-    def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state)
+    def load_full_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True):
+        """Load a whole TrainModule state (the same dict on every rank); returns missing and
+        unexpected keys like nn.Module.load_state_dict. Sharded engines write their shards and
+        fp32 master copies (a collective: every rank calls it)."""
+        return self.module.load_state_dict(state, strict=strict)
 
     def save_optimizer(self, ckpt_dir: str) -> None:
         if self.is_main:
@@ -168,7 +175,7 @@ class DDPEngine(Engine):
 def build_engine(module: TrainModule, cfg: Config) -> Engine:
     """Create the engine named by `cfg.engine.backend`, starting the process group if needed."""
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    rank, local_rank, world = init_distributed(device_type)
+    rank, local_rank, world = init_distributed(device_type, required=cfg.engine.backend == "ddp")
     device = pick_device(local_rank)
     backend = cfg.engine.backend
     if backend == "single":

@@ -172,7 +172,7 @@ class Trainer:
         elif self.cfg.train.init_from:
             src = checkpoint.resolve(self.cfg.train.init_from)
             weights = checkpoint.load_weights(src)
-            missing, unexpected = self.engine.module.load_state_dict(weights, strict=False)
+            missing, unexpected = self.engine.load_full_state_dict(weights, strict=False)
             trunk_missing = [k for k in missing if k.startswith("model.")]
             if trunk_missing or unexpected:
                 from llmcore.errors import CheckpointError
