@@ -6,6 +6,8 @@ Public ops (the model and losses use only these):
 - ``linear_cross_entropy(h, w, labels, ignore_index=-100, ignore_ids=None, z_loss=0.0,
   label_smoothing=0.0, reduction="mean")``
 - ``rms_norm(x, weight, eps=1e-6)``, ``swiglu(gate, up)``, ``apply_rope(q, k, cos, sin)``
+- ``grad_sq_norm(grads)``, ``perturb_(params, grads, scale, saved)``, ``restore_(params, saved)``:
+  SAM's multi-tensor norm, perturb-with-exact-copy and restore
 
 The backend is picked per call by device (Triton on CUDA, PyTorch elsewhere);
 ``LLMCORE_KERNELS=torch|triton|flash_attn`` forces one (see ``kernels/_dispatch.py``).
@@ -25,8 +27,10 @@ from kernels.attention import flash_attention
 from kernels.linear_cross_entropy import linear_cross_entropy
 from kernels.rmsnorm import rms_norm
 from kernels.rope import apply_rope
+from kernels.sam import grad_sq_norm, perturb_, restore_
 from kernels.swiglu import swiglu
 
 __version__ = "0.1.0"
 
-__all__ = ["flash_attention", "linear_cross_entropy", "rms_norm", "swiglu", "apply_rope"]
+__all__ = ["flash_attention", "linear_cross_entropy", "rms_norm", "swiglu", "apply_rope",
+           "grad_sq_norm", "perturb_", "restore_"]

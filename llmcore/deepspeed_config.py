@@ -49,6 +49,11 @@ def generate(cfg: Config, world_size: int, bf16: bool, pin_memory: bool = False)
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
                           f"micro_batch_size x world size = {t.micro_batch_size} x {world_size}")
     zero: dict[str, Any] = {"stage": stage}
+    if stage == 3:
+        # DeepSpeed keeps parameters under this size gathered between steps; an in-place edit of
+        # their fp32 master (SAM's perturb/restore through engine.local_params()) would then
+        # never reach the forward. 0 shards everything, so weight edits are always seen.
+        zero["stage3_param_persistence_threshold"] = 0
     if cfg.engine.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
     return {

@@ -195,6 +195,11 @@ class DeepSpeedEngine(Engine):
         the next forward sees it on every rank. After ZeRO-1 `no_sync` backwards: the full
         parameters with their local gradients, as DDP gives (edit them in place: they are the
         weights the forward reads). Call it on every rank, like every Engine method."""
+        zero = self.ds_config["zero_optimization"]
+        if self.stage == 3 and zero.get("stage3_param_persistence_threshold", 0) > 0:
+            raise LlmcoreError("engine.local_params() under ZeRO-3 needs stage3_param_persistence_threshold 0 "
+                               f"(engine.deepspeed_config sets {zero['stage3_param_persistence_threshold']}): "
+                               "edits of persistent parameters would not reach the forward")
         shards, reduced = self._shards()
         self._shards_out = self._shards_out or reduced
         out = []

@@ -2,3 +2,5 @@
 `llmcore.recipes` entry point in pyproject.toml)."""
 
 from recipes import probe  # noqa: F401
+from recipes import pause  # noqa: F401
+from recipes import forgetting, sam  # noqa: F401

@@ -24,7 +24,8 @@ def test_generated_config_follows_ours():
     assert ds["bf16"] == {"enabled": False} and ds["gradient_clipping"] == 0.0
     assert "optimizer" not in ds and "scheduler" not in ds  # ours, passed as objects
     off = deepspeed_config.build(cfg("engine.offload=true", "engine.zero_stage=3"), 2, bf16=True, pin_memory=True)
-    assert off["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True}}
+    assert off["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0,
+                                        "offload_optimizer": {"device": "cpu", "pin_memory": True}}
     assert off["bf16"] == {"enabled": True} and off["gradient_accumulation_steps"] == 4
 
 
@@ -84,3 +85,15 @@ def test_no_sync_is_refused_where_zero_partitions_gradients(stage):
     with pytest.raises(LlmcoreError, match=f"zero_stage={stage} partitions gradients.*cannot skip"):
         with engine.no_sync():
             pass
+
+
+def test_zero3_shards_every_parameter_by_default():
+    # Weight edits through engine.local_params() (SAM) must reach the forward: no parameter may
+    # stay gathered ("persistent") between steps unless the user's JSON asks for it.
+    from llmcore.config import load_config
+    from llmcore.deepspeed_config import generate
+
+    cfg = load_config(None, ["data.path=d", "engine.backend=deepspeed", "engine.zero_stage=3"])
+    assert generate(cfg, 1, bf16=False)["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    cfg2 = load_config(None, ["data.path=d", "engine.backend=deepspeed", "engine.zero_stage=2"])
+    assert "stage3_param_persistence_threshold" not in generate(cfg2, 1, bf16=False)["zero_optimization"]

@@ -1,0 +1,220 @@
+"""The forgetting harness of the SAM pretraining paper (Watts, Li, Goyal et al. 2026) and the
+sensitivity diagnostic of catastrophic overtraining (arXiv 2503.19206).
+
+What it measures on a checkpoint:
+- fine-tuning forgetting: fine-tune on a second domain B at a sweep of learning rates, track
+  the first domain A's validation loss along the way (the `forgetting` recipe below does it at
+  every evaluation), and report the frontier: for each fine-tune loss on B, the lowest
+  pretraining loss on A any run kept (`frontier`, `pretrain_loss_at`);
+- quantization: 4-bit round-to-nearest (RTN) weight quantization, symmetric, per group of
+  `group_size` consecutive input weights of each output row (group_size=0: one scale per
+  output channel). scale = max|w| / 7 over the group, q = clamp(round_half_even(w / scale),
+  -8, 7), w' = q * scale (so q uses -7..7);
+- Gaussian weight noise with an explicit law, seeded per tensor: `tensor_rms`
+  (W += sigma * rms(W) * xi: per-tensor, relative to ||W||_F / sqrt(numel)) or `init_std`
+  (W += sigma * init_std * xi: fixed, relative to the init std, 0.02 for llmcore's matrices),
+  xi ~ N(0, 1) drawn on the CPU from Generator(seed + tensor index), so a run is reproducible
+  on any device.
+Both weight edits cover the 2-D weight matrices of the transformer blocks (attention q/k/v/o,
+MLP gate/up/down); embeddings / unembedding join with `include_embeddings=True`; norm gains are
+never touched. Every edit is undone by copying back a saved copy (bitwise), never by inverting
+the edit.
+
+Used by `benchmarks/experiments/sam_forgetting.py`; from Python: `quantized(model)`,
+`noised(model, sigma)`, `loss_increase(...)`, `finetune_sweep(...)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import yaml
+
+from llmcore.errors import ConfigError
+from recipes.base import Recipe, register
+
+NOISE_LAWS = ("tensor_rms", "init_std")
+
+
+# --- weight edits with exact restore ----------------------------------------------------------
+
+def target_weights(model: nn.Module, include_embeddings: bool = False) -> list[tuple[str, nn.Parameter]]:
+    """(name, weight) of every 2-D matrix inside the blocks (+ embeddings / lm_head if asked)."""
+    out = []
+    for name, p in model.named_parameters():
+        if p.ndim != 2:
+            continue
+        if name.startswith("layers.") or include_embeddings:
+            out.append((name, p))
+    return out
+
+
+@contextlib.contextmanager
+def edited_weights(model: nn.Module, edit: Callable[[int, torch.Tensor], torch.Tensor],
+                   include_embeddings: bool = False) -> Iterator[list[str]]:
+    """Inside the block each target weight W (index i) is replaced by edit(i, W); on exit the
+    saved bits come back. Yields the names of the edited weights."""
+    targets = target_weights(model, include_embeddings)
+    saved = [p.detach().clone() for _, p in targets]
+    try:
+        with torch.no_grad():
+            for i, (_, p) in enumerate(targets):
+                p.copy_(edit(i, p.detach()))
+        yield [n for n, _ in targets]
+    finally:
+        with torch.no_grad():
+            for (_, p), s in zip(targets, saved):
+                p.copy_(s)
+
+
+def quantize_rtn(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> torch.Tensor:
+    """Symmetric round-to-nearest fake quantization of w [rows, cols] -> dequantized [rows, cols].
+
+    Groups are `group_size` consecutive entries of a row (the last group may be shorter:
+    zero padding never changes a max); group_size=0 or >= cols: one scale per row."""
+    if w.ndim != 2:
+        raise ValueError(f"quantize_rtn: expected a 2-D weight, got shape {tuple(w.shape)}")
+    if bits < 2:
+        raise ValueError(f"quantize_rtn: bits={bits} leaves no symmetric grid (need >= 2)")
+    rows, cols = w.shape
+    gs = cols if group_size <= 0 else min(group_size, cols)
+    pad = (-cols) % gs
+    x = torch.nn.functional.pad(w.float(), (0, pad)).reshape(rows, -1, gs)  # (rows, groups, gs)
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.abs().amax(dim=-1, keepdim=True) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group stays 0
+    q = torch.clamp(torch.round(x / scale), -qmax - 1, qmax)
+    return (q * scale).reshape(rows, -1)[:, :cols].to(w.dtype)
+
+
+def quantized(model: nn.Module, bits: int = 4, group_size: int = 128, include_embeddings: bool = False):
+    """Context manager: the model's target weights RTN-quantized (see `quantize_rtn`)."""
+    return edited_weights(model, lambda i, w: quantize_rtn(w, bits, group_size), include_embeddings)
+
+
+def gaussian_noise(w: torch.Tensor, index: int, sigma: float, law: str = "tensor_rms", seed: int = 0,
+                   init_std: float = 0.02) -> torch.Tensor:
+    """w + std * xi with xi ~ N(0, 1) from a CPU Generator seeded with seed + index.
+
+    law `tensor_rms`: std = sigma * ||w||_F / sqrt(numel); `init_std`: std = sigma * init_std."""
+    if law not in NOISE_LAWS:
+        raise ValueError(f"gaussian_noise: law {law!r} is not one of {', '.join(NOISE_LAWS)}")
+    gen = torch.Generator(device="cpu").manual_seed(seed + index)
+    xi = torch.randn(w.shape, generator=gen, dtype=torch.float32)
+    wf = w.float()
+    std = sigma * (wf.pow(2).mean().sqrt().item() if law == "tensor_rms" else init_std)
+    return (wf + std * xi.to(w.device)).to(w.dtype)
+
+
+def noised(model: nn.Module, sigma: float, law: str = "tensor_rms", seed: int = 0,
+           include_embeddings: bool = False, init_std: float = 0.02):
+    """Context manager: the model's target weights with seeded Gaussian noise (see `gaussian_noise`)."""
+    return edited_weights(model, lambda i, w: gaussian_noise(w, i, sigma, law, seed, init_std), include_embeddings)
+
+
+def loss_increase(model: nn.Module, loss_fn: Callable[[nn.Module], float], edit) -> dict:
+    """{"base", "edited", "increase"}: loss_fn(model) before and inside the `edit` context
+    (e.g. `quantized(model)`), weights restored exactly afterwards."""
+    base = loss_fn(model)
+    with edit:
+        edited = loss_fn(model)
+    return {"base": base, "edited": edited, "increase": edited - base}
+
+
+# --- fine-tuning forgetting -----------------------------------------------------------------
+
+@register("forgetting")
+class ForgettingTracker(Recipe):
+    """Adds the first domain's validation loss to every evaluation of a fine-tuning run:
+    `recipes: [forgetting]`, `forgetting: {val_path: <domain-A data folder>}`. Logged as
+    `forgetting/val_loss_a` beside the run's own `val_loss` (domain B). Reads the model's full
+    weights, so it serves engines that keep them on every rank (single, ddp, ZeRO-1/2)."""
+
+    @dataclass
+    class Config:
+        val_path: str = ""
+        """Prepared data folder whose `val` split is the pretraining domain."""
+        eval_batches: int = 8
+        """Batches of train.micro_batch_size windows of data.seq_len tokens."""
+
+    def __init__(self, config=None):
+        super().__init__(config or self.Config())
+        if not self.config.val_path:
+            raise ConfigError("forgetting.val_path is empty: give the pretraining domain's prepared data folder")
+
+    def on_eval(self, trainer=None, metrics=None, **kw) -> dict:
+        from llmcore.evaluate import validation_loss
+
+        model = trainer.engine.module.model
+        was_training = model.training
+        model.eval()
+        out = validation_loss(model, self.config.val_path, trainer.cfg.data.seq_len,
+                              trainer.cfg.train.micro_batch_size, self.config.eval_batches)
+        model.train(was_training)
+        return {"forgetting/val_loss_a": out["loss"]}
+
+
+def finetune_sweep(checkpoint: str, data_b: str, val_a: str, lrs: list[float], steps: int, out_dir: str,
+                   eval_every: int, overrides: list[str] = (), eval_batches: int = 8) -> list[dict]:
+    """Fine-tune `checkpoint` on prepared folder `data_b` once per learning rate.
+
+    The model and seq_len come from the checkpoint's config.yaml; `overrides` are more dotted
+    keys (batch size, schedule, ...). Returns one dict per lr: {"lr", "points": [(step,
+    fine-tune val loss on B, pretraining val loss on A)]}, step 0 being the checkpoint itself."""
+    from llmcore import checkpoint as ckpt_mod
+    from llmcore.cli import load_run_config
+    from llmcore.train import Trainer
+
+    ckpt = ckpt_mod.resolve(checkpoint)
+    raw = yaml.safe_load((ckpt / "config.yaml").read_text())
+    inherited = [f"model.{k}={v}" for k, v in raw["model"].items() if v is not None]
+    inherited.append(f"data.seq_len={raw['data']['seq_len']}")
+    runs = []
+    for lr in lrs:
+        out = Path(out_dir) / f"lr{lr:g}"
+        cfg = load_run_config(None, [
+            *inherited, f"train.init_from={ckpt}", f"data.path={data_b}", f"data.tokenizer={ckpt / 'tokenizer'}",
+            f"train.out_dir={out}", f"optim.lr={lr}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
+            f"train.eval_batches={eval_batches}", "train.progress=false", "train.keep_last=1",
+            "recipes=[forgetting]", f"forgetting.val_path={val_a}", f"forgetting.eval_batches={eval_batches}",
+            *overrides])
+        trainer = Trainer(cfg)
+        start = trainer.evaluate()  # the checkpoint before any fine-tuning step
+        points = [(0, start["val_loss"], start["forgetting/val_loss_a"])]
+        trainer.fit()
+        points += [(r["step"], r["val_loss"], r["forgetting/val_loss_a"]) for r in _eval_rows(out)]
+        runs.append({"lr": lr, "points": points})
+    return runs
+
+
+def _eval_rows(out_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
+    return [r for r in rows if "forgetting/val_loss_a" in r]
+
+
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Lower-left envelope of (fine-tune loss, pretraining loss) points, by fine-tune loss: a
+    point stays if no point with a lower-or-equal fine-tune loss has a lower pretraining loss."""
+    out: list[tuple[float, float]] = []
+    for b, a in sorted(points):
+        if not out or a < out[-1][1]:
+            out.append((b, a))
+    return out
+
+
+def pretrain_loss_at(front: list[tuple[float, float]], finetune_loss: float) -> float:
+    """Pretraining loss on the frontier at a given fine-tune loss (linear between frontier
+    points); NaN when no run reached that fine-tune loss."""
+    if not front or finetune_loss < front[0][0]:
+        return math.nan
+    for (b0, a0), (b1, a1) in zip(front, front[1:]):
+        if b0 <= finetune_loss <= b1:
+            return a0 + (a1 - a0) * (finetune_loss - b0) / (b1 - b0)
+    return front[-1][1]  # past the highest fine-tune loss: the best pretraining loss of all
