@@ -32,10 +32,12 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker(kind: str, preset: str, seq_len: int, batch: int, steps: int, dtype: str) -> dict:
+def worker(kind: str, preset: str, seq_len: int, batch: int, steps: int, dtype: str, threads: int = 0) -> dict:
     """Run `steps` timed training steps after one warm-up step; return the measurements."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from llmcore.flops import device_peak_flops, flops_per_token
     from llmcore.presets import get_preset
 
@@ -131,16 +133,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0: torch's default)")
     p.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "throughput.csv"))
     p.add_argument("--worker", choices=["llmcore", "hf"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.preset, a.seq_len, a.batch, a.steps, a.dtype)))
+        print(json.dumps(worker(a.worker, a.preset, a.seq_len, a.batch, a.steps, a.dtype, a.threads)))
         return
     rows = []
     for impl in ("llmcore", "hf"):
         cmd = [sys.executable, "-m", "benchmarks.throughput", "--worker", impl, "--preset", a.preset,
-               "--seq-len", str(a.seq_len), "--batch", str(a.batch), "--steps", str(a.steps), "--dtype", a.dtype]
+               "--seq-len", str(a.seq_len), "--batch", str(a.batch), "--steps", str(a.steps), "--dtype", a.dtype, "--threads", str(a.threads)]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{impl} worker failed:\n{out.stderr[-3000:]}")
