@@ -65,6 +65,28 @@ def cmd_train(a) -> None:
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, default=float))
 
 
+def cmd_sweep(a) -> None:
+    """One run per value of a config key (e.g. a peak-LR sweep), each in its own out_dir
+    (`<train.out_dir>/<key>=<value>`, so each resumes independently), then a summary table."""
+    from llmcore.train import Trainer
+
+    values = _split_csv(a.values)
+    if not values:
+        raise LlmcoreError("sweep needs --values v1,v2,...")
+    base = load_run_config(a.config, a.overrides)
+    rows = []
+    for value in values:
+        out_dir = str(Path(base.train.out_dir) / f"{a.key}={value}")
+        cfg = load_run_config(a.config, a.overrides + [f"{a.key}={value}", f"train.out_dir={out_dir}"])
+        result = Trainer(cfg).fit()
+        rows.append((value, result.get("loss"), result.get("val_loss"), out_dir))
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"{a.key:>16}  {'train loss':>10}  {'val loss':>10}  out_dir")
+        for value, loss, val, out_dir in rows:
+            fmt = lambda x: f"{x:10.4f}" if isinstance(x, float) else f"{'-':>10}"  # noqa: E731
+            print(f"{value:>16}  {fmt(loss)}  {fmt(val)}  {out_dir}")
+
+
 def cmd_eval(a) -> None:
     import llmcore
     from llmcore import evaluate
@@ -151,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     tr.set_defaults(fn=cmd_train)
+
+    sw = sub.add_parser("sweep", help="train once per value of one config key (e.g. peak LR)")
+    sw.add_argument("--config", help="YAML config")
+    sw.add_argument("--key", required=True, help="dotted config key, e.g. optim.lr")
+    sw.add_argument("--values", required=True, help="comma-separated values, e.g. 1e-3,3e-3,1e-2")
+    sw.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    sw.set_defaults(fn=cmd_sweep)
 
     ev = sub.add_parser("eval", help="validation loss and/or exact match of a checkpoint")
     ev.add_argument("--checkpoint", required=True)

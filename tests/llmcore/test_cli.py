@@ -43,3 +43,14 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys, prepared):
 def test_print_config_resolves_overrides(capsys):
     assert main(["train", "--config", "recipes/configs/tiny.yaml", "optim.lr=0.5", "--print-config"]) == 0
     assert "lr: 0.5" in capsys.readouterr().out
+
+
+def test_sweep_runs_one_training_per_value(prepared, tmp_path, capsys):
+    assert main(["sweep", "--config", "recipes/configs/tiny.yaml", "--key", "optim.lr", "--values", "1e-4,3e-3",
+                 f"data.path={prepared}", f"train.out_dir={tmp_path}", "data.seq_len=32", "train.max_steps=15",
+                 "train.progress=false", "train.eval_every=0", "train.save_every=0", "train.eval_batches=2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()[1:]
+    assert [line.split()[0] for line in lines] == ["1e-4", "3e-3"]
+    assert (tmp_path / "optim.lr=1e-4" / "latest").is_file() and (tmp_path / "optim.lr=3e-3" / "latest").is_file()
+    # the larger peak LR learns faster in 15 steps: the sweep really changed the setting
+    assert float(lines[1].split()[1]) < float(lines[0].split()[1])
