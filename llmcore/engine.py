@@ -84,13 +84,18 @@ class Engine:
         """Skip gradient synchronisation across ranks inside the block (a no-op here)."""
         yield
 
+    def _local_grads(self) -> tuple[list[torch.Tensor], bool]:
+        """The gradient tensors this rank holds, and whether they are shards of one global
+        gradient (then norms need a sum over ranks) rather than full copies."""
+        return [p.grad for _, p in self.local_params() if p.grad is not None], self.sharded_grads
+
     def grad_norm(self) -> torch.Tensor:
         """Global L2 norm of the full gradient (fp32), over all parameters and ranks."""
+        grads, sharded = self._local_grads()
         sq = torch.zeros((), dtype=torch.float32, device=self.device)
-        for _, p in self.local_params():
-            if p.grad is not None:
-                sq += p.grad.detach().float().pow(2).sum()
-        if self.sharded_grads:
+        for g in grads:
+            sq += g.detach().float().pow(2).sum().to(self.device)
+        if sharded:
             self.all_reduce_sum(sq)
         return sq.sqrt()
 
@@ -99,9 +104,8 @@ class Engine:
         norm = self.grad_norm()
         if max_norm > 0:
             scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-            for _, p in self.local_params():
-                if p.grad is not None:
-                    p.grad.mul_(scale.to(p.grad.dtype))
+            for g in self._local_grads()[0]:
+                g.mul_(scale.to(device=g.device, dtype=g.dtype))
         return norm
 
     def step(self) -> None:

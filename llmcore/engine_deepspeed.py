@@ -148,26 +148,11 @@ class DeepSpeedEngine(Engine):
             finally:
                 self._in_no_sync = False
 
-    def grad_norm(self) -> torch.Tensor:
-        """Global L2 norm of the gradient: shard-local squared sums + one all-reduce (or the
-        local norm of un-reduced ZeRO-1 `no_sync` gradients, as DDP gives)."""
+    def _local_grads(self) -> tuple[list[torch.Tensor], bool]:
+        """This rank's reduced-gradient shards (summed over ranks for norms), or the full local
+        gradients of un-reduced ZeRO-1 `no_sync` backwards (a per-rank norm, as DDP gives)."""
         shards, reduced = self._shards()
-        sq = torch.zeros((), dtype=torch.float32, device=self.device)
-        for _, _, g in shards:
-            if g is not None:
-                sq += g.detach().float().pow(2).sum().to(self.device)
-        if reduced:
-            self.all_reduce_sum(sq)
-        return sq.sqrt()
-
-    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        norm = self.grad_norm()
-        if max_norm > 0:
-            scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-            for _, _, g in self._shards()[0]:
-                if g is not None:
-                    g.mul_(scale.to(device=g.device, dtype=g.dtype))
-        return norm
+        return [g for _, _, g in shards if g is not None], reduced
 
     def step(self) -> None:
         self.ds.set_gradient_accumulation_boundary(True)
