@@ -8,6 +8,9 @@ Public ops (the model and losses use only these):
 - ``rms_norm(x, weight, eps=1e-6)``, ``swiglu(gate, up)``, ``apply_rope(q, k, cos, sin)``
 - ``grad_sq_norm(grads)``, ``perturb_(params, grads, scale, saved)``, ``restore_(params, saved)``:
   SAM's multi-tensor norm, perturb-with-exact-copy and restore
+- ``future_summary_loss(w, mtp_h=None, mtp_labels=None, mtp_weight=None, fsp_h=None, bag=None,
+  fsp_rows=None, token_weight=None, fsp_weight=1.0, norm="vocab", ignore_index=-100,
+  ignore_ids=None)``: MTP heads and the FSP multi-hot BCE over the shared output weight
 
 The backend is picked per call by device (Triton on CUDA, PyTorch elsewhere);
 ``LLMCORE_KERNELS=torch|triton|flash_attn`` forces one (see ``kernels/_dispatch.py``).
@@ -24,6 +27,7 @@ kernels.linear_cross_entropy import ...`` or ``importlib.import_module``.
 """
 
 from kernels.attention import flash_attention
+from kernels.future_summary import future_summary_loss
 from kernels.linear_cross_entropy import linear_cross_entropy
 from kernels.rmsnorm import rms_norm
 from kernels.rope import apply_rope
@@ -33,4 +37,4 @@ from kernels.swiglu import swiglu
 __version__ = "0.1.0"
 
 __all__ = ["flash_attention", "linear_cross_entropy", "rms_norm", "swiglu", "apply_rope",
-           "grad_sq_norm", "perturb_", "restore_"]
+           "grad_sq_norm", "perturb_", "restore_", "future_summary_loss"]

@@ -142,8 +142,11 @@ class Trainer:
         if d.format == "sft":
             if not d.val_path:
                 return "data.val_path", []
+            transform = self.recipes.transform()
+            if d.reverse:
+                transform = _reversed_then(transform)
             return d.val_path, list(sft_eval_batches(d.val_path, self.tokenizer, d.seq_len, mb, n,
-                                                     transform=self.recipes.transform(), seed=self.cfg.train.seed,
+                                                     transform=transform, seed=self.cfg.train.seed,
                                                      prompt_field=d.prompt_field, answer_field=d.answer_field))
         path = d.val_path or d.path or d.sources[0].path
         shards = TokenShards(path, "val", expected_tokenizer_hash=self.tokenizer.hash, verify=d.verify)
