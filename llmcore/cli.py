@@ -46,6 +46,13 @@ def cmd_data_prepare(a) -> None:
                                          for k, v in splits.items()))
 
 
+def cmd_data_doc_freq(a) -> None:
+    from llmcore.data.stats import DF_FILE, cached_document_frequency
+
+    df, docs = cached_document_frequency(a.data)
+    print(f"{a.data}/{DF_FILE}: {docs:,} documents, {int((df > 0).sum()):,} of {len(df):,} token ids occur")
+
+
 def load_run_config(path: str | None, overrides: list[str]):
     from llmcore.config import load_config
     from llmcore.registry import recipe_config_class
@@ -167,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--overwrite", action="store_true")
     d.set_defaults(fn=cmd_data_prepare)
+
+    df = data.add_parser("doc-freq", help="store per-token document frequencies beside the shards (tf-idf)")
+    df.add_argument("--data", required=True, help="prepared data folder")
+    df.set_defaults(fn=cmd_data_doc_freq)
 
     tr = sub.add_parser("train", help="train (resumes from train.out_dir/latest)")
     tr.add_argument("--config", help="YAML config (recipes/configs/*.yaml)")

@@ -54,3 +54,16 @@ def test_sweep_runs_one_training_per_value(prepared, tmp_path, capsys):
     assert (tmp_path / "optim.lr=1e-4" / "latest").is_file() and (tmp_path / "optim.lr=3e-3" / "latest").is_file()
     # the larger peak LR learns faster in 15 steps: the sweep really changed the setting
     assert float(lines[1].split()[1]) < float(lines[0].split()[1])
+
+
+def test_doc_freq_is_stored_beside_the_shards(prepared, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    data = shutil.copytree(prepared, tmp_path / "data")
+    assert main(["data", "doc-freq", "--data", str(data)]) == 0
+    assert "documents" in capsys.readouterr().out
+    with np.load(data / "token_df.npz") as f:
+        df, docs = f["df"], int(f["num_docs"])
+    assert 0 < df.max() <= docs and df[0] == 0  # <unk> never occurs; no token in more docs than exist

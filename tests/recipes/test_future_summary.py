@@ -19,6 +19,7 @@ import llmcore
 from llmcore import checkpoint, hf
 from llmcore.cli import load_run_config
 from llmcore.data import to_batch, write_token_folder
+from llmcore.data import stats
 from llmcore.data.shards import TokenShards
 from llmcore.errors import ConfigError
 from llmcore.export import export_hf
@@ -260,17 +261,17 @@ def test_tfidf_weights_and_their_cache(prepared, tmp_path):
     shards = TokenShards(str(tmp_path / "d"), "train")
     want = np.array([sum(i in d for d in docs) for i in range(12)])
     for chunk in (1, 3, 5, 100):  # documents spanning chunk boundaries count once
-        assert tfidf.document_frequency(shards, chunk).tolist() == want.tolist()
+        assert stats.document_frequency(shards, chunk).tolist() == want.tolist()
     idf = tfidf.idf_weights([str(tmp_path / "d")], 14)
     assert np.allclose(idf[:12], np.log(6 / (1 + want)) + 1) and np.allclose(idf[12:], np.log(6) + 1)
-    assert (tmp_path / "d" / tfidf.CACHE).is_file()
+    assert (tmp_path / "d" / stats.DF_FILE).is_file()
     data = shutil.copytree(prepared, tmp_path / "data")
     trainer = Trainer(make_cfg(data, tmp_path / "run", "recipes=[future_summary]", "future_summary.tfidf=true",
                                "train.max_steps=1"))
     assert np.isfinite(trainer.fit()["future_summary/bce"])
     idf = trainer.recipes.recipes[0].idf
     assert idf.shape == (trainer.model_args.vocab_size,) and idf.min() >= 1 and idf.max() > idf.min()
-    assert (data / tfidf.CACHE).is_file()
+    assert (data / stats.DF_FILE).is_file()
 
 
 @pytest.mark.parametrize("name", ["fsp_bce_tiny", "fsp_revlm_reverse_tiny", "fsp_revlm_tiny", "mtp_tiny",
