@@ -121,6 +121,7 @@ class TrainConfig:
     """0: save only at the end (and on SIGTERM/SIGUSR1)."""
     keep_last: int = 3
     progress: bool = True
+    """A progress bar on a terminal (else, and when false, one log line every log_every steps)."""
     peak_flops: float = 0.0
     """Peak FLOP/s of one device for MFU; 0 looks the device up and logs no MFU if unknown."""
     init_from: str = ""

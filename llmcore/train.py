@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,7 +311,10 @@ class Trainer:
                      cfg.model.preset, f"{self.model_args.num_params():,}", cfg.train.max_steps,
                      cfg.train.global_batch_size, cfg.data.seq_len, self.engine.backend,
                      self.engine.world_size, self.recipes.names or "none")
-        bar = progress_bar(cfg.train.max_steps, self.step, is_main and cfg.train.progress)
+        # A bar only on a terminal: redirected to a file (slurm, CI) it is a wall of \r lines,
+        # so there the loop logs one line every log_every steps instead.
+        show_bar = is_main and cfg.train.progress and sys.stderr.isatty()
+        bar = progress_bar(cfg.train.max_steps, self.step, show_bar)
         last: dict = {}
         stopped = False
         try:
@@ -329,7 +333,7 @@ class Trainer:
                 if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
                     self.metrics.write({"step": self.step, "tokens": self._tokens_seen(), **last,
                                         "data": self.loader.stats()})
-                    if not cfg.train.progress and is_main:
+                    if not show_bar and is_main:
                         log.info("step %d loss %.4f lr %.2e tok/s %.0f", self.step, last["loss"], last["lr"],
                                  last["tokens_per_s"])
                 if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
