@@ -22,7 +22,6 @@ Prints the table and appends to benchmarks/results/future_summary_memory.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -31,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks._record import append_csv, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("ntp", "fused", "naive")
@@ -86,11 +87,6 @@ def worker(case: str, tokens: int, vocab: int, dim: int, heads: int, tau: int) -
             "peak_mb": round(peak - base, 1), "fwd_bwd_s": round(seconds, 3), "loss": float(loss)}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> None:
@@ -119,7 +115,7 @@ def main(argv=None) -> None:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{case} worker failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": _commit()})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": git_commit()})
     ntp = next((r for r in rows if r["case"] == "ntp"), None)
     print(f"\nN={a.tokens} tokens, V={a.vocab}, d={a.dim}, fp32, {rows[0]['device']}; "
           f"aux = {a.heads} MTP heads + FSP-BCE (bags of {a.tau - 1})")
@@ -127,13 +123,7 @@ def main(argv=None) -> None:
     for r in rows:
         ratio = f"{r['peak_mb'] / ntp['peak_mb']:.2f}" if ntp else "n/a"
         print(f"{r['case']:<8}{r['peak_mb']:>10.0f}{ratio:>8}{r['fwd_bwd_s']:>11.2f}{r['loss']:>14.1f}")
-    Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-    new = not Path(a.csv).exists()
-    with open(a.csv, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(a.csv, rows)
     print(f"wrote {a.csv}")
 
 

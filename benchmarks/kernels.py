@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks._record import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -312,13 +314,6 @@ def verify_lce(shape, dtype_name, device, threads=None):
 
 
 # --------------------------------------------------------------------------- the driver
-def _commit():
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _spawn(payload, timeout):
@@ -347,7 +342,7 @@ def _agree(check, ref, dtype):
 def bench_op(op, device, dtype, sweep, impls, budget, timeout, threads=None):
     """All rows of one op: every impl on every shape of the sweep."""
     rows, notes = [], []
-    commit = _commit()
+    commit = git_commit()
     for shape in SWEEPS[sweep][op]:
         results = {}
         for impl in impls:

@@ -21,14 +21,14 @@ Prints a table and appends rows to a CSV (default benchmarks/results/sam_step.cs
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import resource
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+
+from benchmarks._record import append_csv, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,11 +50,6 @@ def _device_name(device) -> str:
     return f"cpu {platform.machine()} x{torch.get_num_threads()}"
 
 
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def build(preset: str, dtype: str):
@@ -164,7 +159,7 @@ def main() -> None:
     n_params = sum(p.numel() for _, p in engine.local_params())
     copy_mb = sum(p.numel() * p.element_size() for _, p in engine.local_params()) / 2**20
     common = {"preset": a.preset, "params": n_params, "device": _device_name(device), "dtype": a.dtype,
-              "batch": a.batch, "seq_len": a.seq_len, "accum": a.accum, "commit": _commit()}
+              "batch": a.batch, "seq_len": a.seq_len, "accum": a.accum, "commit": git_commit()}
     rows = [
         common | {"impl": "adamw", "step_s": med["adamw"], "min_step_s": best["adamw"], "ratio": 1.0,
                   "min_ratio": 1.0, "sam_ops_s": "", "sam_ops_share": "",
@@ -186,15 +181,7 @@ def main() -> None:
               f"{ops:>11}{share:>11}{r['peak_mb']:>10.1f}{r['mem_delta_mb']:>9.1f}{copy:>9}")
     print(f"SAM ops backend: {ops_backend}; SAM step - 2 x AdamW step = "
           f"{med['sam'] - 2 * med['adamw']:+.4f} s (clip + AdamW run once per SAM step)")
-    path = Path(a.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {path}")
+    print(f"wrote {append_csv(a.csv, rows)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ gradients and activations are all counted; on CUDA it is torch's peak allocated 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -24,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks._record import append_csv, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,11 +120,6 @@ class _null:
         return False
 
 
-def _commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -147,7 +143,7 @@ def main() -> None:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{impl} worker failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": _commit()})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": git_commit()})
     ours, base = rows
     print(f"\npreset {a.preset} ({ours['params']:,} params), batch {a.batch} x seq {a.seq_len}, {a.dtype}, {ours['device']}")
     print(f"{'impl':<10}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak MB':>10}{'step s':>9}")
@@ -156,13 +152,7 @@ def main() -> None:
         print(f"{r['impl']:<10}{r['tokens_per_s']:>12.0f}{r['tflops']:>10.4f}{mfu:>8}{r['peak_mem_mb']:>10.0f}{r['step_s']:>9.3f}")
     print(f"llmcore / hf: {ours['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s, "
           f"{ours['peak_mem_mb'] / max(base['peak_mem_mb'], 1e-9):.2f}x peak memory")
-    Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-    new = not Path(a.csv).exists()
-    with open(a.csv, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_csv(a.csv, rows)
     print(f"wrote {a.csv}")
 
 

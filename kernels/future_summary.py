@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
+from kernels.linear_cross_entropy import as_id_tensor
 
 __all__ = ["future_summary_loss", "multi_token_cross_entropy", "future_bag_bce",
            "future_summary_reference", "NORMS"]
@@ -192,14 +193,6 @@ class FutureSummaryFunction(torch.autograd.Function):
 
 # --- input checking and assembly ----------------------------------------------------------------
 
-def _as_id_tensor(ids, device):
-    if ids is None:
-        return None
-    if isinstance(ids, torch.Tensor):
-        return ids.to(device=device, dtype=torch.long).reshape(-1)
-    return torch.tensor(list(ids), dtype=torch.long, device=device)
-
-
 def _check(w, mtp_h, mtp_labels, fsp_h, bag, fsp_rows, token_weight, norm):
     if w.dim() != 2:
         raise ValueError(f"future_summary_loss: w {tuple(w.shape)} must be [V, d]")
@@ -252,7 +245,7 @@ def _assemble(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weig
         n_heads, n_rows = mtp_h.shape[0], mtp_h.shape[1]
         labels = mtp_labels.reshape(-1)
         keep = labels != ignore_index
-        ids = _as_id_tensor(ignore_ids, labels.device)
+        ids = as_id_tensor(ignore_ids, labels.device)
         if ids is not None and ids.numel():
             keep &= ~torch.isin(labels, ids)
         idx = keep.nonzero().squeeze(1)

@@ -165,7 +165,8 @@ def linear_cross_entropy_torch(h, w, labels, ignore_index=-100, ignore_ids=None,
                 "torch")
 
 
-def _as_id_tensor(ignore_ids, device):
+def as_id_tensor(ignore_ids, device):
+    """A sequence or tensor of token ids (or None) as a flat long tensor on `device`."""
     if ignore_ids is None:
         return None
     if isinstance(ignore_ids, torch.Tensor):
@@ -213,7 +214,7 @@ def linear_cross_entropy(h, w, labels, ignore_index=-100, ignore_ids=None, z_los
             f"linear_cross_entropy: need 0 <= label_smoothing < 1 and z_loss >= 0, got "
             f"{label_smoothing} and {z_loss}"
         )
-    ids = _as_id_tensor(ignore_ids, flat.device)
+    ids = as_id_tensor(ignore_ids, flat.device)
     backend = _dispatch.backend("linear_cross_entropy", h2, w, flat)
     if backend == "triton":
         from kernels.linear_cross_entropy_triton import check_inputs
