@@ -62,10 +62,14 @@ def recipe_config_class(name: str) -> type | None:
     return getattr(recipe_class(name), "Config", None)
 
 
-def all_special_tokens() -> list[str]:
-    """Every special token any registered recipe declares, for tokenizer training."""
+def all_special_tokens(include_testing: bool = False) -> list[str]:
+    """Every special token any registered recipe declares, for tokenizer training. Recipes
+    marked `testing_only` (the hook probe) are left out unless `include_testing`, so users'
+    tokenizers carry no test tokens."""
     tokens: list[str] = []
     for cls in discover().values():
+        if getattr(cls, "testing_only", False) and not include_testing:
+            continue
         fn = getattr(cls, "declared_special_tokens", None)
         for tok in (fn() if fn else []):
             if tok not in tokens:

@@ -21,6 +21,7 @@ class Probe(Recipe):
     """Counts hook calls in `self.calls`; optionally adds a small auxiliary loss."""
 
     TOKEN = "<probe>"
+    testing_only = True  # its token is reserved only in test tokenizers
 
     @dataclass
     class Config:

@@ -61,7 +61,7 @@ def prepared(tmp_path_factory, corpus_file) -> Path:
     from llmcore.tokenizer import Tokenizer
 
     root = tmp_path_factory.mktemp("prepared")
-    tok = Tokenizer.train([str(corpus_file)], str(root / "tok"), 512, special_tokens=all_special_tokens())
+    tok = Tokenizer.train([str(corpus_file)], str(root / "tok"), 512, special_tokens=all_special_tokens(include_testing=True))
     prepare([str(corpus_file)], tok, str(root / "data"), val_fraction=0.05, progress=False)
     shutil.copytree(root / "tok", root / "data" / "tokenizer")
     return root / "data"

@@ -67,3 +67,12 @@ def test_doc_freq_is_stored_beside_the_shards(prepared, tmp_path, capsys):
     with np.load(data / "token_df.npz") as f:
         df, docs = f["df"], int(f["num_docs"])
     assert 0 < df.max() <= docs and df[0] == 0  # <unk> never occurs; no token in more docs than exist
+
+
+def test_user_tokenizers_reserve_recipe_tokens_but_not_test_ones(tmp_path, corpus_file):
+    from llmcore.tokenizer import Tokenizer
+
+    assert main(["tokenizer", "train", "--input", str(corpus_file), "--vocab-size", "400",
+                 "--out", str(tmp_path / "tok"), "--special-tokens", "<mine>"]) == 0
+    specials = Tokenizer.load(str(tmp_path / "tok")).special_ids
+    assert "<mine>" in specials and "<pause>" in specials and "<probe>" not in specials
