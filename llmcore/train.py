@@ -10,6 +10,7 @@ Resumes from `train.out_dir/latest` when it exists.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import sys
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from llmcore import checkpoint
@@ -127,33 +129,38 @@ class Trainer:
         self._restore()
 
     # --- set-up -------------------------------------------------------------------------------
+    def _sample_transform(self) -> Callable | None:
+        """The recipes' sample rewrite, after reversal for a right-to-left LM: one definition for
+        training and validation, so validation scores the same kind of sequence training sees
+        (e.g. windows with pauses, whose pause targets take no loss)."""
+        transform = self.recipes.transform()
+        return _reversed_then(transform) if self.cfg.data.reverse else transform
+
     def _make_loader(self):
         d, t = self.cfg.data, self.cfg.train
-        transform = self.recipes.transform()
-        if d.reverse:
-            transform = _reversed_then(transform)
-        common = dict(seed=t.seed, rank=self.engine.rank, world_size=self.engine.world_size, transform=transform)
+        common = dict(seed=t.seed, rank=self.engine.rank, world_size=self.engine.world_size,
+                      transform=self._sample_transform())
         if d.format == "sft":
             return SFTLoader(d.path, self.tokenizer, d.seq_len, t.global_batch_size, prompt_field=d.prompt_field,
                              answer_field=d.answer_field, **common)
         return PackedLoader(self._sources(), d.seq_len, t.global_batch_size, **common)
 
     def _eval_batches(self, n: int) -> tuple[str, list[dict]]:
-        d, mb = self.cfg.data, self.cfg.train.micro_batch_size
+        d, mb, seed = self.cfg.data, self.cfg.train.micro_batch_size, self.cfg.train.seed
+        transform = self._sample_transform()
         if d.format == "sft":
             if not d.val_path:
                 return "data.val_path", []
-            transform = self.recipes.transform()
-            if d.reverse:
-                transform = _reversed_then(transform)
             return d.val_path, list(sft_eval_batches(d.val_path, self.tokenizer, d.seq_len, mb, n,
-                                                     transform=transform, seed=self.cfg.train.seed,
+                                                     transform=transform, seed=seed,
                                                      prompt_field=d.prompt_field, answer_field=d.answer_field))
         path = d.val_path or d.path or d.sources[0].path
         shards = TokenShards(path, "val", expected_tokenizer_hash=self.tokenizer.hash, verify=d.verify)
-        reverse = _reversed_then(None) if d.reverse else None
-        return path, list(eval_batches(shards, d.seq_len, mb, n,
-                                       transform=(lambda s: reverse(s, None)) if reverse else None))
+        per_window = None
+        if transform is not None:
+            index = itertools.count()  # window i gets the same rng in every evaluation
+            per_window = lambda s: transform(s, np.random.default_rng([seed, next(index), 13]))  # noqa: E731
+        return path, list(eval_batches(shards, d.seq_len, mb, n, transform=per_window))
 
     def _sources(self) -> list[tuple[str, TokenShards, float]]:
         d = self.cfg.data

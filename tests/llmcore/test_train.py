@@ -107,7 +107,9 @@ def test_probe_recipe_hooks_called_and_weight_zero_is_bit_identical(prepared, tm
     calls = trainer.recipes.recipes[0].calls
     for hook in ("bind", "modules", "on_train_start", "on_train_end", "on_eval"):
         assert calls[hook] >= 1, hook
-    assert calls["transform"] == 5 * 8  # every sample of every step
+    after_fit = calls["transform"]
+    n_eval = sum(b["input_ids"].shape[0] for b in trainer._eval_batches(4)[1])
+    assert after_fit == 5 * 8 + n_eval  # every sample of every step, and every validation window
     assert calls["optimizer_step"] == 5 and calls["on_step_end"] == 5
     assert calls["loss"] == 5 * 2  # every micro-batch
     assert trainer.ignore_ids.tolist() == [trainer.tokenizer.token_id("<probe>")]

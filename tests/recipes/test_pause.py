@@ -291,3 +291,16 @@ def test_cli_eval_and_generate_use_the_checkpoints_pause_recipe(prepared, tmp_pa
     assert json.loads(capsys.readouterr().out)["exact_match"]["n"] == 8
     assert main(["generate", "--checkpoint", str(run), "--prompt", "Count: 3 4", "--max-new-tokens", "8"]) == 0
     assert "<pause>" not in capsys.readouterr().out
+
+
+def test_validation_windows_get_the_same_pause_rewrite_as_training(prepared, tmp_path):
+    from llmcore.train import Trainer
+
+    trainer = Trainer(make_cfg(prepared, tmp_path / "v", "recipes=[pause]", "pause.fraction=0.1"))
+    pause = trainer.tokenizer.token_id("<pause>")
+    first, again = trainer._eval_batches(2)[1], trainer._eval_batches(2)[1]
+    ids = first[0]["input_ids"]
+    assert (ids == pause).any(dim=1).all()  # every validation window carries pauses
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again))  # same each time
+    plain = Trainer(make_cfg(prepared, tmp_path / "p")).evaluate()["val_tokens"]
+    assert trainer.evaluate()["val_tokens"] < plain  # pause targets take no loss
