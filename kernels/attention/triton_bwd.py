@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from kernels.attention.triton_fwd import LOG2E
+from kernels.attention.triton_masks import query_block_key_range, visible
 
 
 @triton.jit
@@ -45,6 +46,9 @@ def _attn_bwd_dkdv_kernel(
     hi = T_Q
     if CAUSAL:
         lo = tl.maximum(pid_n * BLOCK_N - off, 0)
+    # placeholders, read only when HAS_DOC; typed like the ids since a loop-carried value keeps its type
+    k_doc = offs_n.to(doc_ptr.dtype.element_ty)
+    q_doc = offs_m0.to(doc_ptr.dtype.element_ty)
     if HAS_DOC:
         k_doc = tl.load(doc_ptr + b * T_K + offs_n, mask=n_valid, other=-2)
         first = tl.min(tl.load(first_ptr + b * T_K + offs_n, mask=n_valid, other=T_K), axis=0)
@@ -68,12 +72,9 @@ def _attn_bwd_dkdv_kernel(
             lse2 = tl.load(lse_ptr + row, mask=m_valid, other=0.0)
             delta = tl.load(delta_ptr + row, mask=m_valid, other=0.0)
             s = tl.dot(q.to(DOT_DTYPE), tl.trans(k), input_precision=PRECISION) * qk_scale
-            keep = m_valid[:, None] & n_valid[None, :]
-            if CAUSAL:
-                keep = keep & (offs_m[:, None] + off >= offs_n[None, :])
             if HAS_DOC:
                 q_doc = tl.load(doc_ptr + b * T_K + off + offs_m, mask=m_valid, other=-1)
-                keep = keep & (q_doc[:, None] == k_doc[None, :])
+            keep = visible(offs_m, offs_n, m_valid, n_valid, q_doc, k_doc, off, CAUSAL, HAS_DOC)
             p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)  # (M, N)
             dv += tl.dot(tl.trans(p.to(DOT_DTYPE)), do.to(DOT_DTYPE), input_precision=PRECISION)
             dp = tl.dot(do.to(DOT_DTYPE), tl.trans(v), input_precision=PRECISION)
@@ -115,15 +116,13 @@ def _attn_bwd_dq_kernel(
     lse2 = tl.load(lse_ptr + row, mask=m_valid, other=0.0)
     delta = tl.load(delta_ptr + row, mask=m_valid, other=0.0)
 
-    lo = 0
-    hi = T_K
-    if CAUSAL:
-        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + off)
+    lo, hi = query_block_key_range(pid_m, b * T_K, offs_m, m_valid, first_ptr, last_ptr, T_K, off,
+                                   BLOCK_M, CAUSAL, HAS_DOC)
+    # placeholders, read only when HAS_DOC; typed like the ids since a loop-carried value keeps its type
+    q_doc = offs_m.to(doc_ptr.dtype.element_ty)
+    k_doc = offs_n0.to(doc_ptr.dtype.element_ty)
     if HAS_DOC:
         q_doc = tl.load(doc_ptr + b * T_K + off + offs_m, mask=m_valid, other=-1)
-        lo = tl.min(tl.load(first_ptr + b * T_K + off + offs_m, mask=m_valid, other=T_K), axis=0)
-        hi = tl.minimum(hi, tl.max(tl.load(last_ptr + b * T_K + off + offs_m, mask=m_valid,
-                                           other=-1), axis=0) + 1)
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
@@ -135,12 +134,9 @@ def _attn_bwd_dq_kernel(
         v = tl.load(v_ptr + b * svb + kn[:, None] * svt + hk * svh + offs_d[None, :],
                     mask=nd_mask, other=0.0).to(tl.float32).to(DOT_DTYPE)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-        keep = m_valid[:, None] & n_valid[None, :]
-        if CAUSAL:
-            keep = keep & (offs_m[:, None] + off >= kn[None, :])
         if HAS_DOC:
             k_doc = tl.load(doc_ptr + b * T_K + kn, mask=n_valid, other=-2)
-            keep = keep & (q_doc[:, None] == k_doc[None, :])
+        keep = visible(offs_m, kn, m_valid, n_valid, q_doc, k_doc, off, CAUSAL, HAS_DOC)
         p = tl.where(keep, tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.attention.triton_masks import query_block_key_range, visible
+
 LOG2E = 1.4426950408889634
 
 
@@ -39,16 +41,13 @@ def _attn_fwd_kernel(
                 mask=m_valid[:, None] & d_valid[None, :], other=0.0).to(tl.float32)
     q = q.to(DOT_DTYPE)
 
-    lo = 0
-    hi = T_K
-    if CAUSAL:
-        hi = tl.minimum(hi, (pid_m + 1) * BLOCK_M + off)
+    lo, hi = query_block_key_range(pid_m, b * T_K, offs_m, m_valid, first_ptr, last_ptr, T_K, off,
+                                   BLOCK_M, CAUSAL, HAS_DOC)
+    # placeholders, read only when HAS_DOC; typed like the ids since a loop-carried value keeps its type
+    q_doc = offs_m.to(doc_ptr.dtype.element_ty)
+    k_doc = offs_n.to(doc_ptr.dtype.element_ty)
     if HAS_DOC:
         q_doc = tl.load(doc_ptr + b * T_K + off + offs_m, mask=m_valid, other=-1)
-        # a query block only needs keys between the first and last position of its documents
-        lo = tl.min(tl.load(first_ptr + b * T_K + off + offs_m, mask=m_valid, other=T_K), axis=0)
-        hi = tl.minimum(hi, tl.max(tl.load(last_ptr + b * T_K + off + offs_m, mask=m_valid,
-                                           other=-1), axis=0) + 1)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -59,12 +58,9 @@ def _attn_fwd_kernel(
         kt = tl.load(k_ptr + b * skb + kn[None, :] * skt + hk * skh + offs_d[:, None],
                      mask=n_valid[None, :] & d_valid[:, None], other=0.0).to(tl.float32)
         s = tl.dot(q, kt.to(DOT_DTYPE), input_precision=PRECISION) * qk_scale  # (M, N), base 2
-        keep = m_valid[:, None] & n_valid[None, :]
-        if CAUSAL:
-            keep = keep & (offs_m[:, None] + off >= kn[None, :])
         if HAS_DOC:
             k_doc = tl.load(doc_ptr + b * T_K + kn, mask=n_valid, other=-2)
-            keep = keep & (q_doc[:, None] == k_doc[None, :])
+        keep = visible(offs_m, kn, m_valid, n_valid, q_doc, k_doc, off, CAUSAL, HAS_DOC)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # rows that have seen no visible key yet stay at -inf; shift them by 0 to avoid nan
