@@ -27,13 +27,18 @@ _chunk_tables: dict = {}
 
 
 @triton.jit
+def _my_chunk(c, numel, chunk_tensor, chunk_start):
+    """Program c's (tensor index, first element, that tensor's element count)."""
+    t = tl.load(chunk_tensor + c)
+    return t, tl.load(chunk_start + c), tl.load(numel + t)
+
+
+@triton.jit
 def _sq_norm_kernel(g_addr, p_addr, numel, chunk_tensor, chunk_start, partial, eta,
                     G_DTYPE: tl.constexpr, P_DTYPE: tl.constexpr, ADAPTIVE: tl.constexpr,
                     CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
-    t = tl.load(chunk_tensor + c)
-    start = tl.load(chunk_start + c)
-    n = tl.load(numel + t)
+    t, start, n = _my_chunk(c, numel, chunk_tensor, chunk_start)
     g_ptr = tl.load(g_addr + t).to(tl.pointer_type(G_DTYPE))
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for i in range(0, CHUNK, BLOCK):
@@ -54,9 +59,7 @@ def _perturb_kernel(p_addr, g_addr, s_addr, numel, chunk_tensor, chunk_start, sc
                     P_DTYPE: tl.constexpr, P_BITS: tl.constexpr, G_DTYPE: tl.constexpr,
                     ADAPTIVE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
-    t = tl.load(chunk_tensor + c)
-    start = tl.load(chunk_start + c)
-    n = tl.load(numel + t)
+    t, start, n = _my_chunk(c, numel, chunk_tensor, chunk_start)
     p_bits = tl.load(p_addr + t).to(tl.pointer_type(P_BITS))
     p_ptr = tl.load(p_addr + t).to(tl.pointer_type(P_DTYPE))
     s_bits = tl.load(s_addr + t).to(tl.pointer_type(P_BITS))
@@ -78,9 +81,7 @@ def _perturb_kernel(p_addr, g_addr, s_addr, numel, chunk_tensor, chunk_start, sc
 def _copy_kernel(dst_addr, src_addr, numel, chunk_tensor, chunk_start,
                  BITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
-    t = tl.load(chunk_tensor + c)
-    start = tl.load(chunk_start + c)
-    n = tl.load(numel + t)
+    t, start, n = _my_chunk(c, numel, chunk_tensor, chunk_start)
     dst = tl.load(dst_addr + t).to(tl.pointer_type(BITS))
     src = tl.load(src_addr + t).to(tl.pointer_type(BITS))
     for i in range(0, CHUNK, BLOCK):
