@@ -13,18 +13,17 @@ from safetensors.torch import load_file
 
 import llmcore
 from llmcore import checkpoint
-from llmcore.cli import load_run_config
 from llmcore.errors import CheckpointError, DataError
 from llmcore.registry import temporary_recipe
 from llmcore.train import Trainer
 from recipes.base import Recipe
+from run_configs import tiny_config
 
 
 def make_cfg(prepared, out_dir, *extra):
-    return load_run_config(None, [
-        f"data.path={prepared}", f"train.out_dir={out_dir}", "model.preset=tiny", "data.seq_len=64",
-        "train.max_steps=20", "train.micro_batch_size=4", "train.global_batch_size=8", "train.log_every=1",
-        "train.progress=false", "train.eval_batches=4", "optim.lr=3e-3", "schedule.warmup_steps=5", *extra])
+    return tiny_config(prepared, out_dir, "data.seq_len=64", "train.max_steps=20", "train.micro_batch_size=4",
+                       "train.global_batch_size=8", "train.log_every=1", "train.eval_batches=4", "optim.lr=3e-3",
+                       "schedule.warmup_steps=5", *extra)
 
 
 def losses(out_dir):

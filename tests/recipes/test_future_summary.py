@@ -28,17 +28,14 @@ from llmcore.presets import ModelArgs
 from llmcore.train import LossContext, Trainer, _reversed_then
 from recipes.future_summary import FutureSummary, targets, tfidf
 from recipes.future_summary.heads import FutureHeads
+from run_configs import RECIPE_RUN, tiny_config
 
 ARGS = ModelArgs(vocab_size=53, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64,
                  max_seq_len=64)
 
 
 def make_cfg(prepared, out_dir, *extra):
-    return load_run_config(None, [
-        f"data.path={prepared}", f"train.out_dir={out_dir}", "model.preset=tiny", "model.n_layers=2",
-        "data.seq_len=32", "train.max_steps=3", "train.micro_batch_size=2", "train.global_batch_size=4",
-        "train.log_every=1", "train.progress=false", "train.eval_batches=1", "optim.lr=1e-2",
-        "schedule.kind=constant", "schedule.warmup_steps=0", *extra])
+    return tiny_config(prepared, out_dir, *RECIPE_RUN, "train.max_steps=3", *extra)
 
 
 def _batch(B=3, T=23, seed=0, vocab=ARGS.vocab_size):

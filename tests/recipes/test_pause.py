@@ -26,6 +26,7 @@ from llmcore.registry import RecipeSet
 from llmcore.tokenizer import Tokenizer
 from llmcore.train import Trainer
 from recipes.pause import Pause, num_pauses
+from run_configs import tiny_config
 
 PAUSE = 7  # a stand-in id for the tokenizer-free tests
 
@@ -252,10 +253,9 @@ def test_prepare_prompt_appends_m_pauses_in_finetune_mode_only(tok, pause_lover)
 # --- training and the CLI ----------------------------------------------------------------------
 
 def make_cfg(prepared, out_dir, *extra):
-    return load_run_config(None, [
-        f"data.path={prepared}", f"train.out_dir={out_dir}", "model.preset=tiny", "data.seq_len=64",
-        "train.max_steps=3", "train.micro_batch_size=4", "train.global_batch_size=8", "train.progress=false",
-        "train.eval_batches=1", "optim.lr=3e-3", "schedule.warmup_steps=2", *extra])
+    return tiny_config(prepared, out_dir, "data.seq_len=64", "train.max_steps=3", "train.micro_batch_size=4",
+                       "train.global_batch_size=8", "train.eval_batches=1", "optim.lr=3e-3",
+                       "schedule.warmup_steps=2", *extra)
 
 
 def trunk(out_dir):

@@ -15,19 +15,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from llmcore import checkpoint
-from llmcore.cli import load_run_config
 from llmcore.errors import ConfigError
 from llmcore.optim import param_groups
 from llmcore.train import StepContext, Trainer
 from recipes.sam import Sam
+from run_configs import RECIPE_RUN, tiny_config
 
 
 def make_cfg(prepared, out_dir, *extra):
-    return load_run_config(None, [
-        f"data.path={prepared}", f"train.out_dir={out_dir}", "model.preset=tiny", "model.n_layers=2",
-        "data.seq_len=32", "train.max_steps=4", "train.micro_batch_size=2", "train.global_batch_size=4",
-        "train.log_every=1", "train.progress=false", "train.eval_batches=1", "optim.lr=1e-2",
-        "schedule.kind=constant", "schedule.warmup_steps=0", *extra])
+    return tiny_config(prepared, out_dir, *RECIPE_RUN, "train.max_steps=4", *extra)
 
 
 def micro_batches(trainer) -> list[dict]:
