@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def cmd_train(a) -> None:
     from llmcore.train import Trainer
 
     result = Trainer(cfg).fit()
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, default=float))
 
 
@@ -87,7 +88,7 @@ def cmd_sweep(a) -> None:
         cfg = load_run_config(a.config, a.overrides + [f"{a.key}={value}", f"train.out_dir={out_dir}"])
         result = Trainer(cfg).fit()
         rows.append((value, result.get("loss"), result.get("val_loss"), out_dir))
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"{a.key:>16}  {'train loss':>10}  {'val loss':>10}  out_dir")
         for value, loss, val, out_dir in rows:
             fmt = lambda x: f"{x:10.4f}" if isinstance(x, float) else f"{'-':>10}"  # noqa: E731

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from llmcore.config import Config
+from llmcore.errors import ConfigError
 from llmcore.optim import build_optimizer
 
 
@@ -184,7 +185,6 @@ def build_engine(module: TrainModule, cfg: Config) -> Engine:
     backend = cfg.engine.backend
     if backend == "single":
         if world > 1:
-            from llmcore.errors import ConfigError
             raise ConfigError(f"engine.backend=single but WORLD_SIZE={world}: use engine.backend=ddp or deepspeed")
         return Engine(module, cfg, device)
     if backend == "ddp":

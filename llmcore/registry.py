@@ -185,12 +185,11 @@ def _has(recipe: Any, hook: str) -> bool:
 @contextlib.contextmanager
 def temporary_recipe(name: str, cls: type):
     """Register `cls` under `name` for the duration of a block (tests)."""
-    old = _RECIPES.get(name)
-    register_recipe(name)(cls) if old is None else _RECIPES.__setitem__(name, cls)
+    old = _RECIPES.pop(name, None)
+    register_recipe(name)(cls)
     try:
         yield cls
     finally:
-        if old is None:
-            _RECIPES.pop(name, None)
-        else:
+        _RECIPES.pop(name, None)
+        if old is not None:
             _RECIPES[name] = old

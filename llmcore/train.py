@@ -28,7 +28,7 @@ from llmcore.data.loader import PackedLoader, eval_batches
 from llmcore.data.sft import SFTLoader, sft_eval_batches
 from llmcore.data.shards import TokenShards
 from llmcore.engine import Engine, TrainModule, build_engine
-from llmcore.errors import ConfigError
+from llmcore.errors import CheckpointError, ConfigError
 from llmcore.flops import device_peak_flops, flops_per_token
 from llmcore.losses import combine, count_loss_tokens, ntp_loss
 from llmcore.metrics import MetricsWriter, log, progress_bar, setup_logging
@@ -186,7 +186,6 @@ class Trainer:
             missing, unexpected = self.engine.load_full_state_dict(weights, strict=False)
             trunk_missing = [k for k in missing if k.startswith("model.")]
             if trunk_missing or unexpected:
-                from llmcore.errors import CheckpointError
                 raise CheckpointError(f"{src} does not match model {self.cfg.model.preset}: missing "
                                       f"{trunk_missing[:5]}, unexpected {unexpected[:5]}")
             log.info("initialised weights from %s", src)
