@@ -88,7 +88,12 @@ class Engine:
     def _local_grads(self) -> tuple[list[torch.Tensor], bool]:
         """The gradient tensors this rank holds, and whether they are shards of one global
         gradient (then norms need a sum over ranks) rather than full copies."""
-        return [p.grad for _, p in self.local_params() if p.grad is not None], self.sharded_grads
+        return [p.grad for _, p in self.local_params() if p.grad is not None], self.grads_are_shards()
+
+    def grads_are_shards(self) -> bool:
+        """True when this rank's current gradients are shards of one global gradient (sum
+        squared norms over ranks), False when they are whole per-rank gradients."""
+        return self.sharded_grads
 
     def grad_norm(self) -> torch.Tensor:
         """Global L2 norm of the full gradient (fp32), over all parameters and ranks."""

@@ -148,6 +148,10 @@ class DeepSpeedEngine(Engine):
             finally:
                 self._in_no_sync = False
 
+    def grads_are_shards(self) -> bool:
+        # ZeRO-2/3 always; ZeRO-1 after a synced backward (its no_sync gradients stay whole)
+        return self._shards()[1]
+
     def _local_grads(self) -> tuple[list[torch.Tensor], bool]:
         """This rank's reduced-gradient shards (summed over ranks for norms), or the full local
         gradients of un-reduced ZeRO-1 `no_sync` backwards (a per-rank norm, as DDP gives)."""

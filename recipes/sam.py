@@ -125,12 +125,6 @@ class Sam(Recipe):
                 f"shards gradients during backward (ZeRO-2/3): use sam.mode=global-m (or auto)")
         return want
 
-    @staticmethod
-    def _grads_are_shards(engine, synced: bool) -> bool:
-        # ZeRO-2/3 always hand out reduced gradient shards; ZeRO-1 does after a synced pass
-        # (llmcore/engine_deepspeed.py, local_params); single and DDP hold whole gradients.
-        return engine.sharded_grads or (engine.backend == "deepspeed" and synced)
-
     # --- hooks ---------------------------------------------------------------------------
     def on_train_start(self, trainer=None, **kw):
         self.max_steps = trainer.cfg.train.max_steps
@@ -167,7 +161,7 @@ class Sam(Recipe):
         eta = c.adaptive_eta if c.adaptive else None
         with torch.no_grad():
             sq = grad_sq_norm(grads, live, eta).to(engine.device) if live else torch.zeros((), device=engine.device)
-        if self._grads_are_shards(engine, synced=not per_device):
+        if engine.grads_are_shards():
             engine.all_reduce_sum(sq)
         sq = float(sq)
         norm = math.sqrt(sq) if math.isfinite(sq) else float("nan")
