@@ -4,6 +4,7 @@ is appended to. Shared by the benchmark scripts."""
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:
-    """Short commit id, `-dirty` when the tree has uncommitted changes, or "unknown"."""
+    """Short commit id, `-dirty` when the tree has uncommitted changes, or "unknown".
+
+    ``LLMCORE_COMMIT`` names it where the tree is a copy without git (a remote GPU box)."""
+    if os.environ.get("LLMCORE_COMMIT"):
+        return os.environ["LLMCORE_COMMIT"]
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
                              capture_output=True, text=True, timeout=10)

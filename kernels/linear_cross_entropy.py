@@ -2,7 +2,7 @@
 
 Both backends compact away ignored rows (``ignore_index`` labels and the ``ignore_ids``
 control tokens such as ``<pause>``), so those rows cost no unembedding FLOPs, and walk the rest
-in chunks of rows. The forward of ``LinearCrossEntropyFunction`` computes each chunk's loss AND
+in chunks of rows, gathered per chunk (no copy of h). The forward of ``LinearCrossEntropyFunction`` computes each chunk's loss AND
 its gradients w.r.t. the hidden states and the weight, so the backward is one multiply by the
 incoming scalar; only ``reduction="none"`` recomputes in its backward, since the per-token
 weights are known only then. The per-chunk work is ``chunk_pass_torch`` here or
@@ -16,7 +16,8 @@ import torch
 
 from kernels import _dispatch
 
-__all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "valid_rows", "chunk_pass_torch"]
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "valid_rows", "kept_rows",
+           "chunk_pass_torch"]
 
 # Logits alive at once on the PyTorch path: 2**24 elements (64 MiB fp32) per chunk keeps peak
 # memory a small multiple of W while the matmuls stay large enough to be efficient.
@@ -41,49 +42,80 @@ def _chunk_pass(backend):
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
-    """Chunked linear CE over the non-ignored rows; ``backend`` picks the per-chunk pass."""
+    """Chunked linear CE over the non-ignored rows; ``backend`` picks the per-chunk pass.
+
+    The surviving rows are gathered chunk by chunk (``rows``), never as a copy of h, and their
+    dh is scattered into one zeroed [N, d] tensor; with nothing ignored the chunks are plain
+    slices. The backward scales the saved gradients in place, so it may run once only.
+    """
 
     @staticmethod
     def forward(ctx, h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction,
                 backend):
         chunk_pass = _chunk_pass(backend)
-        idx = valid_rows(labels, ignore_index, ignore_ids).nonzero().squeeze(1)
-        hv = h.index_select(0, idx)
-        yv = labels.index_select(0, idx)
+        rows = kept_rows(labels, ignore_index, ignore_ids)
+        count = labels.numel() if rows is None else rows.numel()
         want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.reduction, ctx.h_shape = reduction, h.shape
+        ctx.reduction, ctx.used = reduction, False
         if reduction == "none":
-            losses, _, _ = chunk_pass(hv, w, yv, z_loss, smoothing, 1.0, None, False, False)
-            ctx.save_for_backward(hv, w, yv, idx)
+            losses, _, _ = chunk_pass(h, w, labels, rows, z_loss, smoothing, 1.0, None, False,
+                                      False)
+            ctx.save_for_backward(h, w, labels, rows)
             ctx.options = (z_loss, smoothing, want_dh, want_dw, chunk_pass)
-            out = torch.zeros(h.shape[0], dtype=losses.dtype, device=h.device)
-            return out.index_copy_(0, idx, losses)
-        count = idx.numel()
+            return losses
         # mean over zero rows stays 0/0 = nan, exactly like F.cross_entropy
         scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
-        losses, dh_v, dw = chunk_pass(hv, w, yv, z_loss, smoothing, scale, None, want_dh, want_dw)
+        losses, dh, dw = chunk_pass(h, w, labels, rows, z_loss, smoothing, scale, None, want_dh,
+                                    want_dw)
         loss = losses.sum() / count if reduction == "mean" else losses.sum()
-        dh = torch.zeros_like(h).index_copy_(0, idx, dh_v) if want_dh else None
         ctx.save_for_backward(dh, dw.to(w.dtype) if want_dw else None)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         nones = (None,) * 7
+        if ctx.reduction != "none":
+            if ctx.used:
+                raise RuntimeError(
+                    "linear_cross_entropy: a second backward through one forward (retain_graph) "
+                    "is not supported with reduction='mean'/'sum': the gradients computed in the "
+                    "forward were scaled in place by the first")
+            ctx.used = True
         if ctx.reduction == "none":
-            hv, w, yv, idx = ctx.saved_tensors
+            h, w, labels, rows = ctx.saved_tensors
             z_loss, smoothing, want_dh, want_dw, chunk_pass = ctx.options
-            g = grad_out.index_select(0, idx).contiguous()
-            _, dh_v, dw = chunk_pass(hv, w, yv, z_loss, smoothing, 1.0, g, want_dh, want_dw)
-            dh = None
-            if want_dh:
-                dh = torch.zeros(ctx.h_shape, dtype=hv.dtype, device=hv.device)
-                dh.index_copy_(0, idx, dh_v)
+            _, dh, dw = chunk_pass(h, w, labels, rows, z_loss, smoothing, 1.0,
+                                   grad_out.reshape(-1), want_dh, want_dw)
             return (dh, dw.to(w.dtype) if want_dw else None) + nones
         dh, dw = ctx.saved_tensors
-        dh = dh * grad_out.to(dh.dtype) if dh is not None else None
-        dw = dw * grad_out.to(dw.dtype) if dw is not None else None
+        # in place: a copy would double the [V, d] weight gradient at the peak
+        dh = dh.mul_(grad_out.to(dh.dtype)) if dh is not None else None
+        dw = dw.mul_(grad_out.to(dw.dtype)) if dw is not None else None
         return (dh, dw) + nones
+
+
+def kept_rows(labels, ignore_index, ignore_ids):
+    """Long [n] indices of the rows that take a loss, or None when every row does."""
+    keep = valid_rows(labels, ignore_index, ignore_ids)
+    if bool(keep.all()):
+        return None
+    return keep.nonzero().squeeze(1)
+
+
+def chunk_rows(h, y, rows, start, stop):
+    """Rows start:stop of the kept rows: (h [n_c, d], y [n_c], their indices in h or None)."""
+    if rows is None:
+        return h[start:stop], y[start:stop], None
+    idx = rows[start:stop]
+    return h.index_select(0, idx), y.index_select(0, idx), idx
+
+
+def put_rows(out, idx, start, stop, values):
+    """Write a chunk's per-row ``values`` at its rows of ``out`` (zeros elsewhere)."""
+    if idx is None:
+        out[start:stop] = values
+    else:
+        out.index_copy_(0, idx, values.to(out.dtype))
 
 
 def _acc_dtype(t):
@@ -91,20 +123,22 @@ def _acc_dtype(t):
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def chunk_pass_torch(h, w, y, z_loss, smoothing, scale, row_weight, want_dh, want_dw):
-    """Loss rows [n] and, if asked, dh [n, d] and dW [V, d] (fp32, fp64 for fp64 inputs) for
-    rows h [n, d] with targets y [n]; gradients are of ``sum_i row_weight_i * scale * loss_i``
-    (``row_weight`` [n] or None). Matmuls run in h's dtype (w is cast if it differs)."""
-    n, vocab = h.shape[0], w.shape[0]
+def chunk_pass_torch(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_dh, want_dw):
+    """Per-row losses [N] (0 at rows not in ``rows``) and, if asked, dh [N, d] and dW [V, d]
+    (fp32, fp64 for fp64 inputs) for the rows ``rows`` of h [N, d] (all rows when None) with
+    targets y [N]; gradients are of ``sum_i row_weight_i * scale * loss_i`` (``row_weight``
+    [N] or None). Matmuls run in h's dtype (w is cast if it differs)."""
+    vocab = w.shape[0]
+    n = h.shape[0] if rows is None else rows.numel()
     acc = _acc_dtype(h)
     w = w if w.dtype == h.dtype else w.to(h.dtype)  # matmuls in h's dtype, as autocast would
-    losses = torch.empty(n, dtype=acc, device=h.device)
-    dh = torch.empty_like(h) if want_dh else None
+    losses = torch.zeros(h.shape[0], dtype=acc, device=h.device)
+    dh = torch.zeros_like(h) if want_dh else None
     dw = torch.zeros(w.shape, dtype=acc, device=w.device) if want_dw else None
     step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
     for start in range(0, n, step):
         stop = min(start + step, n)
-        hc, yc = h[start:stop], y[start:stop]
+        hc, yc, idx = chunk_rows(h, y, rows, start, stop)
         logits = (hc @ w.t()).to(acc)  # (n_c, V)
         lse = torch.logsumexp(logits, dim=-1)  # (n_c,)
         loss = lse - logits.gather(1, yc[:, None]).squeeze(1)
@@ -113,7 +147,7 @@ def chunk_pass_torch(h, w, y, z_loss, smoothing, scale, row_weight, want_dh, wan
             loss = (1.0 - smoothing) * loss + smoothing * (lse - logits.mean(dim=-1))
         if z_loss > 0.0:
             loss = loss + z_loss * lse * lse
-        losses[start:stop] = loss
+        put_rows(losses, idx, start, stop, loss)
         if not (want_dh or want_dw):
             continue
         # d loss / d logits = p * (1 + 2 z lse) - (1 - e) onehot - e / V, built in place
@@ -124,12 +158,13 @@ def chunk_pass_torch(h, w, y, z_loss, smoothing, scale, row_weight, want_dh, wan
         if smoothing > 0.0:
             grad.sub_(smoothing / vocab)
         if row_weight is not None:
-            grad.mul_(row_weight[start:stop, None].to(acc))
+            rw = row_weight[start:stop] if idx is None else row_weight.index_select(0, idx)
+            grad.mul_(rw[:, None].to(acc))
         if scale != 1.0:
             grad.mul_(scale)
         grad = grad.to(h.dtype)
         if want_dh:
-            dh[start:stop] = grad @ w
+            put_rows(dh, idx, start, stop, grad @ w)
         if want_dw:
             if dw.dtype == grad.dtype:
                 dw.addmm_(grad.t(), hc)  # no [V, d] temporary per chunk
@@ -140,14 +175,14 @@ def chunk_pass_torch(h, w, y, z_loss, smoothing, scale, row_weight, want_dh, wan
 
 def _forward_only(h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction, backend):
     # no autograd graph wanted (eval): skip the gradient work entirely
-    idx = valid_rows(labels, ignore_index, ignore_ids).nonzero().squeeze(1)
-    losses, _, _ = _chunk_pass(backend)(h.index_select(0, idx), w, labels.index_select(0, idx),
-                                        z_loss, smoothing, 1.0, None, False, False)
+    rows = kept_rows(labels, ignore_index, ignore_ids)
+    losses, _, _ = _chunk_pass(backend)(h, w, labels, rows, z_loss, smoothing, 1.0, None,
+                                        False, False)
     if reduction == "none":
-        out = torch.zeros(h.shape[0], dtype=losses.dtype, device=h.device)
-        return out.index_copy_(0, idx, losses)
+        return losses
+    count = labels.numel() if rows is None else rows.numel()
     total = losses.sum()
-    return total / idx.numel() if reduction == "mean" else total
+    return total / count if reduction == "mean" else total
 
 
 def _run(h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction, backend):

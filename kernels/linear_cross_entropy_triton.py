@@ -13,11 +13,15 @@ import triton
 import triton.language as tl
 
 from kernels._triton_utils import check_dtype, next_pow2
+from kernels.linear_cross_entropy import chunk_rows, put_rows
 
-# logits alive at once: 2**26 elements (128 MiB bf16), so the matmuls are large and a
-# half-precision dW sees few roundings, while staying well under one weight's memory at LLM sizes
+# logits alive at once: at most 2**26 elements (128 MiB bf16) and CHUNK_FACTOR times the
+# hidden states' size; fewer, larger chunks mean fewer read-modify-writes of a half dW
 CHUNK_ELEMENTS = 1 << 26
+CHUNK_FACTOR = 1
+MIN_CHUNK_ROWS = 1
 MAX_BLOCK_V = 4096
+ROW_WARPS = 8
 
 
 @triton.jit
@@ -76,7 +80,7 @@ def _rows_pass(logits, labels, z_loss, smoothing, scale, row_weight, compute_gra
             logits, labels, loss, row_weight if row_weight is not None else loss,
             logits.stride(0), vocab, z_loss, smoothing, scale,
             HAS_WEIGHT=row_weight is not None, COMPUTE_GRAD=compute_grad,
-            BLOCK_V=min(MAX_BLOCK_V, next_pow2(vocab)),
+            BLOCK_V=min(MAX_BLOCK_V, next_pow2(vocab)), num_warps=ROW_WARPS,
         )
     return loss
 
@@ -99,42 +103,59 @@ def _accumulate_dw(dw, grad, hc):
 _OUT_DTYPE_MM = {"ok": True}
 
 
-def chunk_pass_triton(h, w, y, z_loss, smoothing, scale, row_weight, want_dh, want_dw):
-    """Triton version of ``chunk_pass_torch``: loss rows [n] fp32 and, if asked, dh [n, d]
-    (h's dtype) and dW [V, d] for rows h [n, d]; gradients are of ``sum_i row_weight_i *
-    scale * loss_i`` (``row_weight`` [n] or None).
+def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_dh, want_dw):
+    """Triton version of ``chunk_pass_torch``: per-row losses [N] fp32 (0 at rows not in
+    ``rows``) and, if asked, dh [N, d] (h's dtype) and dW [V, d] for the rows ``rows`` of h
+    (all when None); gradients are of ``sum_i row_weight_i * scale * loss_i`` (``row_weight``
+    [N] or None).
 
     The matmuls run in h's dtype (an fp32 weight is cast once, as autocast would). dW
     accumulates in fp32 unless h and w are both half precision; then it accumulates in that
-    dtype, like Liger-Kernel, so its memory stays one weight's worth (chunks are large, so
-    it is rounded only a few times).
+    dtype, like Liger-Kernel, so its memory stays one weight's worth.
     """
     h, y = h.contiguous(), y.contiguous()
     if row_weight is not None:
         row_weight = row_weight.float().contiguous()
     wc = w if w.dtype == h.dtype else w.to(h.dtype)
-    n, vocab = h.shape[0], w.shape[0]
-    losses = torch.empty(n, dtype=torch.float32, device=h.device)
-    dh = torch.empty_like(h) if want_dh else None
+    vocab = w.shape[0]
+    n = h.shape[0] if rows is None else rows.numel()
+    losses = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device)
+    dh = torch.zeros_like(h) if want_dh else None
     dw = None
     if want_dw:
         both_half = h.dtype != torch.float32 and w.dtype != torch.float32
         dw = torch.zeros(w.shape, dtype=w.dtype if both_half else torch.float32,
                          device=w.device)
-    step = max(1, CHUNK_ELEMENTS // vocab)
+    step = chunk_size(n, h.shape[1], vocab)
     grad = want_dh or want_dw
+    buffer = torch.empty((min(step, n), vocab), dtype=h.dtype, device=h.device) if n else None
     for start in range(0, n, step):
         stop = min(start + step, n)
-        hc = h[start:stop]
-        logits = hc @ wc.t()  # (n_c, V) in h's dtype; becomes the gradient in place
-        rw = row_weight[start:stop] if row_weight is not None else None
-        losses[start:stop] = _rows_pass(logits, y[start:stop], z_loss, smoothing, scale, rw,
-                                        grad)
+        hc, yc, idx = chunk_rows(h, y, rows, start, stop)
+        logits = buffer[: stop - start]
+        torch.matmul(hc, wc.t(), out=logits)  # (n_c, V); becomes the gradient in place
+        rw = None
+        if row_weight is not None:
+            rw = row_weight[start:stop] if idx is None else row_weight.index_select(0, idx)
+        put_rows(losses, idx, start, stop,
+                 _rows_pass(logits, yc, z_loss, smoothing, scale, rw, grad))
         if want_dh:
-            torch.matmul(logits, wc, out=dh[start:stop])
+            if idx is None:
+                torch.matmul(logits, wc, out=dh[start:stop])
+            else:
+                put_rows(dh, idx, start, stop, logits @ wc)
         if want_dw:
             _accumulate_dw(dw, logits, hc)
     return losses, dh, dw
+
+
+def chunk_size(n, width, vocab):
+    """Rows per chunk: the logits chunk holds at most CHUNK_ELEMENTS and no more than
+    CHUNK_FACTOR times the rows' hidden states (n x width), Liger-Kernel's bound, so the
+    transient memory scales with the batch; at least MIN_CHUNK_ROWS rows keep the matmuls
+    large."""
+    budget = min(CHUNK_ELEMENTS, CHUNK_FACTOR * max(n, 1) * width)
+    return max(MIN_CHUNK_ROWS, budget // max(vocab, 1), 1)
 
 
 def check_inputs(h, w):

@@ -11,21 +11,37 @@ from kernels.attention.triton_bwd import attention_bwd
 from kernels.attention.triton_fwd import attention_fwd
 
 
+def _tile(block_m, block_n, num_warps, num_stages):
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
+            "num_stages": num_stages}
+
+
+# Half-precision tiles per kernel, by padded head dim. "fwd" and "bwd_q" walk key blocks of
+# BLOCK_N for BLOCK_M queries; "bwd_kv" walks query steps of BLOCK_M for BLOCK_N keys.
+HALF_TILES = {
+    64: {"fwd": _tile(128, 64, 4, 3), "bwd_kv": _tile(32, 128, 4, 3),
+         "bwd_q": _tile(128, 32, 4, 3)},
+    128: {"fwd": _tile(128, 64, 8, 3), "bwd_kv": _tile(32, 128, 8, 3),
+          "bwd_q": _tile(128, 32, 8, 3)},
+}
+
+
 def block_config(head_dim, dtype):
-    """Tile sizes and launch options for one head dim and dtype."""
+    """Tile sizes and launch options of the three kernels for one head dim and dtype."""
     block_d = max(16, next_pow2(head_dim))
     if interpreting():
         # the interpreter pays per operation, not per element: small tiles still cover
-        # several blocks (and a ragged tail) of a short test sequence
-        block_m = block_n = 16
+        # several blocks (and a ragged tail) of a short test sequence, and unequal query and
+        # key tiles exercise the tile-grid arithmetic of the split loops
+        tiles = {"fwd": _tile(32, 16, 4, 1), "bwd_kv": _tile(16, 32, 4, 1),
+                 "bwd_q": _tile(32, 16, 4, 1)}
     elif dtype == torch.float32:
         # fp32 tiles take twice the shared memory; 32x32 fits every GPU's per-block budget
-        block_m = block_n = 32
+        tiles = {name: _tile(32, 32, 4, 2) for name in ("fwd", "bwd_kv", "bwd_q")}
     else:
-        block_m, block_n = (128, 64) if block_d <= 64 else (64, 64)
+        tiles = HALF_TILES[64 if block_d <= 64 else 128]
     return {
-        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d,
-        "num_warps": 4 if block_d <= 64 else 8, "num_stages": 2,
+        "BLOCK_D": block_d, **tiles,
         "DOT_DTYPE": dot_dtype(dtype),
         # fp32 inputs stay exact fp32 (no tf32) so they match the reference to rounding
         "PRECISION": "ieee" if dtype == torch.float32 else "tf32",

@@ -62,13 +62,18 @@ def jobs():
     for dtype, head_dim, causal, doc in [("bf16", 128, True, False), ("bf16", 96, True, True),
                                          ("fp16", 64, False, True), ("fp32", 128, True, True)]:
         cfg = attn_fn.block_config(head_dim, TORCH[dtype])
-        constexprs = {"CAUSAL": causal, "HAS_DOC": doc, "DOT_DTYPE": cfg["DOT_DTYPE"],
-                      "PRECISION": cfg["PRECISION"], "BLOCK_M": cfg["BLOCK_M"],
-                      "BLOCK_N": cfg["BLOCK_N"], "BLOCK_D": cfg["BLOCK_D"]}
-        options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-        for kernel in (attn_fwd._attn_fwd_kernel, attn_bwd._attn_bwd_dkdv_kernel,
-                       attn_bwd._attn_bwd_dq_kernel):
+        for kernel, tile in ((attn_fwd._attn_fwd_kernel, cfg["fwd"]),
+                             (attn_bwd._attn_bwd_dkdv_kernel, cfg["bwd_kv"]),
+                             (attn_bwd._attn_bwd_dq_kernel, cfg["bwd_q"])):
+            # EVEN (no bounds checks) is what long training sequences compile to
+            constexprs = {"CAUSAL": causal, "HAS_DOC": doc, "EVEN": head_dim != 96,
+                          "DOT_DTYPE": cfg["DOT_DTYPE"], "PRECISION": cfg["PRECISION"],
+                          "BLOCK_M": tile["BLOCK_M"], "BLOCK_N": tile["BLOCK_N"],
+                          "BLOCK_D": cfg["BLOCK_D"]}
+            options = {"num_warps": tile["num_warps"], "num_stages": tile["num_stages"]}
             yield kernel, dtype, constexprs, options
+        yield attn_bwd._attn_bwd_delta_kernel, dtype, {"BLOCK_M": 64,
+                                                       "BLOCK_D": cfg["BLOCK_D"]}, {}
 
 
 def main(sm):

@@ -37,6 +37,10 @@ SHAPES = [
     pytest.param((1, 19, 19, 2, 1, 96, True), id="B1-T19-H2-KV1-D96-causal"),
     pytest.param((1, 17, 17, 2, 2, 128, False), id="B1-T17-H2-KV2-D128-full"),
     pytest.param((2, 7, 45, 4, 1, 32, True), id="B2-Tq7-Tk45-H4-KV1-D32-decode"),
+    # lengths on the tile grid: the kernels drop their bounds checks (EVEN)
+    pytest.param((1, 64, 64, 4, 2, 32, True), id="B1-T64-H4-KV2-D32-causal-even"),
+    pytest.param((1, 64, 64, 2, 2, 32, False), id="B1-T64-H2-KV2-D32-full-even"),
+    pytest.param((1, 32, 64, 2, 1, 32, True), id="B1-Tq32-Tk64-H2-KV1-D32-decode-even"),
 ]
 
 
@@ -62,6 +66,14 @@ def test_triton_custom_scale_and_document_mask(use_triton):
     compare_op(NAMES, _call(kernels.flash_attention, True, docs, 0.3),
                _call(attention_naive, True, docs, 0.3), _qkv(2, 45, 45, 4, 2, 32),
                torch.float32)
+
+
+@pytest.mark.triton
+def test_triton_document_mask_on_the_tile_grid(use_triton):
+    # T = 64 drops the bounds checks; documents start off the tile grid
+    docs = _docs(1, [20, 30, 14])
+    compare_op(NAMES, _call(kernels.flash_attention, True, docs),
+               _call(attention_naive, True, docs), _qkv(1, 64, 64, 4, 2, 32), torch.float32)
 
 
 def _packed_equals_alone(lengths, causal):
