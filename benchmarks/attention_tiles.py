@@ -1,5 +1,6 @@
 """Attention on a GPU: tile sweep of the three Triton kernels, then llmcore vs SDPA's flash
-backend over sequence lengths, in one process (``triton.testing.do_bench`` medians).
+backend (and SDPA's default choice) over sequence lengths, in one process
+(``triton.testing.do_bench`` medians).
 
     python -m benchmarks.attention_tiles --tune          # sweep tiles, then compare
     python -m benchmarks.attention_tiles                 # compare with block_config's tiles
@@ -36,15 +37,20 @@ def _inputs(torch, b, t, h, h_kv, d, seed=0):
     return mk(h), mk(h_kv), mk(h_kv), mk(h)
 
 
-def _sdpa(torch, q, k, v, flash_only):
+def _sdpa(torch, q, k, v, backend):
+    """SDPA on [B, T, H, D] views with one backend forced: "flash", "math", or "default"
+    (PyTorch's own choice; cuDNN's attention on Hopper)."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     gqa = q.shape[2] != k.shape[2]
-    backends = [SDPBackend.FLASH_ATTENTION] if flash_only else [SDPBackend.MATH]
-    with sdpa_kernel(backends):
+    if backend == "default":
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
+    else:
+        which = SDPBackend.FLASH_ATTENTION if backend == "flash" else SDPBackend.MATH
+        with sdpa_kernel([which]):
+            out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=gqa)
     return out.transpose(1, 2)
 
 
@@ -52,9 +58,9 @@ def check(torch, kernels, b, t, h, h_kv, d):
     """Relative errors of llmcore and SDPA-flash (bf16) against SDPA-math in fp32."""
     q, k, v, do = _inputs(torch, b, t, h, h_kv, d, seed=1)
     results = {}
-    for name, fn in (("ref", lambda q, k, v: _sdpa(torch, q, k, v, False)),
+    for name, fn in (("ref", lambda q, k, v: _sdpa(torch, q, k, v, "math")),
                      ("llmcore", lambda q, k, v: kernels.flash_attention(q, k, v, causal=True)),
-                     ("sdpa_flash", lambda q, k, v: _sdpa(torch, q, k, v, True))):
+                     ("sdpa_flash", lambda q, k, v: _sdpa(torch, q, k, v, "flash"))):
         leaves = [x.detach().clone().float().requires_grad_() if name == "ref"
                   else x.detach().clone().requires_grad_() for x in (q, k, v)]
         out = fn(*leaves)
@@ -115,7 +121,8 @@ def compare(torch, triton, kernels, seqs, tokens, h, h_kv, d, label):
         q, k, v, do = _inputs(torch, b, t, h, h_kv, d)
         flops_fwd = 4 * b * h * t * t * d / 2
         impls = {label: lambda q, k, v: kernels.flash_attention(q, k, v, causal=True),
-                 "sdpa_flash": lambda q, k, v: _sdpa(torch, q, k, v, True)}
+                 "sdpa_flash": lambda q, k, v: _sdpa(torch, q, k, v, "flash"),
+                 "sdpa_default": lambda q, k, v: _sdpa(torch, q, k, v, "default")}
         times = {}
         for name, fn in impls.items():
             leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]

@@ -193,7 +193,7 @@ class FutureSummaryFunction(torch.autograd.Function):
 
 # --- input checking and assembly ----------------------------------------------------------------
 
-def _check(w, mtp_h, mtp_labels, fsp_h, bag, fsp_rows, token_weight, norm):
+def _check(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weight, norm):
     if w.dim() != 2:
         raise ValueError(f"future_summary_loss: w {tuple(w.shape)} must be [V, d]")
     vocab, d = w.shape
@@ -207,6 +207,10 @@ def _check(w, mtp_h, mtp_labels, fsp_h, bag, fsp_rows, token_weight, norm):
             got = None if mtp_labels is None else tuple(mtp_labels.shape)
             raise ValueError(f"future_summary_loss: mtp_labels {got} must be [K, N] = "
                              f"{tuple(mtp_h.shape[:2])}")
+        weights = torch.as_tensor(mtp_weight if mtp_weight is not None else 1.0)
+        if weights.dim() != 0 and tuple(weights.shape) != (mtp_h.shape[0],):
+            raise ValueError(f"future_summary_loss: mtp_weight has {weights.numel()} entries "
+                             f"for K = {mtp_h.shape[0]} heads")
     if fsp_h is not None:
         if fsp_h.dim() != 2 or fsp_h.shape[-1] != d:
             raise ValueError(f"future_summary_loss: fsp_h {tuple(fsp_h.shape)} must be [N, d] "
@@ -250,10 +254,7 @@ def _assemble(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weig
             keep &= ~torch.isin(labels, ids)
         idx = keep.nonzero().squeeze(1)
         weights = torch.as_tensor(mtp_weight if mtp_weight is not None else 1.0, dtype=torch.float64)
-        weights = weights.expand(n_heads) if weights.dim() == 0 else weights
-        if weights.shape != (n_heads,):
-            raise ValueError(f"future_summary_loss: mtp_weight has {weights.numel()} entries "
-                             f"for K = {n_heads} heads")
+        weights = weights.expand(n_heads) if weights.dim() == 0 else weights  # checked
         row_scale = weights.to(device=device, dtype=_acc_dtype(dtype))[torch.div(idx, n_rows, rounding_mode="floor")]
         parts.append(_Part("ce", mtp_h.reshape(-1, mtp_h.shape[-1]).to(dtype), idx,
                            labels.index_select(0, idx), row_scale))
@@ -292,7 +293,7 @@ def future_summary_loss(w, mtp_h=None, mtp_labels=None, mtp_weight=None, fsp_h=N
         ``sums`` [K (+1)] the weighted per-term sums (MTP heads in order, then FSP-BCE) and
         ``counts`` [K (+1)] the rows each term scored, both without gradient.
     """
-    _check(w, mtp_h, mtp_labels, fsp_h, bag, fsp_rows, token_weight, norm)
+    _check(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weight, norm)
     hs = [t for t in (mtp_h, fsp_h) if t is not None]
     backend = _dispatch.backend("future_summary", w, *hs)
     if backend == "triton":

@@ -15,11 +15,14 @@ import triton.language as tl
 from kernels._triton_utils import check_dtype, next_pow2
 from kernels.linear_cross_entropy import chunk_rows, put_rows
 
-# logits alive at once: at most 2**26 elements (128 MiB bf16) and CHUNK_FACTOR times the
-# hidden states' size; fewer, larger chunks mean fewer read-modify-writes of a half dW
+# Logits alive at once: at most 2**26 elements (128 MiB bf16) and CHUNK_FACTOR times the
+# hidden states' size. Each chunk streams W twice and reads and writes dW once, so chunks of
+# fewer than a few hundred rows are bound by that traffic: on an H100 at V=128256, d=4096,
+# N=8192, Liger's 1x budget (~250 rows) took 65.6 ms and 2x (~500 rows) 47.0 ms for 6% more
+# peak memory (benchmarks/RESULTS.md). MIN_CHUNK_ROWS keeps small batches off that cliff.
 CHUNK_ELEMENTS = 1 << 26
-CHUNK_FACTOR = 1
-MIN_CHUNK_ROWS = 1
+CHUNK_FACTOR = 2
+MIN_CHUNK_ROWS = 256
 MAX_BLOCK_V = 4096
 ROW_WARPS = 8
 
@@ -139,13 +142,14 @@ def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_
             rw = row_weight[start:stop] if idx is None else row_weight.index_select(0, idx)
         put_rows(losses, idx, start, stop,
                  _rows_pass(logits, yc, z_loss, smoothing, scale, rw, grad))
+        if want_dw:
+            _accumulate_dw(dw, logits, hc)
         if want_dh:
             if idx is None:
                 torch.matmul(logits, wc, out=dh[start:stop])
             else:
-                put_rows(dh, idx, start, stop, logits @ wc)
-        if want_dw:
-            _accumulate_dw(dw, logits, hc)
+                # the gathered rows are spent once dW has them: their buffer takes dh's rows
+                dh.index_copy_(0, idx, torch.matmul(logits, wc, out=hc))
     return losses, dh, dw
 
 

@@ -21,8 +21,8 @@ def _tile(block_m, block_n, num_warps, num_stages):
 HALF_TILES = {
     64: {"fwd": _tile(128, 64, 4, 3), "bwd_kv": _tile(32, 128, 4, 3),
          "bwd_q": _tile(128, 32, 4, 3)},
-    128: {"fwd": _tile(128, 64, 8, 3), "bwd_kv": _tile(32, 128, 8, 3),
-          "bwd_q": _tile(128, 32, 8, 3)},
+    128: {"fwd": _tile(128, 128, 8, 3), "bwd_kv": _tile(64, 128, 8, 3),
+          "bwd_q": _tile(128, 64, 8, 3)},
 }
 
 

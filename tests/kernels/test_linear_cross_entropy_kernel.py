@@ -71,6 +71,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(lce, "CHUNK_ELEMENTS", 4 * V)
     monkeypatch.setattr(lt, "CHUNK_ELEMENTS", 4 * V)
     monkeypatch.setattr(lt, "MAX_BLOCK_V", 32)
+    monkeypatch.setattr(lt, "MIN_CHUNK_ROWS", 1)
 
 
 @pytest.mark.triton
