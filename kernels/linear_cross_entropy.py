@@ -225,6 +225,9 @@ def linear_cross_entropy(h, w, labels, ignore_index=-100, ignore_ids=None, z_los
         reduction: "mean" over non-ignored tokens (nan when there are none, like
             ``F.cross_entropy``), "sum", or "none".
 
+    Under autocast the matmuls run in the autocast dtype (as an ``nn.Linear`` would); the
+    weight gradient keeps w's dtype and dh h's.
+
     Returns:
         A scalar (mean/sum) or a tensor of labels' shape (none) with zeros at ignored tokens,
         in fp32 (fp64 for fp64 inputs) whatever h's dtype: a bf16 sum over many tokens would
@@ -255,5 +258,12 @@ def linear_cross_entropy(h, w, labels, ignore_index=-100, ignore_ids=None, z_los
         from kernels.linear_cross_entropy_triton import check_inputs
 
         check_inputs(h2, w)
-    out = _run(h2, w, flat, ignore_index, ids, z_loss, label_smoothing, reduction, backend)
+    device_type = h2.device.type
+    if torch.is_autocast_enabled(device_type):
+        # what autocast does for a Linear, done once and explicitly: the hidden states enter
+        # the matmuls in the autocast dtype (the chunk passes cast w to match), and no op
+        # inside is left to autocast's per-op rules (``out=`` matmuls would bypass them)
+        h2 = h2.to(torch.get_autocast_dtype(device_type))
+    with torch.autocast(device_type, enabled=False):
+        out = _run(h2, w, flat, ignore_index, ids, z_loss, label_smoothing, reduction, backend)
     return out.reshape(lead) if reduction == "none" else out

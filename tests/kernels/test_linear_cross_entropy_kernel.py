@@ -220,3 +220,25 @@ def test_bf16_hidden_states_with_fp32_weight(monkeypatch, small_chunks, backend)
     assert_close("loss", ref, loss, torch.bfloat16, naive)
     assert_close("dh", ref_h.grad, h.grad, torch.bfloat16, h2.grad)
     assert_close("dW", ref_w.grad, w.grad, torch.bfloat16, w2.grad)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton",
+                                                  marks=pytest.mark.triton)])
+def test_autocast_runs_the_matmuls_in_the_autocast_dtype(monkeypatch, small_chunks, backend):
+    # fp32 hidden states and weight under bf16 autocast: exactly the call with bf16 hidden
+    # states (as an nn.Linear under autocast), gradients back in each input's dtype
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    h64, w64, labels = _inputs()
+    h, w = h64.float().requires_grad_(True), w64.float().requires_grad_(True)
+    with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+        loss = kernels.linear_cross_entropy(h, w, labels, reduction="sum")
+    loss.backward()
+    hb, wb = h.detach().bfloat16().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    expect = kernels.linear_cross_entropy(hb, wb, labels, reduction="sum")
+    expect.backward()
+    assert torch.equal(loss, expect)
+    assert h.grad.dtype == torch.float32 and torch.equal(h.grad, hb.grad.float())
+    assert torch.equal(w.grad, wb.grad)
+    full = kernels.linear_cross_entropy(h.detach(), w.detach(), labels, reduction="sum")
+    assert not torch.equal(loss.detach(), full), "autocast had no effect"
