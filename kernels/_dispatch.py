@@ -3,7 +3,8 @@
 ``LLMCORE_KERNELS`` overrides the automatic choice (read at each call, so tests and benchmarks
 can switch it):
 
-- unset / ``auto``: Triton when all tensors are on CUDA and Triton imports, else PyTorch;
+- unset / ``auto``: Triton when all tensors are on CUDA, their floats are fp32/fp16/bf16
+  and Triton imports, else PyTorch;
 - ``torch``: always the PyTorch paths;
 - ``triton``: always Triton; a CPU tensor is only allowed under ``TRITON_INTERPRET=1`` (the
   interpreter), because a compiled launch on CPU memory would crash;
@@ -17,6 +18,7 @@ import os
 import torch
 
 ENV = "LLMCORE_KERNELS"
+TRITON_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 CHOICES = ("auto", "torch", "triton", "flash_attn")
 
 
@@ -54,13 +56,15 @@ def backend(op: str, *tensors: torch.Tensor, allow_flash_attn: bool = False) -> 
     """
     tensors = [t for t in tensors if t is not None]
     on_cuda = bool(tensors) and all(t.is_cuda for t in tensors)
+    # the kernels take fp32/fp16/bf16 floats; auto sends anything else (fp64) to PyTorch
+    triton_dtypes = all(t.dtype in TRITON_FLOATS or not t.is_floating_point() for t in tensors)
     choice = requested()
     if choice == "flash_attn" and not allow_flash_attn:
         choice = "auto"
     if choice == "torch":
         return "torch"
     if choice == "auto":
-        return "triton" if on_cuda and _triton_ready() else "torch"
+        return "triton" if on_cuda and triton_dtypes and _triton_ready() else "torch"
     if choice == "flash_attn":
         if not on_cuda:
             raise RuntimeError(f"{op}: {ENV}=flash_attn needs CUDA tensors, got a CPU tensor")

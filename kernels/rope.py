@@ -57,19 +57,26 @@ def _check(q, k, cos, sin):
         )
 
 
-def apply_rope(q, k, cos, sin):
+def apply_rope(q, k, cos, sin, inplace=False):
     """Rotate queries and keys by position.
 
     Args:
         q: [B, T, H, D]; k: [B, T, Hkv, D].
         cos, sin: [T, D/2] or [B, T, D/2] (per-sample positions) angle tables.
+        inplace: overwrite q and k with their rotations (the Triton path then allocates
+            nothing; the model rotates its fresh projections this way). q and k must have a
+            contiguous last dim and, under autograd, not be leaves (autograd's own rule).
 
     Returns:
-        (q_rot, k_rot), new tensors of q's and k's shapes and dtypes.
+        (q_rot, k_rot) of q's and k's shapes and dtypes: new tensors, or q and k themselves.
     """
     _check(q, k, cos, sin)
+    if inplace and (q.stride(-1) != 1 or k.stride(-1) != 1):
+        raise ValueError("apply_rope: inplace needs q and k with a contiguous last dim, got "
+                         f"strides {q.stride()} and {k.stride()}")
     if _dispatch.backend("apply_rope", q, k, cos, sin) == "torch":
-        return apply_rope_torch(q, k, cos, sin)
+        q_rot, k_rot = apply_rope_torch(q, k, cos, sin)
+        return (q.copy_(q_rot), k.copy_(k_rot)) if inplace else (q_rot, k_rot)
     from kernels.rope_triton import apply_rope_triton
 
-    return apply_rope_triton(q, k, cos, sin)
+    return apply_rope_triton(q, k, cos, sin, inplace)

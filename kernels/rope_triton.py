@@ -39,12 +39,14 @@ def _rope_kernel(x_ptr, out_ptr, cos_ptr, sin_ptr, T, H, half,
              mask=mask)
 
 
-def _rotate(x, cos, sin, backward):
-    """x [B, T, H, D] (last dim contiguous), cos/sin [B or 1, T, D/2] -> new contiguous tensor."""
+def _rotate(x, cos, sin, backward, out=None):
+    """x [B, T, H, D], cos/sin [B or 1, T, D/2] -> ``out`` (default a new contiguous tensor;
+    ``out=x`` rotates in place: each program reads its position before writing it)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     b, t, h, d = x.shape
-    out = torch.empty((b, t, h, d), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((b, t, h, d), dtype=x.dtype, device=x.device)
     scb = cos.stride(0) if cos.shape[0] > 1 else 0
     if b * t:
         _rope_kernel[(b * t,)](
@@ -72,11 +74,32 @@ class RopeFunction(torch.autograd.Function):
         return dq, dk, None, None
 
 
-def apply_rope_triton(q, k, cos, sin):
+class RopeInplaceFunction(torch.autograd.Function):
+    """x rotated in place and returned (marked dirty for autograd). One tensor per call:
+    autograd allows a Function that overwrites a view (q and k are views of projections) only
+    one output. The backward counter-rotates into a new tensor: the incoming gradient is not
+    ours to overwrite."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        _rotate(x, cos, sin, False, out=x)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(cos, sin)
+        return x
+
+    @staticmethod
+    def backward(ctx, dx):
+        cos, sin = ctx.saved_tensors
+        return _rotate(dx, cos, sin, True), None, None
+
+
+def apply_rope_triton(q, k, cos, sin, inplace=False):
     """Triton path of ``kernels.apply_rope``; cos/sin [T, D/2] or [B, T, D/2]."""
     check_dtype("apply_rope", q, k, cos, sin)
     if cos.dim() == 2:
         cos, sin = cos[None], sin[None]
     # one stride pair serves both tables, so they must share a layout
     cos, sin = cos.contiguous(), sin.contiguous()
+    if inplace:
+        return RopeInplaceFunction.apply(q, cos, sin), RopeInplaceFunction.apply(k, cos, sin)
     return RopeFunction.apply(q, k, cos, sin)

@@ -60,7 +60,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = kernels.apply_rope(q, k, cos, sin)
+        q, k = kernels.apply_rope(q, k, cos, sin, inplace=True)  # fresh projections: no copy
         if cache is None:
             y = kernels.flash_attention(q, k, v, causal=True, doc_ids=doc_ids)
         else:

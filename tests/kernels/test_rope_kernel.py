@@ -88,3 +88,45 @@ def test_table_shape_is_checked():
     q, k, cos, sin = _inputs(1, 5, 2, 1, 8)
     with pytest.raises(ValueError, match=r"apply_rope: cos \(5, 8\) and sin \(5, 8\) must be"):
         kernels.apply_rope(q, k, torch.cat((cos, cos), -1), torch.cat((sin, sin), -1))
+
+
+def _rotate_fused_in_place(fused, cos, sin):
+    """Rotate the q (heads 0-5) and k (heads 6-7) slices of a fused projection in place;
+    the v slice (heads 8-9) is left alone. Returns the whole projection."""
+    f = fused.clone()  # a non-leaf, as a projection's output is
+    q, k = kernels.apply_rope(f[:, :, :6], f[:, :, 6:8], cos, sin, inplace=True)
+    assert q.data_ptr() == f.data_ptr() and k.data_ptr() == f[:, :, 6:8].data_ptr()
+    return f
+
+
+def _rotate_fused_ref(fused, cos, sin):
+    q_rot, k_rot = _ref(fused[:, :, :6], fused[:, :, 6:8], cos, sin)
+    return torch.cat((q_rot, k_rot, fused[:, :, 8:]), dim=2)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton",
+                                                  marks=pytest.mark.triton)])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"),
+                                   pytest.param(torch.bfloat16, id="bf16")])
+def test_inplace_rotates_the_projection_itself(monkeypatch, backend, dtype):
+    # the model's use: q and k are strided slices of fresh projections, overwritten in place;
+    # values and every gradient (through the untouched v slice too) match float64
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    q, k, cos, sin = _inputs(2, 11, 6, 2, 16)
+    fused = torch.cat((q, k, k), dim=2)
+    compare_op(["fused", "dfused"], _rotate_fused_in_place, _rotate_fused_ref,
+               [fused, cos, sin], dtype, frozen=(1, 2))
+
+
+def test_inplace_equals_out_of_place_and_refuses_strided_heads():
+    q, k, cos, sin = (x.float() for x in _inputs(2, 13, 4, 2, 16))
+    q_rot, k_rot = kernels.apply_rope(q, k, cos, sin)
+    q2, k2 = q.clone(), k.clone()
+    out_q, out_k = kernels.apply_rope(q2, k2, cos, sin, inplace=True)
+    assert out_q is q2 and out_k is k2
+    assert torch.equal(q2, q_rot) and torch.equal(k2, k_rot)
+    # every other element of a wider buffer: same shape, last-dim stride 2
+    q_strided = torch.zeros(*q.shape[:-1], 2 * q.shape[-1], device=DEVICE)[..., ::2]
+    with pytest.raises(ValueError, match="inplace needs q and k with a contiguous last dim"):
+        kernels.apply_rope(q_strided, k, cos, sin, inplace=True)

@@ -105,7 +105,9 @@ def test_triton_mixed_list_groups_by_dtype_and_routes_views(use_triton, small_ch
     half = _tensors(torch.bfloat16, 2, [(21,)])
     params = [base[0].t(), base[1], half[0]]
     grads = [g.to(p.dtype) if i == 2 else g for i, (p, g) in
-             enumerate(zip(params, [torch.ones(6, 13), torch.linspace(-1, 1, 50).bfloat16(), torch.ones(21)]))]
+             enumerate(zip(params, [torch.ones(6, 13, device=DEVICE),
+                                  torch.linspace(-1, 1, 50, device=DEVICE).bfloat16(),
+                                  torch.ones(21, device=DEVICE)]))]
     before = [p.clone() for p in params]
     saved = [torch.empty_like(p) for p in params]
     perturb_(params, grads, 0.5, saved)
