@@ -7,8 +7,10 @@ bf16 h [N, d] and W [V, d] (both take gradients), labels with every 17th ignored
 median fwd+bwd time (``triton.testing.do_bench``), the peak memory one step adds on top of its
 inputs (``max_memory_allocated``, grads cleared first, so the grads themselves count), and the
 relative error of loss, dh, dW against the naive ``F.cross_entropy((h @ W.T).float())``.
-``factor`` caps llmcore's logits chunk at factor × N × d elements (Liger's rule is 1×); the
-default is ``CHUNK_FACTOR`` in ``kernels/linear_cross_entropy_triton.py``. Writes the rows to
+``factor`` caps llmcore's logits at factor × N × d elements (Liger's rule is 1×); the default
+is ``CHUNK_FACTOR`` in ``kernels/linear_cross_entropy_triton.py``. Where that budget would cut
+row chunks below ``ROW_PATH_MIN_ROWS`` llmcore takes vocabulary blocks instead; the ``_rows``
+rows force row chunks at the same budget, for comparison. Writes the rows to
 ``benchmarks/results/linear_ce_chunks_cuda.csv``.
 """
 
@@ -48,7 +50,9 @@ def main(argv=None):
         liger_version = importlib.metadata.version("liger-kernel")
     except ImportError:
         liger, liger_version = None, "missing"
-    default_factor, default_warps = lt.CHUNK_FACTOR, lt.ROW_WARPS
+    defaults = {name: getattr(lt, name) for name in ("CHUNK_FACTOR", "ROW_PATH_MIN_ROWS",
+                                                     "ROW_WARPS")}
+    default_warps = lt.ROW_WARPS
     stamp = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
              "triton": triton.__version__, "liger": liger_version, "commit": git_commit(),
              "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -64,17 +68,20 @@ def main(argv=None):
 
         impls = {"naive": lambda: F.cross_entropy((h @ w.t()).float(), labels)}
         for factor in (int(f) for f in args.factors.split(",")):
-            impls[f"llmcore_f{factor}"] = (factor, default_warps)
+            impls[f"llmcore_f{factor}"] = {"CHUNK_FACTOR": factor}
+            # the same budget in row chunks only, for comparison
+            impls[f"llmcore_f{factor}_rows"] = {"CHUNK_FACTOR": factor, "ROW_PATH_MIN_ROWS": 0}
         for warps in (int(x) for x in args.warps.split(",")):
             if warps != default_warps:
-                impls[f"llmcore_f{default_factor}_w{warps}"] = (default_factor, warps)
+                impls[f"llmcore_w{warps}"] = {"ROW_WARPS": warps}
         if liger is not None:
             impls["liger"] = lambda: liger(w, h, labels)
 
         def run(spec):
             if callable(spec):
                 return spec()
-            lt.CHUNK_FACTOR, lt.ROW_WARPS = spec
+            for name, value in defaults.items():
+                setattr(lt, name, spec.get(name, value))
             return kernels.linear_cross_entropy(h, w, labels)
 
         def step(spec):
@@ -105,7 +112,8 @@ def main(argv=None):
                               "rel_err_dh": errs[1], "rel_err_dw": errs[2]}, **stamp))
             print(f"  {shape} {name}: {ms:.3f} ms, peak +{peak:.0f} MiB, err loss "
                   f"{errs[0]:.1e} dh {errs[1]:.1e} dW {errs[2]:.1e}", flush=True)
-        lt.CHUNK_FACTOR, lt.ROW_WARPS = default_factor, default_warps
+        for name, value in defaults.items():
+            setattr(lt, name, value)
         del h, w, labels, ref
         torch.cuda.empty_cache()
     print("\n| N×d×V | impl | fwd+bwd ms | TFLOP/s | peak MiB | err dh | err dW |")

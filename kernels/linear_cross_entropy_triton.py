@@ -23,8 +23,47 @@ from kernels.linear_cross_entropy import chunk_rows, put_rows
 CHUNK_ELEMENTS = 1 << 26
 CHUNK_FACTOR = 2
 MIN_CHUNK_ROWS = 256
+ROW_PATH_MIN_ROWS = 512  # fewer rows per chunk at the budget: the vocabulary-blocked pass
+VOCAB_PATH_MAX_IGNORED = 0.125
+VOCAB_BLOCK_MULTIPLE = 128  # vocabulary blocks are whole multiples of this (matmul tiles)
 MAX_BLOCK_V = 4096
 ROW_WARPS = 8
+
+
+@triton.jit
+def _row_stats(base, VB, BLOCK_V: tl.constexpr):
+    """Over x = base[0:VB]: (max, sum of exp(x - max), sum of x), one online pass."""
+    cols = tl.arange(0, BLOCK_V)
+    m = tl.full((BLOCK_V,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    total = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    for start in range(0, VB, BLOCK_V):
+        mask = start + cols < VB
+        x = tl.load(base + start + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, x)
+        # lanes past VB stay at -inf: shift them by 0 so exp gives 0 instead of exp(nan)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+        m = m_new
+        total += tl.where(mask, x, 0.0)
+    m_row = tl.max(m, axis=0)
+    return m_row, tl.sum(s * tl.exp(m - m_row), axis=0), tl.sum(total, axis=0)
+
+
+@triton.jit
+def _write_grad(base, label, lse, g_scale, v0, VB, V, z_loss, smoothing,
+                BLOCK_V: tl.constexpr):
+    """Overwrite x = base[0:VB] (vocabulary ids v0..v0+VB) with g_scale * d loss / d x, where
+    d loss / d x = p * (1 + 2 z lse) - (1 - e) [id == label] - e / V."""
+    cols = tl.arange(0, BLOCK_V)
+    p_scale = 1.0 + 2.0 * z_loss * lse
+    for start in range(0, VB, BLOCK_V):
+        idx = start + cols
+        mask = idx < VB
+        x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
+        grad = tl.exp(x - lse) * p_scale - smoothing / V
+        grad = tl.where(idx + v0 == label, grad - (1.0 - smoothing), grad)
+        tl.store(base + idx, (grad * g_scale).to(base.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -35,42 +74,49 @@ def _ce_rows_kernel(logits_ptr, labels_ptr, loss_ptr, weight_ptr, stride_row, V,
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
     label = tl.load(labels_ptr + row)
-    cols = tl.arange(0, BLOCK_V)
-    # pass 1: running max m and sum of exp(x - m) over the vocabulary, plus sum(x) for smoothing
-    m = tl.full((BLOCK_V,), float("-inf"), dtype=tl.float32)
-    s = tl.zeros((BLOCK_V,), dtype=tl.float32)
-    total = tl.zeros((BLOCK_V,), dtype=tl.float32)
-    for start in range(0, V, BLOCK_V):
-        mask = start + cols < V
-        x = tl.load(base + start + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, x)
-        # lanes past V stay at -inf: shift them by 0 so exp gives 0 instead of exp(nan)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
-        m = m_new
-        total += tl.where(mask, x, 0.0)
-    m_row = tl.max(m, axis=0)
-    s_row = tl.sum(s * tl.exp(m - m_row), axis=0)
+    m_row, s_row, total = _row_stats(base, V, BLOCK_V)
     lse = m_row + tl.log(s_row)
     target = tl.load(base + label).to(tl.float32)
     loss = lse - target
     if smoothing > 0.0:
-        loss = (1.0 - smoothing) * loss + smoothing * (lse - tl.sum(total, axis=0) / V)
+        loss = (1.0 - smoothing) * loss + smoothing * (lse - total / V)
     loss += z_loss * lse * lse
     tl.store(loss_ptr + row, loss)
     if COMPUTE_GRAD:
-        # pass 2: d loss / d x = p * (1 + 2 z lse) - (1 - e) [col == label] - e / V
         g_scale = scale
         if HAS_WEIGHT:
             g_scale = g_scale * tl.load(weight_ptr + row).to(tl.float32)
-        p_scale = 1.0 + 2.0 * z_loss * lse
-        for start in range(0, V, BLOCK_V):
-            idx = start + cols
-            mask = idx < V
-            x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
-            grad = tl.exp(x - lse) * p_scale - smoothing / V
-            grad = tl.where(idx == label, grad - (1.0 - smoothing), grad)
-            tl.store(base + idx, (grad * g_scale).to(logits_ptr.dtype.element_ty), mask=mask)
+        _write_grad(base, label, lse, g_scale, 0, V, V, z_loss, smoothing, BLOCK_V)
+
+
+@triton.jit
+def _lse_block_kernel(logits_ptr, labels_ptr, m_ptr, s_ptr, target_ptr, total_ptr, stride_row,
+                      v0, VB, BLOCK_V: tl.constexpr):
+    """Fold one vocabulary block [v0, v0 + VB) of a row's logits into its running max m,
+    sum-exp s (relative to m) and sum; pick up the target logit if the label is in the block."""
+    row = tl.program_id(0).to(tl.int64)
+    base = logits_ptr + row * stride_row
+    m_blk, s_blk, total = _row_stats(base, VB, BLOCK_V)
+    m_old = tl.load(m_ptr + row)
+    m_new = tl.maximum(m_old, m_blk)
+    s_new = tl.load(s_ptr + row) * tl.exp(m_old - m_new) + s_blk * tl.exp(m_blk - m_new)
+    tl.store(m_ptr + row, m_new)
+    tl.store(s_ptr + row, s_new)
+    tl.store(total_ptr + row, tl.load(total_ptr + row) + total)
+    label = tl.load(labels_ptr + row)
+    here = (label >= v0) & (label < v0 + VB)
+    target = tl.load(base + (label - v0), mask=here, other=0.0).to(tl.float32)
+    tl.store(target_ptr + row, target, mask=here)
+
+
+@triton.jit
+def _grad_block_kernel(logits_ptr, labels_ptr, lse_ptr, g_ptr, stride_row, v0, VB, V,
+                       z_loss, smoothing, BLOCK_V: tl.constexpr):
+    """One vocabulary block of a row's logits, in place, becomes g * d loss / d logits."""
+    row = tl.program_id(0).to(tl.int64)
+    _write_grad(logits_ptr + row * stride_row, tl.load(labels_ptr + row),
+                tl.load(lse_ptr + row), tl.load(g_ptr + row), v0, VB, V, z_loss, smoothing,
+                BLOCK_V)
 
 
 def _rows_pass(logits, labels, z_loss, smoothing, scale, row_weight, compute_grad):
@@ -88,22 +134,104 @@ def _rows_pass(logits, labels, z_loss, smoothing, scale, row_weight, compute_gra
     return loss
 
 
-def _accumulate_dw(dw, grad, hc):
-    """dw += grad.T @ hc, with dw in fp32 (or the half dtype of a half weight)."""
+def _weight_grad_into(dw, grad, hc, accumulate):
+    """dw (+)= grad.T @ hc, with dw in fp32 (or the half dtype of a half weight)."""
     if dw.dtype == grad.dtype:
-        dw.addmm_(grad.t(), hc)
+        if accumulate:
+            dw.addmm_(grad.t(), hc)
+        else:
+            torch.matmul(grad.t(), hc, out=dw)
         return
     if dw.is_cuda and _OUT_DTYPE_MM["ok"]:
         try:
-            # cuBLAS accumulates the half product straight into fp32: no [V, d] temporaries
-            torch.addmm(dw, grad.t(), hc, out_dtype=dw.dtype, out=dw)
+            # cuBLAS writes the half product straight into fp32: no [V, d] temporaries
+            if accumulate:
+                torch.addmm(dw, grad.t(), hc, out_dtype=dw.dtype, out=dw)
+            else:
+                torch.mm(grad.t(), hc, out_dtype=dw.dtype, out=dw)
             return
         except (TypeError, RuntimeError):
             _OUT_DTYPE_MM["ok"] = False  # older torch: fall back below from now on
-    dw += (grad.t() @ hc).to(dw.dtype)
+    product = (grad.t() @ hc).to(dw.dtype)
+    if accumulate:
+        dw += product
+    else:
+        dw.copy_(product)
 
 
 _OUT_DTYPE_MM = {"ok": True}
+
+
+def vocab_block_size(n_rows, n_kept, width, vocab):
+    """Vocabulary block of the vocabulary-blocked pass, or 0 for row chunks.
+
+    Row chunks stream W twice and dW twice per chunk, so when the memory budget allows only
+    chunks of fewer than ROW_PATH_MIN_ROWS rows that traffic sets the time. Then all rows are
+    taken at once against vocabulary blocks of the same budget: every dW row is written once
+    and the matmuls are large, for one extra logits matmul (4 instead of 3). Ignored rows are
+    not compacted on that path (they get zero gradient), so it is used only when at most
+    VOCAB_PATH_MAX_IGNORED of the rows are ignored."""
+    budget = min(CHUNK_ELEMENTS, CHUNK_FACTOR * max(n_rows, 1) * width)
+    if budget // max(vocab, 1) >= ROW_PATH_MIN_ROWS or n_rows == 0:
+        return 0
+    if n_kept < (1.0 - VOCAB_PATH_MAX_IGNORED) * n_rows:
+        return 0
+    block = (budget // n_rows) // VOCAB_BLOCK_MULTIPLE * VOCAB_BLOCK_MULTIPLE
+    return min(block, vocab) if block else 0
+
+
+def _vocab_block_pass(h, wc, y, rows, z_loss, smoothing, scale, row_weight, want_dh, want_dw,
+                      dw_dtype, block_v):
+    """All N rows against vocabulary blocks of ``block_v``: pass 1 folds each block's logits
+    into per-row log-sum-exp statistics, pass 2 recomputes them, turns them into the gradient
+    in place and writes dW's rows of the block once and adds the block's share of dh."""
+    n, vocab = h.shape[0], wc.shape[0]
+    dev = h.device
+    kept = torch.ones(n, dtype=torch.bool, device=dev)
+    if rows is not None:
+        kept = torch.zeros(n, dtype=torch.bool, device=dev).index_fill_(0, rows, True)
+    labels = torch.where(kept, y, torch.full_like(y, -1)).contiguous()  # -1: in no block
+    m = torch.full((n,), float("-inf"), dtype=torch.float32, device=dev)
+    sumexp = torch.zeros(n, dtype=torch.float32, device=dev)
+    target = torch.zeros(n, dtype=torch.float32, device=dev)
+    total = torch.zeros(n, dtype=torch.float32, device=dev)
+    buffer = torch.empty(n * block_v, dtype=h.dtype, device=dev)
+    blocks = [(v0, min(block_v, vocab - v0)) for v0 in range(0, vocab, block_v)]
+    row_block = min(MAX_BLOCK_V, next_pow2(block_v))
+
+    def logits_of(v0, vb):
+        logits = buffer[: n * vb].view(n, vb)
+        torch.matmul(h, wc[v0:v0 + vb].t(), out=logits)
+        return logits
+
+    for v0, vb in blocks:
+        logits = logits_of(v0, vb)
+        _lse_block_kernel[(n,)](logits, labels, m, sumexp, target, total, logits.stride(0), v0,
+                                vb, BLOCK_V=row_block, num_warps=ROW_WARPS)
+    lse = m + torch.log(sumexp)
+    losses = lse - target
+    if smoothing > 0.0:
+        losses = (1.0 - smoothing) * losses + smoothing * (lse - total / vocab)
+    losses = torch.where(kept, losses + z_loss * lse * lse, torch.zeros_like(losses))
+    if not (want_dh or want_dw):
+        return losses, None, None
+    g = kept.float() * scale
+    if row_weight is not None:
+        g = g * row_weight
+    dh = torch.empty_like(h) if want_dh else None
+    dw = torch.empty((vocab, h.shape[1]), dtype=dw_dtype, device=dev) if want_dw else None
+    for i, (v0, vb) in enumerate(blocks):
+        logits = logits_of(v0, vb)
+        _grad_block_kernel[(n,)](logits, labels, lse, g, logits.stride(0), v0, vb, vocab,
+                                 z_loss, smoothing, BLOCK_V=row_block, num_warps=ROW_WARPS)
+        if want_dw:
+            _weight_grad_into(dw[v0:v0 + vb], logits, h, accumulate=False)
+        if want_dh:
+            if i == 0:
+                torch.matmul(logits, wc[v0:v0 + vb], out=dh)
+            else:
+                dh.addmm_(logits, wc[v0:v0 + vb])
+    return losses, dh, dw
 
 
 def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_dh, want_dw):
@@ -122,13 +250,15 @@ def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_
     wc = w if w.dtype == h.dtype else w.to(h.dtype)
     vocab = w.shape[0]
     n = h.shape[0] if rows is None else rows.numel()
+    both_half = h.dtype != torch.float32 and w.dtype != torch.float32
+    dw_dtype = w.dtype if both_half else torch.float32
+    block_v = vocab_block_size(h.shape[0], n, h.shape[1], vocab) if want_dh or want_dw else 0
+    if block_v:
+        return _vocab_block_pass(h, wc, y, rows, z_loss, smoothing, scale, row_weight, want_dh,
+                                 want_dw, dw_dtype, block_v)
     losses = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device)
     dh = torch.zeros_like(h) if want_dh else None
-    dw = None
-    if want_dw:
-        both_half = h.dtype != torch.float32 and w.dtype != torch.float32
-        dw = torch.zeros(w.shape, dtype=w.dtype if both_half else torch.float32,
-                         device=w.device)
+    dw = torch.zeros(w.shape, dtype=dw_dtype, device=w.device) if want_dw else None
     step = chunk_size(n, h.shape[1], vocab)
     grad = want_dh or want_dw
     buffer = torch.empty((min(step, n), vocab), dtype=h.dtype, device=h.device) if n else None
@@ -143,7 +273,7 @@ def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_
         put_rows(losses, idx, start, stop,
                  _rows_pass(logits, yc, z_loss, smoothing, scale, rw, grad))
         if want_dw:
-            _accumulate_dw(dw, logits, hc)
+            _weight_grad_into(dw, logits, hc, accumulate=True)
         if want_dh:
             if idx is None:
                 torch.matmul(logits, wc, out=dh[start:stop])

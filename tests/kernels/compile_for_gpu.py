@@ -32,7 +32,8 @@ FLOAT_ARGS = {"eps", "z_loss", "smoothing", "scale", "qk_scale", "sm_scale"}
 POINTER_DTYPES = {"rstd_ptr": "*fp32", "lse_ptr": "*fp32", "delta_ptr": "*fp32",
                   "dw_part_ptr": "*fp32", "loss_ptr": "*fp32", "weight_ptr": "*fp32",
                   "labels_ptr": "*i64", "doc_ptr": "*i64", "first_ptr": "*i32",
-                  "last_ptr": "*i32"}
+                  "last_ptr": "*i32", "m_ptr": "*fp32", "s_ptr": "*fp32", "target_ptr": "*fp32",
+                  "total_ptr": "*fp32", "g_ptr": "*fp32"}
 TORCH = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -59,6 +60,8 @@ def jobs():
         yield rope._rope_kernel, dtype, {"BACKWARD": True, "BLOCK_H": 32, "BLOCK_HALF": 64}, {}
         yield lce._ce_rows_kernel, dtype, {"HAS_WEIGHT": True, "COMPUTE_GRAD": True,
                                            "BLOCK_V": lce.MAX_BLOCK_V}, {}
+        yield lce._lse_block_kernel, dtype, {"BLOCK_V": lce.MAX_BLOCK_V}, {}
+        yield lce._grad_block_kernel, dtype, {"BLOCK_V": lce.MAX_BLOCK_V}, {}
     for dtype, head_dim, causal, doc in [("bf16", 128, True, False), ("bf16", 96, True, True),
                                          ("fp16", 64, False, True), ("fp32", 128, True, True)]:
         cfg = attn_fn.block_config(head_dim, TORCH[dtype])

@@ -83,6 +83,59 @@ def test_triton_matches_float64(use_triton, small_chunks, opts, reduction):
                reduction=reduction), _inputs(), torch.float32)
 
 
+@pytest.fixture
+def vocab_blocks(monkeypatch):
+    """The vocabulary-blocked pass whatever the budget, in blocks of 32 of V = 97 (a ragged
+    last block), ignored rows included."""
+    import kernels.linear_cross_entropy_triton as lt
+
+    monkeypatch.setattr(lt, "CHUNK_ELEMENTS", 9 * 32)
+    monkeypatch.setattr(lt, "ROW_PATH_MIN_ROWS", 10 ** 9)
+    monkeypatch.setattr(lt, "VOCAB_PATH_MAX_IGNORED", 1.0)
+    monkeypatch.setattr(lt, "VOCAB_BLOCK_MULTIPLE", 16)
+    monkeypatch.setattr(lt, "MAX_BLOCK_V", 16)
+    assert lt.vocab_block_size(9, 7, D, V) == 32
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_triton_vocab_blocks_match_float64(use_triton, vocab_blocks, opts, reduction):
+    compare_op(["loss", "dh", "dW"], _ours(opts, reduction), _reference(**opts,
+               reduction=reduction), _block_edge_inputs(), torch.float32)
+
+
+def _block_edge_inputs():
+    # targets on both edges of the blocks of 32 and the last, ragged one (96 = V - 1)
+    h, w, labels = _inputs()
+    labels = torch.tensor([0, 31, -100, 32, 63, PAUSE, 64, 95, 96], device=DEVICE)
+    return [h, w, labels]
+
+
+@pytest.mark.triton
+def test_triton_vocab_blocks_half_precision(use_triton, vocab_blocks):
+    opts = {"ignore_ids": (PAUSE,), "z_loss": 1e-3, "smoothing": 0.1}
+    compare_op(["loss", "dh", "dW"], _ours(opts, "mean"), _reference(**opts),
+               _block_edge_inputs(), torch.bfloat16, torch_fn=_torch_path(opts, "mean"))
+
+
+def test_vocab_blocks_only_where_row_chunks_would_be_small():
+    import kernels.linear_cross_entropy_triton as lt
+
+    n, d, vocab = 8192, 4096, 128256
+    budget_rows = lt.CHUNK_FACTOR * n * d // vocab
+    block = lt.vocab_block_size(n, n, d, vocab)
+    if budget_rows >= lt.ROW_PATH_MIN_ROWS:
+        assert block == 0
+    else:  # all rows against blocks of the same budget, on the matmul tile grid
+        assert block % lt.VOCAB_BLOCK_MULTIPLE == 0
+        assert n * block <= lt.CHUNK_FACTOR * n * d < n * (block + lt.VOCAB_BLOCK_MULTIPLE)
+    # many ignored rows: row chunks, which compact them away
+    assert lt.vocab_block_size(n, n // 2, d, vocab) == 0
+    # a budget of several hundred rows: row chunks
+    assert lt.vocab_block_size(n, n, d, 8 * d) == 0
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bf16"),
                                    pytest.param(torch.float16, id="fp16")])
