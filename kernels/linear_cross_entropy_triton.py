@@ -26,6 +26,7 @@ MIN_CHUNK_ROWS = 256
 ROW_PATH_MIN_ROWS = 512  # fewer rows per chunk at the budget: the vocabulary-blocked pass
 VOCAB_PATH_MAX_IGNORED = 0.125
 VOCAB_BLOCK_MULTIPLE = 128  # vocabulary blocks are whole multiples of this (matmul tiles)
+ROW_STATS_ELEMENTS = 64  # logits-sized elements per row that the vocab pass's row vectors take
 MAX_BLOCK_V = 4096
 ROW_WARPS = 8
 
@@ -176,8 +177,9 @@ def vocab_block_size(n_rows, n_kept, width, vocab):
         return 0
     if n_kept < (1.0 - VOCAB_PATH_MAX_IGNORED) * n_rows:
         return 0
-    block = (budget // n_rows) // VOCAB_BLOCK_MULTIPLE * VOCAB_BLOCK_MULTIPLE
-    return min(block, vocab) if block else 0
+    # the per-row statistics (max, sum-exp, target, lse, ...) come out of the same budget
+    block = (budget // n_rows - ROW_STATS_ELEMENTS) // VOCAB_BLOCK_MULTIPLE * VOCAB_BLOCK_MULTIPLE
+    return min(block, vocab) if block > 0 else 0
 
 
 def _vocab_block_pass(h, wc, y, rows, z_loss, smoothing, scale, row_weight, want_dh, want_dw,
@@ -259,7 +261,7 @@ def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_
     losses = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device)
     dh = torch.zeros_like(h) if want_dh else None
     dw = torch.zeros(w.shape, dtype=dw_dtype, device=w.device) if want_dw else None
-    step = chunk_size(n, h.shape[1], vocab)
+    step = chunk_size(n, h.shape[1], vocab, compacting=rows is not None)
     grad = want_dh or want_dw
     buffer = torch.empty((min(step, n), vocab), dtype=h.dtype, device=h.device) if n else None
     for start in range(0, n, step):
@@ -280,16 +282,18 @@ def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_
             else:
                 # the gathered rows are spent once dW has them: their buffer takes dh's rows
                 dh.index_copy_(0, idx, torch.matmul(logits, wc, out=hc))
+        del hc  # before the next chunk's gather, or two gathered chunks are alive at once
     return losses, dh, dw
 
 
-def chunk_size(n, width, vocab):
-    """Rows per chunk: the logits chunk holds at most CHUNK_ELEMENTS and no more than
-    CHUNK_FACTOR times the rows' hidden states (n x width), Liger-Kernel's bound, so the
-    transient memory scales with the batch; at least MIN_CHUNK_ROWS rows keep the matmuls
-    large."""
+def chunk_size(n, width, vocab, compacting=False):
+    """Rows per chunk: the logits chunk (and, when compacting, the chunk's gathered rows)
+    hold at most CHUNK_ELEMENTS and no more than CHUNK_FACTOR times the rows' hidden states
+    (n x width), Liger-Kernel's bound, so the transient memory scales with the batch; at
+    least MIN_CHUNK_ROWS rows keep the matmuls large."""
     budget = min(CHUNK_ELEMENTS, CHUNK_FACTOR * max(n, 1) * width)
-    return max(MIN_CHUNK_ROWS, budget // max(vocab, 1), 1)
+    per_row = vocab + (width if compacting else 0)
+    return max(MIN_CHUNK_ROWS, budget // max(per_row, 1), 1)
 
 
 def check_inputs(h, w):

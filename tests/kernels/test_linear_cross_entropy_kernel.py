@@ -90,6 +90,7 @@ def vocab_blocks(monkeypatch):
     import kernels.linear_cross_entropy_triton as lt
 
     monkeypatch.setattr(lt, "CHUNK_ELEMENTS", 9 * 32)
+    monkeypatch.setattr(lt, "ROW_STATS_ELEMENTS", 0)
     monkeypatch.setattr(lt, "ROW_PATH_MIN_ROWS", 10 ** 9)
     monkeypatch.setattr(lt, "VOCAB_PATH_MAX_IGNORED", 1.0)
     monkeypatch.setattr(lt, "VOCAB_BLOCK_MULTIPLE", 16)
@@ -129,7 +130,9 @@ def test_vocab_blocks_only_where_row_chunks_would_be_small():
         assert block == 0
     else:  # all rows against blocks of the same budget, on the matmul tile grid
         assert block % lt.VOCAB_BLOCK_MULTIPLE == 0
-        assert n * block <= lt.CHUNK_FACTOR * n * d < n * (block + lt.VOCAB_BLOCK_MULTIPLE)
+        stats = lt.ROW_STATS_ELEMENTS
+        assert n * (block + stats) <= lt.CHUNK_FACTOR * n * d
+        assert lt.CHUNK_FACTOR * n * d < n * (block + stats + lt.VOCAB_BLOCK_MULTIPLE)
     # many ignored rows: row chunks, which compact them away
     assert lt.vocab_block_size(n, n // 2, d, vocab) == 0
     # a budget of several hundred rows: row chunks
