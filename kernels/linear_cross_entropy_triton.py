@@ -1,11 +1,18 @@
 """Triton linear cross-entropy: a fused softmax/loss/gradient row kernel around chunked matmuls.
 
 Imported by ``kernels/linear_cross_entropy.py`` on the first Triton call; the autograd.Function
-there calls ``chunk_pass_triton``. The surviving
-(non-ignored) rows are walked in chunks; per chunk the logits come from one matmul, then
-``_ce_rows_kernel`` makes two passes over each row: an online max/sum-exp for the
-log-sum-exp and loss, then the gradient d loss / d logits written in place over the logits,
-which two more matmuls turn into dh and dW. Peak memory is one chunk of logits plus dW.
+there calls ``chunk_pass_triton``, which takes one of two paths:
+
+- row chunks (the usual one): the surviving (non-ignored) rows are walked in chunks; per chunk
+  the logits come from one matmul, then ``_ce_rows_kernel`` makes two passes over each row (an
+  online max/sum-exp for the log-sum-exp and loss, then the gradient d loss / d logits written
+  in place over the logits), which two more matmuls turn into dh and dW;
+- vocabulary blocks (``vocab_block_size``), where the memory budget would make row chunks
+  small: all rows against blocks of the vocabulary, ``_lse_block_kernel`` folding each block
+  into per-row statistics, then ``_grad_block_kernel`` turning each recomputed block into its
+  gradient, which writes that block's dW rows once and adds to dh.
+
+Peak memory is the logits budget plus dh and dW.
 """
 
 import torch
@@ -16,10 +23,11 @@ from kernels._triton_utils import check_dtype, next_pow2
 from kernels.linear_cross_entropy import chunk_rows, put_rows
 
 # Logits alive at once: at most 2**26 elements (128 MiB bf16) and CHUNK_FACTOR times the
-# hidden states' size. Each chunk streams W twice and reads and writes dW once, so chunks of
-# fewer than a few hundred rows are bound by that traffic: on an H100 at V=128256, d=4096,
-# N=8192, Liger's 1x budget (~250 rows) took 65.6 ms and 2x (~500 rows) 47.0 ms for 6% more
-# peak memory (benchmarks/RESULTS.md). MIN_CHUNK_ROWS keeps small batches off that cliff.
+# hidden states' size (1 is Liger-Kernel's budget). Each row chunk streams W twice and reads
+# and writes dW once, so chunks of fewer than a few hundred rows are bound by that traffic: on
+# an H100 at V=128256, d=4096, N=8192, row chunks at 1x (~250 rows) took 65 ms and at 2x
+# (~500 rows) 46-49 ms for 5% more peak memory; the vocabulary-blocked pass at 1x took 58 ms
+# (benchmarks/RESULTS.md). 2 is the default: the fastest in every measured case.
 CHUNK_ELEMENTS = 1 << 26
 CHUNK_FACTOR = 2
 MIN_CHUNK_ROWS = 256
@@ -27,6 +35,9 @@ ROW_PATH_MIN_ROWS = 512  # fewer rows per chunk at the budget: the vocabulary-bl
 VOCAB_PATH_MAX_IGNORED = 0.125
 VOCAB_BLOCK_MULTIPLE = 128  # vocabulary blocks are whole multiples of this (matmul tiles)
 ROW_STATS_ELEMENTS = 64  # logits-sized elements per row that the vocab pass's row vectors take
+# Narrower blocks make the per-block matmuls and row programs too small: the 150m preset
+# (d=768) at 1x got blocks of 640 and its training step ran 1.23x slower than at 2x (rows).
+VOCAB_BLOCK_MIN = 2048
 MAX_BLOCK_V = 4096
 ROW_WARPS = 8
 
@@ -179,7 +190,7 @@ def vocab_block_size(n_rows, n_kept, width, vocab):
         return 0
     # the per-row statistics (max, sum-exp, target, lse, ...) come out of the same budget
     block = (budget // n_rows - ROW_STATS_ELEMENTS) // VOCAB_BLOCK_MULTIPLE * VOCAB_BLOCK_MULTIPLE
-    return min(block, vocab) if block > 0 else 0
+    return min(block, vocab) if block >= min(VOCAB_BLOCK_MIN, vocab) else 0
 
 
 def _vocab_block_pass(h, wc, y, rows, z_loss, smoothing, scale, row_weight, want_dh, want_dw,

@@ -91,6 +91,7 @@ def vocab_blocks(monkeypatch):
 
     monkeypatch.setattr(lt, "CHUNK_ELEMENTS", 9 * 32)
     monkeypatch.setattr(lt, "ROW_STATS_ELEMENTS", 0)
+    monkeypatch.setattr(lt, "VOCAB_BLOCK_MIN", 16)
     monkeypatch.setattr(lt, "ROW_PATH_MIN_ROWS", 10 ** 9)
     monkeypatch.setattr(lt, "VOCAB_PATH_MAX_IGNORED", 1.0)
     monkeypatch.setattr(lt, "VOCAB_BLOCK_MULTIPLE", 16)
@@ -137,6 +138,8 @@ def test_vocab_blocks_only_where_row_chunks_would_be_small():
     assert lt.vocab_block_size(n, n // 2, d, vocab) == 0
     # a budget of several hundred rows: row chunks
     assert lt.vocab_block_size(n, n, d, 8 * d) == 0
+    # blocks narrower than VOCAB_BLOCK_MIN: row chunks
+    assert lt.vocab_block_size(n, n, lt.VOCAB_BLOCK_MIN // 4, vocab) == 0
 
 
 @pytest.mark.triton
