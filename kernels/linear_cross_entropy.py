@@ -2,11 +2,13 @@
 
 Both backends compact away ignored rows (``ignore_index`` labels and the ``ignore_ids``
 control tokens such as ``<pause>``), so those rows cost no unembedding FLOPs, and walk the rest
-in chunks of rows, gathered per chunk (no copy of h). The forward of ``LinearCrossEntropyFunction`` computes each chunk's loss AND
-its gradients w.r.t. the hidden states and the weight, so the backward is one multiply by the
-incoming scalar; only ``reduction="none"`` recomputes in its backward, since the per-token
-weights are known only then. The per-chunk work is ``chunk_pass_torch`` here or
-``chunk_pass_triton`` (fused softmax/gradient row kernel) in ``linear_cross_entropy_triton.py``.
+in chunks of rows, gathered per chunk (no copy of h). (The Triton path's vocabulary-blocked
+pass, taken only when at most 1/8 of the rows are ignored and row chunks would be small, gives
+ignored rows a zero gradient instead.) The forward of ``LinearCrossEntropyFunction`` computes
+the loss AND the gradients w.r.t. the hidden states and the weight, so the backward is one
+multiply by the incoming scalar; only ``reduction="none"`` recomputes in its backward, since
+the per-token weights are known only then. The per-chunk work is ``chunk_pass_torch`` here or
+``chunk_pass_triton`` (fused softmax/gradient row kernels) in ``linear_cross_entropy_triton.py``.
 
 Used by ``llmcore`` losses (``kernels.linear_cross_entropy(h, W_out, labels)``) and by recipes
 that add vocabulary losses.
@@ -46,7 +48,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
 
     The surviving rows are gathered chunk by chunk (``rows``), never as a copy of h, and their
     dh is scattered into one zeroed [N, d] tensor; with nothing ignored the chunks are plain
-    slices. The backward scales the saved gradients in place, so it may run once only.
+    slices. With reduction mean/sum the backward scales the saved gradients in place, so it
+    may run once per forward.
     """
 
     @staticmethod
