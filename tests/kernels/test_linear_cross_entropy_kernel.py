@@ -253,12 +253,14 @@ def test_bad_arguments_are_errors():
         kernels.linear_cross_entropy(h, w, labels[:8])
 
 
-@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
-                                     pytest.param("triton", id="triton",
-                                                  marks=pytest.mark.triton)])
-def test_bf16_hidden_states_with_fp32_weight(monkeypatch, small_chunks, backend):
+@pytest.mark.parametrize("backend,chunking", [
+    pytest.param("torch", "small_chunks", id="torch"),
+    pytest.param("triton", "small_chunks", id="triton-rows", marks=pytest.mark.triton),
+    pytest.param("triton", "vocab_blocks", id="triton-vocab-blocks", marks=pytest.mark.triton)])
+def test_bf16_hidden_states_with_fp32_weight(monkeypatch, request, backend, chunking):
     # autocast-style training: bf16 activations, fp32 master weight. The matmuls run in bf16,
     # dW comes back in fp32, and the loss in fp32 (a bf16 sum would drop digits).
+    request.getfixturevalue(chunking)
     monkeypatch.setenv("LLMCORE_KERNELS", backend)
     h64, w64, labels = _inputs()
     h = h64.bfloat16().requires_grad_(True)
