@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from kernels.attention.triton_fwd import LOG2E, is_even
-from kernels.attention.triton_masks import key_block_query_range, query_block_key_range, visible
+from kernels.attention.triton_masks import (key_block_query_range, load_rows, load_tile,
+                                            query_block_key_range, store_tile, visible)
 
 
 @triton.jit
@@ -27,13 +28,12 @@ def _attn_bwd_delta_kernel(o_ptr, do_ptr, delta_ptr, sob, sot, soh, sdob, sdot, 
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m < T_Q)[:, None] & (offs_d < HEAD_D)[None, :]
-    o = tl.load(o_ptr + b * sob + offs_m[:, None] * sot + h * soh + offs_d[None, :], mask=mask,
-                other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + b * sdob + offs_m[:, None] * sdot + h * sdoh + offs_d[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
-    tl.store(delta_ptr + pid_bh.to(tl.int64) * T_Q + offs_m, tl.sum(o * do, axis=1),
-             mask=offs_m < T_Q)
+    m_valid = offs_m < T_Q
+    d_valid = offs_d < HEAD_D
+    o = load_tile(o_ptr + b * sob + h * soh, offs_m, sot, offs_d, m_valid, d_valid, False)
+    do = load_tile(do_ptr + b * sdob + h * sdoh, offs_m, sdot, offs_d, m_valid, d_valid, False)
+    tl.store(delta_ptr + pid_bh.to(tl.int64) * T_Q + offs_m,
+             tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1), mask=m_valid)
 
 
 @triton.jit
@@ -46,19 +46,10 @@ def _dkdv_query_loop(dk, dv, k, v, q_base, do_base, sqt, sdot, lse_row, delta_ro
     for start_m in range(start, stop, BLOCK_M):
         offs_m = start_m + offs_m0
         m_valid = offs_m < T_Q
-        if EVEN:
-            q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :])
-            do = tl.load(do_base + offs_m[:, None] * sdot + offs_d[None, :])
-            lse2 = tl.load(lse_row + offs_m)
-            delta = tl.load(delta_row + offs_m)
-        else:
-            md = m_valid[:, None] & d_valid[None, :]
-            q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :], mask=md, other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * sdot + offs_d[None, :], mask=md, other=0.0)
-            lse2 = tl.load(lse_row + offs_m, mask=m_valid, other=0.0)
-            delta = tl.load(delta_row + offs_m, mask=m_valid, other=0.0)
-        q = q.to(DOT_DTYPE)
-        do = do.to(DOT_DTYPE)
+        q = load_tile(q_base, offs_m, sqt, offs_d, m_valid, d_valid, EVEN).to(DOT_DTYPE)
+        do = load_tile(do_base, offs_m, sdot, offs_d, m_valid, d_valid, EVEN).to(DOT_DTYPE)
+        lse2 = load_rows(lse_row, offs_m, m_valid, EVEN)
+        delta = load_rows(delta_row, offs_m, m_valid, EVEN)
         st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (N, M)
         pt = tl.exp2(st - lse2[None, :])
         if MASKED:
@@ -95,18 +86,10 @@ def _attn_bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     n_valid = offs_n < T_K
     d_valid = offs_d < HEAD_D
-    nd_mask = n_valid[:, None] & d_valid[None, :]
-
-    k_addr = k_ptr + b * skb + offs_n[:, None] * skt + hk * skh + offs_d[None, :]
-    v_addr = v_ptr + b * svb + offs_n[:, None] * svt + hk * svh + offs_d[None, :]
-    if EVEN:
-        k = tl.load(k_addr)
-        v = tl.load(v_addr)
-    else:
-        k = tl.load(k_addr, mask=nd_mask, other=0.0)
-        v = tl.load(v_addr, mask=nd_mask, other=0.0)
-    k = k.to(DOT_DTYPE)
-    v = v.to(DOT_DTYPE)
+    k = load_tile(k_ptr + b * skb + hk * skh, offs_n, skt, offs_d, n_valid, d_valid,
+                  EVEN).to(DOT_DTYPE)
+    v = load_tile(v_ptr + b * svb + hk * svh, offs_n, svt, offs_d, n_valid, d_valid,
+                  EVEN).to(DOT_DTYPE)
 
     lo, mid, hi = key_block_query_range(pid_n, b * T_K, offs_n, n_valid, first_ptr, last_ptr,
                                         T_Q, off, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC)
@@ -132,15 +115,11 @@ def _attn_bwd_dkdv_kernel(
                                   n_valid, d_valid, mid, hi, T_Q, off, qk_scale, False, EVEN,
                                   CAUSAL, HAS_DOC, DOT_DTYPE, PRECISION, BLOCK_M)
 
-    out_off = b * sdkb + offs_n[:, None] * sdkt + hk * sdkh + offs_d[None, :]
-    dk = (dk * sm_scale).to(dk_ptr.dtype.element_ty)
-    dv = dv.to(dv_ptr.dtype.element_ty)
-    if EVEN:
-        tl.store(dk_ptr + out_off, dk)
-        tl.store(dv_ptr + out_off, dv)
-    else:
-        tl.store(dk_ptr + out_off, dk, mask=nd_mask)
-        tl.store(dv_ptr + out_off, dv, mask=nd_mask)
+    out = b * sdkb + hk * sdkh  # dk and dv share one layout
+    store_tile(dk_ptr + out, offs_n, sdkt, offs_d, n_valid, d_valid,
+               (dk * sm_scale).to(dk_ptr.dtype.element_ty), EVEN)
+    store_tile(dv_ptr + out, offs_n, sdkt, offs_d, n_valid, d_valid,
+               dv.to(dv_ptr.dtype.element_ty), EVEN)
 
 
 @triton.jit
@@ -153,14 +132,8 @@ def _dq_key_loop(dq, q, do, lse2, delta, k_base, v_base, skt, svt, doc_row, q_do
     for start_n in range(start, stop, BLOCK_N):
         kn = start_n + offs_n0
         n_valid = kn < T_K
-        if EVEN:
-            k = tl.load(k_base + kn[:, None] * skt + offs_d[None, :])
-            v = tl.load(v_base + kn[:, None] * svt + offs_d[None, :])
-        else:
-            nd = n_valid[:, None] & d_valid[None, :]
-            k = tl.load(k_base + kn[:, None] * skt + offs_d[None, :], mask=nd, other=0.0)
-            v = tl.load(v_base + kn[:, None] * svt + offs_d[None, :], mask=nd, other=0.0)
-        k = k.to(DOT_DTYPE)
+        k = load_tile(k_base, kn, skt, offs_d, n_valid, d_valid, EVEN).to(DOT_DTYPE)
+        v = load_tile(v_base, kn, svt, offs_d, n_valid, d_valid, EVEN)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         p = tl.exp2(s - lse2[:, None])
         if MASKED:
@@ -199,23 +172,13 @@ def _attn_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     m_valid = offs_m < T_Q
     d_valid = offs_d < HEAD_D
-    md_mask = m_valid[:, None] & d_valid[None, :]
-
-    q_addr = q_ptr + b * sqb + offs_m[:, None] * sqt + h * sqh + offs_d[None, :]
-    do_addr = do_ptr + b * sdob + offs_m[:, None] * sdot + h * sdoh + offs_d[None, :]
-    row = pid_bh.to(tl.int64) * T_Q + offs_m
-    if EVEN:
-        q = tl.load(q_addr)
-        do = tl.load(do_addr)
-        lse2 = tl.load(lse_ptr + row)
-        delta = tl.load(delta_ptr + row)
-    else:
-        q = tl.load(q_addr, mask=md_mask, other=0.0)
-        do = tl.load(do_addr, mask=md_mask, other=0.0)
-        lse2 = tl.load(lse_ptr + row, mask=m_valid, other=0.0)
-        delta = tl.load(delta_ptr + row, mask=m_valid, other=0.0)
-    q = q.to(DOT_DTYPE)
-    do = do.to(DOT_DTYPE)
+    q = load_tile(q_ptr + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid,
+                  EVEN).to(DOT_DTYPE)
+    do = load_tile(do_ptr + b * sdob + h * sdoh, offs_m, sdot, offs_d, m_valid, d_valid,
+                   EVEN).to(DOT_DTYPE)
+    row = pid_bh.to(tl.int64) * T_Q
+    lse2 = load_rows(lse_ptr + row, offs_m, m_valid, EVEN)
+    delta = load_rows(delta_ptr + row, offs_m, m_valid, EVEN)
 
     lo, mid, hi = query_block_key_range(pid_m, b * T_K, offs_m, m_valid, first_ptr, last_ptr,
                                         T_K, off, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC)
@@ -234,12 +197,8 @@ def _attn_bwd_dq_kernel(
                       offs_n0, offs_d, m_valid, d_valid, mid, hi, T_K, off, qk_scale, True,
                       EVEN, CAUSAL, HAS_DOC, DOT_DTYPE, PRECISION, BLOCK_N)
 
-    dq = (dq * sm_scale).to(dq_ptr.dtype.element_ty)
-    dq_addr = dq_ptr + b * sdqb + offs_m[:, None] * sdqt + h * sdqh + offs_d[None, :]
-    if EVEN:
-        tl.store(dq_addr, dq)
-    else:
-        tl.store(dq_addr, dq, mask=md_mask)
+    store_tile(dq_ptr + b * sdqb + h * sdqh, offs_m, sdqt, offs_d, m_valid, d_valid,
+               (dq * sm_scale).to(dq_ptr.dtype.element_ty), EVEN)
 
 
 def attention_bwd(q, k, v, o, lse2, do, causal, docs, scale, cfg):

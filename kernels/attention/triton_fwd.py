@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention.triton_masks import query_block_key_range, visible
+from kernels.attention.triton_masks import (load_tile, query_block_key_range, store_tile,
+                                            visible)
 
 LOG2E = 1.4426950408889634
 
@@ -30,13 +31,8 @@ def _fwd_key_loop(acc, l_i, m_i, q, k_base, v_base, skt, svt, doc_row, q_doc,
     for start_n in range(start, stop, BLOCK_N):
         kn = start_n + offs_n
         n_valid = kn < T_K
-        if EVEN:
-            k = tl.load(k_base + kn[:, None] * skt + offs_d[None, :])
-            v = tl.load(v_base + kn[:, None] * svt + offs_d[None, :])
-        else:
-            nd = n_valid[:, None] & d_valid[None, :]
-            k = tl.load(k_base + kn[:, None] * skt + offs_d[None, :], mask=nd, other=0.0)
-            v = tl.load(v_base + kn[:, None] * svt + offs_d[None, :], mask=nd, other=0.0)
+        k = load_tile(k_base, kn, skt, offs_d, n_valid, d_valid, EVEN)
+        v = load_tile(v_base, kn, svt, offs_d, n_valid, d_valid, EVEN)
         # (M, N) scores in base 2; the .to casts bf16 loads to fp32 under the interpreter
         s = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION) * qk_scale
         if MASKED:
@@ -85,11 +81,7 @@ def _attn_fwd_kernel(
     m_valid = offs_m < T_Q
     d_valid = offs_d < HEAD_D
 
-    q_addr = q_ptr + b * sqb + offs_m[:, None] * sqt + h * sqh + offs_d[None, :]
-    if EVEN:
-        q = tl.load(q_addr)
-    else:
-        q = tl.load(q_addr, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    q = load_tile(q_ptr + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid, EVEN)
     q = q.to(DOT_DTYPE)
 
     lo, mid, hi = query_block_key_range(pid_m, b * T_K, offs_m, m_valid, first_ptr, last_ptr,
@@ -115,11 +107,7 @@ def _attn_fwd_kernel(
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = (acc / l_safe[:, None]).to(o_ptr.dtype.element_ty)
-    o_addr = o_ptr + b * sob + offs_m[:, None] * sot + h * soh + offs_d[None, :]
-    if EVEN:
-        tl.store(o_addr, out)
-    else:
-        tl.store(o_addr, out, mask=m_valid[:, None] & d_valid[None, :])
+    store_tile(o_ptr + b * sob + h * soh, offs_m, sot, offs_d, m_valid, d_valid, out, EVEN)
     lse2 = tl.where(l_i == 0.0, float("inf"), m_i + tl.log2(l_safe))
     tl.store(lse_ptr + pid_bh.to(tl.int64) * T_Q + offs_m, lse2, mask=m_valid)
 

@@ -7,7 +7,8 @@ mask bottom-right (query i sits at key position i + off, as in decoding with Tq 
 
 Every kernel walks its key (or query) range in two loops: the blocks that every query of the
 tile sees whole, where no mask is built (the bulk of a long causal sequence), then the blocks
-on the diagonal (or any block, with documents) that go through ``visible``.
+on the diagonal (or any block, with documents) that go through ``visible``. The tile loads and
+stores below drop their bounds checks when the launch is EVEN (every tile on the grid).
 """
 
 import triton
@@ -84,3 +85,35 @@ def key_block_query_range(pid_n, row_base, offs_n, n_valid, first_ptr, last_ptr,
         hi = tl.minimum(hi, last - off + 1)
         mid = hi
     return lo, mid, hi
+
+
+@triton.jit
+def load_tile(base, rows, stride, offs_d, row_valid, d_valid, EVEN: tl.constexpr):
+    """The [rows, D] tile at base + rows * stride + d: bounds-checked (zeros outside) unless
+    EVEN says every row and column of the launch is in range."""
+    addr = base + rows[:, None] * stride + offs_d[None, :]
+    if EVEN:
+        tile = tl.load(addr)
+    else:
+        tile = tl.load(addr, mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+    return tile
+
+
+@triton.jit
+def store_tile(base, rows, stride, offs_d, row_valid, d_valid, value, EVEN: tl.constexpr):
+    """Store ``value`` as the tile ``load_tile`` reads, bounds-checked unless EVEN."""
+    addr = base + rows[:, None] * stride + offs_d[None, :]
+    if EVEN:
+        tl.store(addr, value)
+    else:
+        tl.store(addr, value, mask=row_valid[:, None] & d_valid[None, :])
+
+
+@triton.jit
+def load_rows(base, rows, row_valid, EVEN: tl.constexpr):
+    """One value per row (a saved row statistic), bounds-checked (zeros outside) unless EVEN."""
+    if EVEN:
+        x = tl.load(base + rows)
+    else:
+        x = tl.load(base + rows, mask=row_valid, other=0.0)
+    return x
