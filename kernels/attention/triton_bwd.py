@@ -16,7 +16,7 @@ import triton.language as tl
 
 from kernels.attention.triton_fwd import LOG2E, is_even
 from kernels.attention.triton_masks import (key_block_query_range, load_rows, load_tile,
-                                            query_block_key_range, store_tile, visible)
+                                            query_block, store_tile, visible)
 
 
 @triton.jit
@@ -159,18 +159,10 @@ def _attn_bwd_dq_kernel(
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m  # the longest rows first
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    hk = h // GROUP
-    off = T_K - T_Q
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh, b, h, hk, off, offs_m, m_valid, lo, mid, hi, doc_row, q_doc = query_block(
+        H, GROUP, T_Q, T_K, doc_ptr, first_ptr, last_ptr, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    m_valid = offs_m < T_Q
     d_valid = offs_d < HEAD_D
     q = load_tile(q_ptr + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid,
                   EVEN).to(DOT_DTYPE)
@@ -179,13 +171,6 @@ def _attn_bwd_dq_kernel(
     row = pid_bh.to(tl.int64) * T_Q
     lse2 = load_rows(lse_ptr + row, offs_m, m_valid, EVEN)
     delta = load_rows(delta_ptr + row, offs_m, m_valid, EVEN)
-
-    lo, mid, hi = query_block_key_range(pid_m, b * T_K, offs_m, m_valid, first_ptr, last_ptr,
-                                        T_K, off, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC)
-    doc_row = doc_ptr + b * T_K
-    q_doc = offs_m.to(doc_ptr.dtype.element_ty)  # placeholder unless HAS_DOC
-    if HAS_DOC:
-        q_doc = tl.load(doc_row + off + offs_m, mask=m_valid, other=-1)
 
     k_base = k_ptr + b * skb + hk * skh
     v_base = v_ptr + b * svb + hk * svh

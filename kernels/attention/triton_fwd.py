@@ -8,15 +8,14 @@ log2(sum exp(score)), in units the backward consumes directly.
 
 Speed choices: the key range is split into blocks seen whole (no mask built) and the diagonal
 or document blocks (masked); with EVEN (lengths divisible by the tiles, head dim a power of
-two) no load is bounds-checked; causal programs run heaviest-first so the last wave is short.
+two) no load is bounds-checked; causal programs run heaviest-first (``query_block``).
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.attention.triton_masks import (load_tile, query_block_key_range, store_tile,
-                                            visible)
+from kernels.attention.triton_masks import load_tile, query_block, store_tile, visible
 
 LOG2E = 1.4426950408889634
 
@@ -67,29 +66,13 @@ def _attn_fwd_kernel(
     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m  # the longest rows first
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = pid_bh % H
-    hk = h // GROUP  # the kv head this query head reads (Llama order)
-    off = T_K - T_Q  # key position of query 0: causal mask aligned bottom-right
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh, b, h, hk, off, offs_m, m_valid, lo, mid, hi, doc_row, q_doc = query_block(
+        H, GROUP, T_Q, T_K, doc_ptr, first_ptr, last_ptr, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    m_valid = offs_m < T_Q
     d_valid = offs_d < HEAD_D
-
     q = load_tile(q_ptr + b * sqb + h * sqh, offs_m, sqt, offs_d, m_valid, d_valid, EVEN)
     q = q.to(DOT_DTYPE)
-
-    lo, mid, hi = query_block_key_range(pid_m, b * T_K, offs_m, m_valid, first_ptr, last_ptr,
-                                        T_K, off, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC)
-    doc_row = doc_ptr + b * T_K
-    q_doc = offs_m.to(doc_ptr.dtype.element_ty)  # placeholder unless HAS_DOC
-    if HAS_DOC:
-        q_doc = tl.load(doc_row + off + offs_m, mask=m_valid, other=-1)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)

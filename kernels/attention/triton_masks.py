@@ -62,6 +62,32 @@ def query_block_key_range(pid_m, row_base, offs_m, m_valid, first_ptr, last_ptr,
 
 
 @triton.jit
+def query_block(H, GROUP, T_Q, T_K, doc_ptr, first_ptr, last_ptr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr):
+    """What a program of the forward or dQ kernel owns, so the two walk identical blocks:
+    (pid_bh, b, h, hk, off, offs_m, m_valid, lo, mid, hi, doc_row, q_doc). Causal programs run
+    the longest rows first, so the last wave is short. ``q_doc`` is a placeholder unless
+    HAS_DOC (typed like the ids, since a loop-carried value keeps its type)."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    off = T_K - T_Q  # key position of query 0: causal mask aligned bottom-right
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_valid = offs_m < T_Q
+    lo, mid, hi = query_block_key_range(pid_m, b * T_K, offs_m, m_valid, first_ptr, last_ptr,
+                                        T_K, off, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOC)
+    doc_row = doc_ptr + b * T_K
+    q_doc = offs_m.to(doc_ptr.dtype.element_ty)
+    if HAS_DOC:
+        q_doc = tl.load(doc_row + off + offs_m, mask=m_valid, other=-1)
+    # h // GROUP: the kv head this query head reads (Llama order)
+    return pid_bh, b, h, h // GROUP, off, offs_m, m_valid, lo, mid, hi, doc_row, q_doc
+
+
+@triton.jit
 def key_block_query_range(pid_n, row_base, offs_n, n_valid, first_ptr, last_ptr, T_Q, off,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                           HAS_DOC: tl.constexpr):
