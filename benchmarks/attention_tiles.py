@@ -93,7 +93,7 @@ def tune(torch, triton, b, t, h, h_kv, d):
         timings = []
         for bm, bn, warps, stages in CANDIDATES[kernel]:
             cfg = dict(base, **best)
-            cfg[kernel] = fa._tile(bm, bn, warps, stages)
+            cfg[kernel] = fa.tile_config(bm, bn, warps, stages)
             if kernel == "fwd":
                 fn = lambda cfg=cfg: attention_fwd(q, k, v, True, None, scale, cfg)  # noqa: E731
             else:
@@ -187,17 +187,17 @@ def main(argv=None):
                          "rel_err_dq": e[1], "rel_err_dk": e[2], "rel_err_dv": e[3]})
     label = "llmcore"
     if args.tune:
-        block_d = max(16, triton.next_power_of_2(d))
+        key = fa.half_tiles_key(d)
         print(f"tuning at T={args.tune_seq}, B={max(1, args.tokens // args.tune_seq)}")
         best, tune_rows = tune(torch, triton, max(1, args.tokens // args.tune_seq),
                                args.tune_seq, h, h_kv, d)
         rows += tune_rows
-        default = fa.HALF_TILES[64 if block_d <= 64 else 128]
-        print(f"tuned tiles (HALF_TILES[{block_d}]): {best}")
+        default = fa.HALF_TILES[key]
+        print(f"tuned tiles (HALF_TILES[{key}]): {best}")
         if best != default:
             rows += compare(torch, triton, kernels, seqs, args.tokens, h, h_kv, d,
                             "llmcore_default_tiles")
-            fa.HALF_TILES[64 if block_d <= 64 else 128] = best
+            fa.HALF_TILES[key] = best
             label = "llmcore_tuned"
     rows += compare(torch, triton, kernels, seqs, args.tokens, h, h_kv, d, label)
     rows = [dict(r, **stamp) for r in rows]

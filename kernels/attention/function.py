@@ -11,7 +11,8 @@ from kernels.attention.triton_bwd import attention_bwd
 from kernels.attention.triton_fwd import attention_fwd
 
 
-def _tile(block_m, block_n, num_warps, num_stages):
+def tile_config(block_m, block_n, num_warps, num_stages):
+    """One kernel's tiles and launch options, as ``block_config`` hands them out."""
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
             "num_stages": num_stages}
 
@@ -19,11 +20,16 @@ def _tile(block_m, block_n, num_warps, num_stages):
 # Half-precision tiles per kernel, by padded head dim. "fwd" and "bwd_q" walk key blocks of
 # BLOCK_N for BLOCK_M queries; "bwd_kv" walks query steps of BLOCK_M for BLOCK_N keys.
 HALF_TILES = {
-    64: {"fwd": _tile(128, 64, 4, 3), "bwd_kv": _tile(32, 128, 4, 3),
-         "bwd_q": _tile(128, 32, 4, 3)},
-    128: {"fwd": _tile(128, 128, 8, 3), "bwd_kv": _tile(64, 128, 8, 3),
-          "bwd_q": _tile(128, 64, 8, 3)},
+    64: {"fwd": tile_config(128, 64, 4, 3), "bwd_kv": tile_config(32, 128, 4, 3),
+         "bwd_q": tile_config(128, 32, 4, 3)},
+    128: {"fwd": tile_config(128, 128, 8, 3), "bwd_kv": tile_config(64, 128, 8, 3),
+          "bwd_q": tile_config(128, 64, 8, 3)},
 }
+
+
+def half_tiles_key(head_dim):
+    """The ``HALF_TILES`` entry a head dim uses (its padded width: up to 64, else 128)."""
+    return 64 if next_pow2(head_dim) <= 64 else 128
 
 
 def block_config(head_dim, dtype):
@@ -33,13 +39,13 @@ def block_config(head_dim, dtype):
         # the interpreter pays per operation, not per element: small tiles still cover
         # several blocks (and a ragged tail) of a short test sequence, and unequal query and
         # key tiles exercise the tile-grid arithmetic of the split loops
-        tiles = {"fwd": _tile(32, 16, 4, 1), "bwd_kv": _tile(16, 32, 4, 1),
-                 "bwd_q": _tile(32, 16, 4, 1)}
+        tiles = {"fwd": tile_config(32, 16, 4, 1), "bwd_kv": tile_config(16, 32, 4, 1),
+                 "bwd_q": tile_config(32, 16, 4, 1)}
     elif dtype == torch.float32:
         # fp32 tiles take twice the shared memory; 32x32 fits every GPU's per-block budget
-        tiles = {name: _tile(32, 32, 4, 2) for name in ("fwd", "bwd_kv", "bwd_q")}
+        tiles = {name: tile_config(32, 32, 4, 2) for name in ("fwd", "bwd_kv", "bwd_q")}
     else:
-        tiles = HALF_TILES[64 if block_d <= 64 else 128]
+        tiles = HALF_TILES[half_tiles_key(head_dim)]
     return {
         "BLOCK_D": block_d, **tiles,
         "DOT_DTYPE": dot_dtype(dtype),
