@@ -7,8 +7,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import _interpreting
+from kernels._dispatch import TRITON_FLOATS, _interpreting
 
+# Triton's name for each dtype of ``_dispatch.TRITON_FLOATS`` (the dtypes dispatch sends here)
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -28,7 +29,7 @@ def dot_dtype(dtype: torch.dtype):
 def check_dtype(op: str, *tensors: torch.Tensor) -> None:
     """The Triton paths take fp32, fp16 and bf16; say so instead of failing inside a kernel."""
     for t in tensors:
-        if t.dtype not in _TL_DTYPES:
+        if t.dtype not in TRITON_FLOATS:
             raise TypeError(f"{op}: the Triton path takes fp32/fp16/bf16 tensors, got {t.dtype}")
 
 
