@@ -29,7 +29,7 @@ def main(argv=None):
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default=SHAPES, help="NxdxV,...")
     parser.add_argument("--factors", default="1,2,4", help="llmcore chunk factors to time")
-    parser.add_argument("--warps", default="8", help="row-kernel num_warps to time (factor 1)")
+    parser.add_argument("--warps", default="8", help="row-kernel num_warps to time (at the default budget)")
     parser.add_argument("--csv", default=str(ROOT / "benchmarks" / "results"
                                              / "linear_ce_chunks_cuda.csv"))
     args = parser.parse_args(argv)
@@ -52,7 +52,6 @@ def main(argv=None):
         liger, liger_version = None, "missing"
     defaults = {name: getattr(lt, name) for name in ("CHUNK_FACTOR", "ROW_PATH_MIN_ROWS",
                                                      "ROW_WARPS")}
-    default_warps = lt.ROW_WARPS
     stamp = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
              "triton": triton.__version__, "liger": liger_version, "commit": git_commit(),
              "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -72,7 +71,7 @@ def main(argv=None):
             # the same budget in row chunks only, for comparison
             impls[f"llmcore_f{factor}_rows"] = {"CHUNK_FACTOR": factor, "ROW_PATH_MIN_ROWS": 0}
         for warps in (int(x) for x in args.warps.split(",")):
-            if warps != default_warps:
+            if warps != defaults["ROW_WARPS"]:
                 impls[f"llmcore_w{warps}"] = {"ROW_WARPS": warps}
         if liger is not None:
             impls["liger"] = lambda: liger(w, h, labels)

@@ -99,10 +99,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
 
 def kept_rows(labels, ignore_index, ignore_ids):
     """Long [n] indices of the rows that take a loss, or None when every row does."""
-    keep = valid_rows(labels, ignore_index, ignore_ids)
-    if bool(keep.all()):
-        return None
-    return keep.nonzero().squeeze(1)
+    rows = valid_rows(labels, ignore_index, ignore_ids).nonzero().squeeze(1)
+    return None if rows.numel() == labels.numel() else rows  # nonzero's one host sync
 
 
 def chunk_rows(h, y, rows, start, stop):

@@ -183,7 +183,7 @@ def vocab_block_size(n_rows, n_kept, width, vocab):
     and the matmuls are large, for one extra logits matmul (4 instead of 3). Ignored rows are
     not compacted on that path (they get zero gradient), so it is used only when at most
     VOCAB_PATH_MAX_IGNORED of the rows are ignored."""
-    budget = min(CHUNK_ELEMENTS, CHUNK_FACTOR * max(n_rows, 1) * width)
+    budget = logits_budget(n_rows, width)
     if budget // max(vocab, 1) >= ROW_PATH_MIN_ROWS or n_rows == 0:
         return 0
     if n_kept < (1.0 - VOCAB_PATH_MAX_IGNORED) * n_rows:
@@ -302,9 +302,14 @@ def chunk_size(n, width, vocab, compacting=False):
     hold at most CHUNK_ELEMENTS and no more than CHUNK_FACTOR times the rows' hidden states
     (n x width), Liger-Kernel's bound, so the transient memory scales with the batch; at
     least MIN_CHUNK_ROWS rows keep the matmuls large."""
-    budget = min(CHUNK_ELEMENTS, CHUNK_FACTOR * max(n, 1) * width)
     per_row = vocab + (width if compacting else 0)
-    return max(MIN_CHUNK_ROWS, budget // max(per_row, 1), 1)
+    return max(MIN_CHUNK_ROWS, logits_budget(n, width) // max(per_row, 1), 1)
+
+
+def logits_budget(n, width):
+    """Elements of transient logits (and their bookkeeping) one call may hold: at most
+    CHUNK_ELEMENTS and CHUNK_FACTOR times the hidden states of n rows."""
+    return min(CHUNK_ELEMENTS, CHUNK_FACTOR * max(n, 1) * width)
 
 
 def check_inputs(h, w):
