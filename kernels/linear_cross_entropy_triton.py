@@ -271,7 +271,9 @@ def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_
                                  want_dw, dw_dtype, block_v)
     losses = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device)
     dh = torch.zeros_like(h) if want_dh else None
-    dw = torch.zeros(w.shape, dtype=dw_dtype, device=w.device) if want_dw else None
+    # the first chunk writes dW outright: no [V, d] memset, and no read of it in that matmul
+    dw = (torch.empty if n else torch.zeros)(w.shape, dtype=dw_dtype, device=w.device) \
+        if want_dw else None
     step = chunk_size(n, h.shape[1], vocab, compacting=rows is not None)
     grad = want_dh or want_dw
     buffer = torch.empty((min(step, n), vocab), dtype=h.dtype, device=h.device) if n else None
@@ -286,7 +288,7 @@ def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_
         put_rows(losses, idx, start, stop,
                  _rows_pass(logits, yc, z_loss, smoothing, scale, rw, grad))
         if want_dw:
-            _weight_grad_into(dw, logits, hc, accumulate=True)
+            _weight_grad_into(dw, logits, hc, accumulate=start > 0)
         if want_dh:
             if idx is None:
                 torch.matmul(logits, wc, out=dh[start:stop])
