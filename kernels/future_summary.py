@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.linear_cross_entropy import as_id_tensor
+from kernels.linear_cross_entropy import as_id_tensor, check_in_vocab
 
 __all__ = ["future_summary_loss", "multi_token_cross_entropy", "future_bag_bce",
            "future_summary_reference", "NORMS"]
@@ -252,6 +252,8 @@ def _assemble(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weig
         ids = as_id_tensor(ignore_ids, labels.device)
         if ids is not None and ids.numel():
             keep &= ~torch.isin(labels, ids)
+        check_in_vocab("future_summary_loss", "mtp label", mtp_labels, keep.view_as(mtp_labels),
+                       w.shape[0], f"neither ignore_index={ignore_index} nor in ignore_ids")
         idx = keep.nonzero().squeeze(1)
         weights = torch.as_tensor(mtp_weight if mtp_weight is not None else 1.0, dtype=torch.float64)
         weights = weights.expand(n_heads) if weights.dim() == 0 else weights  # checked
@@ -263,6 +265,8 @@ def _assemble(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weig
             "fsp_weight": float(fsp_weight)}
     if fsp_h is not None:
         rows = fsp_rows if fsp_rows is not None else torch.ones(fsp_h.shape[0], dtype=torch.bool, device=device)
+        check_in_vocab("future_summary_loss", "bag id", bag, (bag >= 0) & rows[:, None],
+                       w.shape[0], "not padding (-1)")
         idx = rows.nonzero().squeeze(1)
         parts.append(_Part("bce", fsp_h.to(dtype), idx, bag.index_select(0, idx).long(), None))
     return {"parts": parts, "opts": opts, "n_heads": n_heads, "n_rows": n_rows}

@@ -19,7 +19,7 @@ import torch
 from kernels import _dispatch
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "valid_rows", "kept_rows",
-           "chunk_pass_torch"]
+           "check_in_vocab", "chunk_pass_torch"]
 
 # Logits alive at once on the PyTorch path: 2**24 elements (64 MiB fp32) per chunk keeps peak
 # memory a small multiple of W while the matmuls stay large enough to be efficient.
@@ -56,7 +56,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction,
                 backend):
         chunk_pass = _chunk_pass(backend)
-        rows = kept_rows(labels, ignore_index, ignore_ids)
+        rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
         count = labels.numel() if rows is None else rows.numel()
         want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         ctx.reduction, ctx.used = reduction, False
@@ -97,10 +97,25 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return (dh, dw) + nones
 
 
-def kept_rows(labels, ignore_index, ignore_ids):
-    """Long [n] indices of the rows that take a loss, or None when every row does."""
-    rows = valid_rows(labels, ignore_index, ignore_ids).nonzero().squeeze(1)
-    return None if rows.numel() == labels.numel() else rows  # nonzero's one host sync
+def kept_rows(labels, ignore_index, ignore_ids, vocab):
+    """Long [n] indices of the rows that take a loss, or None when every row does; a kept
+    label outside [0, vocab) is an error (``check_in_vocab``)."""
+    valid = valid_rows(labels, ignore_index, ignore_ids)
+    check_in_vocab("linear_cross_entropy", "label", labels, valid, vocab,
+                   f"neither ignore_index={ignore_index} nor in ignore_ids")
+    rows = valid.nonzero().squeeze(1)  # the queue is drained already: this sync is cheap
+    return None if rows.numel() == labels.numel() else rows
+
+
+def check_in_vocab(op, what, ids, keep, vocab, why_kept):
+    """ValueError naming the first id of ``ids`` that ``keep`` marks as scored but lies
+    outside [0, vocab): the Triton kernels would read past the logits row instead of failing
+    as F.cross_entropy's device assert does. One host sync."""
+    outside = keep & ((ids < 0) | (ids >= vocab))
+    if outside.any():
+        at = tuple(outside.nonzero()[0].tolist())
+        raise ValueError(f"{op}: {what} {int(ids[at])} at position {at if len(at) > 1 else at[0]}"
+                         f" is outside the vocabulary [0, {vocab}) and is {why_kept}")
 
 
 def chunk_rows(h, y, rows, start, stop):
@@ -176,7 +191,7 @@ def chunk_pass_torch(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_d
 
 def _forward_only(h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction, backend):
     # no autograd graph wanted (eval): skip the gradient work entirely
-    rows = kept_rows(labels, ignore_index, ignore_ids)
+    rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
     losses, _, _ = _chunk_pass(backend)(h, w, labels, rows, z_loss, smoothing, 1.0, None,
                                         False, False)
     if reduction == "none":
@@ -248,6 +263,9 @@ def linear_cross_entropy(h, w, labels, ignore_index=-100, ignore_ids=None, z_los
         raise ValueError(
             f"linear_cross_entropy: labels {tuple(lead)} do not match h {tuple(h.shape)}"
         )
+    if flat.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"linear_cross_entropy: labels must be int64 or int32, got {flat.dtype}")
+    flat = flat.long()
     if not 0.0 <= label_smoothing < 1.0 or z_loss < 0.0:
         raise ValueError(
             f"linear_cross_entropy: need 0 <= label_smoothing < 1 and z_loss >= 0, got "

@@ -16,6 +16,10 @@ from kernels.attention.reference import attention_naive, attention_torch, build_
 
 __all__ = ["flash_attention", "attention_torch", "attention_naive", "build_mask"]
 
+# Wider heads would need tiles of their own: at 128-wide tiles a head of 256 overflows the
+# shared memory of an sm_80/sm_90 block. ``auto`` sends them to PyTorch's SDPA.
+TRITON_MAX_HEAD_DIM = 128
+
 
 def _check(q, k, v, doc_ids):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -61,6 +65,13 @@ def flash_attention(q, k, v, causal=True, doc_ids=None, softmax_scale=None):
     """
     _check(q, k, v, doc_ids)
     which = _dispatch.backend("flash_attention", q, k, v, doc_ids, allow_flash_attn=True)
+    if which == "triton" and q.shape[-1] > TRITON_MAX_HEAD_DIM:
+        if _dispatch.requested() == "triton":
+            raise ValueError(
+                f"flash_attention: the Triton kernels take head dims up to {TRITON_MAX_HEAD_DIM}, "
+                f"got {q.shape[-1]} (unset {_dispatch.ENV} to fall back to PyTorch)"
+            )
+        which = "torch"
     if which == "torch":
         return attention_torch(q, k, v, causal, doc_ids, softmax_scale)
     if which == "flash_attn":

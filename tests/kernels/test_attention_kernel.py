@@ -147,6 +147,22 @@ def test_gqa_head_count_is_checked():
         kernels.flash_attention(q, k, v)
 
 
+def test_heads_wider_than_the_triton_kernels(monkeypatch):
+    q, k, v = _qkv(1, 5, 5, 2, 1, 136)
+    monkeypatch.setenv("LLMCORE_KERNELS", "triton")
+    with pytest.raises(ValueError, match="Triton kernels take head dims up to 128, got 136"):
+        kernels.flash_attention(q.float(), k.float(), v.float())
+    # auto on a GPU would pick Triton: such heads go to PyTorch's SDPA instead
+    monkeypatch.setenv("LLMCORE_KERNELS", "auto")
+    monkeypatch.setattr(kernels.attention._dispatch, "backend", lambda *a, **kw: "triton")
+
+    def no_triton(*args):
+        raise AssertionError("the Triton path ran")
+    import kernels.attention.function as function
+    monkeypatch.setattr(function, "attention_triton", no_triton)
+    torch.testing.assert_close(kernels.flash_attention(q, k, v), attention_naive(q, k, v, True))
+
+
 def test_doc_ids_shape_is_checked():
     q, k, v = _qkv(2, 5, 5, 2, 1, 8)
     with pytest.raises(ValueError, match=r"doc_ids must be \[B, Tk\] = \[2, 5\], got \(1, 5\)"):

@@ -189,6 +189,28 @@ def test_bad_arguments_are_errors():
 
 @pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
                                      pytest.param("triton", id="triton", marks=pytest.mark.triton)])
+def test_ids_outside_the_vocabulary_are_errors(monkeypatch, backend):
+    # the Triton kernels would silently skip (bag) or misread (labels) such ids
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    (w, mtp_h, fsp_h), (labels, bag, rows, _) = _inputs()
+    w = w.float()
+    bad = labels.clone()
+    bad[1, 4] = V
+    with pytest.raises(ValueError, match=rf"mtp label {V} at position \(1, 4\) is outside the "
+                                         rf"vocabulary \[0, {V}\)"):
+        fs.future_summary_loss(w, mtp_h=mtp_h.float(), mtp_labels=bad)
+    bad_bag = bag.clone()
+    bad_bag[2, 0] = V + 3
+    with pytest.raises(ValueError, match=rf"bag id {V + 3} at position \(2, 0\) is outside"):
+        fs.future_summary_loss(w, fsp_h=fsp_h.float(), bag=bad_bag)
+    # ignored labels and rows left out by fsp_rows may hold anything
+    bad[1, 4], bad_bag[2, 0], bad_bag[3, 0] = -100, bag[2, 0], V + 3
+    fs.future_summary_loss(w, mtp_h=mtp_h.float(), mtp_labels=bad, fsp_h=fsp_h.float(),
+                           bag=bad_bag, fsp_rows=rows)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton", marks=pytest.mark.triton)])
 def test_all_rows_ignored(monkeypatch, backend):
     monkeypatch.setenv("LLMCORE_KERNELS", backend)
     (w, mtp_h, fsp_h), (labels, bag, _, _) = _inputs()

@@ -253,6 +253,32 @@ def test_bad_arguments_are_errors():
         kernels.linear_cross_entropy(h, w, labels[:8])
 
 
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton", marks=pytest.mark.triton)])
+def test_labels_are_checked(monkeypatch, backend):
+    # a kept label outside [0, V) would make the Triton kernels read past the logits row
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    h, w, labels = _inputs()
+    h, w = h.float(), w.float()
+    for value in (V, -5):
+        bad = labels.clone()
+        bad[4] = value
+        with pytest.raises(ValueError, match=rf"label {value} at position 4 is outside the "
+                                             rf"vocabulary \[0, {V}\) and is neither "
+                                             "ignore_index=-100 nor in ignore_ids"):
+            kernels.linear_cross_entropy(h, w, bad)
+    with pytest.raises(TypeError, match="labels must be int64 or int32, got torch.float32"):
+        kernels.linear_cross_entropy(h, w, labels.float())
+    # an ignored id may lie outside the vocabulary; int32 labels mean the same as int64
+    bad = labels.clone()
+    bad[[2, 5]] = torch.tensor([-1, V + 1], device=bad.device)
+    out32 = kernels.linear_cross_entropy(h, w, bad.int(), ignore_index=-1, ignore_ids=[V + 1])
+    keep = torch.ones(N, dtype=torch.bool, device=bad.device)
+    keep[[2, 5]] = False
+    torch.testing.assert_close(out32, F.cross_entropy(h[keep] @ w.t(), labels[keep]),
+                               rtol=2e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend,chunking", [
     pytest.param("torch", "small_chunks", id="torch"),
     pytest.param("triton", "small_chunks", id="triton-rows", marks=pytest.mark.triton),
