@@ -23,6 +23,9 @@ def swiglu(gate, up):
     """silu(gate) * up for two tensors of the same shape [..., f]; returns that shape."""
     if gate.shape != up.shape:
         raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
+    if gate.dtype != up.dtype:
+        # checked for both backends, so a CPU run does not accept what a GPU run refuses
+        raise TypeError(f"swiglu: gate {gate.dtype} and up {up.dtype} dtypes differ")
     if _dispatch.backend("swiglu", gate, up) == "torch":
         return swiglu_torch(gate, up)
     from kernels.swiglu_triton import swiglu_triton

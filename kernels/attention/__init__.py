@@ -37,6 +37,8 @@ def _check(q, k, v, doc_ids):
         raise ValueError(f"flash_attention: n_kv_heads={k.shape[2]} must divide n_heads={h}")
     if t_q > k.shape[1]:
         raise ValueError(f"flash_attention: more queries ({t_q}) than keys ({k.shape[1]})")
+    if not q.is_floating_point():
+        raise TypeError(f"flash_attention: q, k, v must be floating point, got {q.dtype}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"flash_attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if doc_ids is not None and tuple(doc_ids.shape) != (b, k.shape[1]):

@@ -163,6 +163,12 @@ def test_heads_wider_than_the_triton_kernels(monkeypatch):
     torch.testing.assert_close(kernels.flash_attention(q, k, v), attention_naive(q, k, v, True))
 
 
+def test_integer_inputs_are_an_error(use_torch):
+    q, k, v = _qkv(1, 5, 5, 2, 1, 8)
+    with pytest.raises(TypeError, match="q, k, v must be floating point, got torch.int64"):
+        kernels.flash_attention(q.long(), k.long(), v.long())
+
+
 def test_doc_ids_shape_is_checked():
     q, k, v = _qkv(2, 5, 5, 2, 1, 8)
     with pytest.raises(ValueError, match=r"doc_ids must be \[B, Tk\] = \[2, 5\], got \(1, 5\)"):

@@ -46,3 +46,11 @@ def test_torch_path_is_silu_times_up(use_torch):
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match=r"swiglu: gate \(2, 3\) and up \(2, 4\) differ"):
         kernels.swiglu(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
+                                     pytest.param("triton", id="triton", marks=pytest.mark.triton)])
+def test_dtype_mismatch_is_an_error_on_every_backend(monkeypatch, backend):
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    with pytest.raises(TypeError, match="swiglu: gate torch.float16 and up torch.float32 dtypes differ"):
+        kernels.swiglu(torch.zeros(2, 3, dtype=torch.float16), torch.zeros(2, 3))
