@@ -10,7 +10,8 @@ relative error of loss, dh, dW against the naive ``F.cross_entropy((h @ W.T).flo
 ``factor`` caps llmcore's logits at factor × N × d elements (Liger's rule is 1×); the default
 is ``CHUNK_FACTOR`` in ``kernels/linear_cross_entropy_triton.py``. Where that budget would cut
 row chunks below ``ROW_PATH_MIN_ROWS`` llmcore takes vocabulary blocks instead; the ``_rows``
-rows force row chunks at the same budget, for comparison. Writes the rows to
+rows force row chunks at the same budget and the ``_vocab`` rows vocabulary blocks (however
+narrow), for comparison. Writes the rows to
 ``benchmarks/results/linear_ce_chunks_cuda.csv``.
 """
 
@@ -51,7 +52,7 @@ def main(argv=None):
     except ImportError:
         liger, liger_version = None, "missing"
     defaults = {name: getattr(lt, name) for name in ("CHUNK_FACTOR", "ROW_PATH_MIN_ROWS",
-                                                     "ROW_WARPS")}
+                                                     "VOCAB_BLOCK_MIN", "ROW_WARPS")}
     stamp = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
              "triton": triton.__version__, "liger": liger_version, "commit": git_commit(),
              "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -70,6 +71,10 @@ def main(argv=None):
             impls[f"llmcore_f{factor}"] = {"CHUNK_FACTOR": factor}
             # the same budget in row chunks only, for comparison
             impls[f"llmcore_f{factor}_rows"] = {"CHUNK_FACTOR": factor, "ROW_PATH_MIN_ROWS": 0}
+            # ... and in vocabulary blocks however narrow, where the default takes rows
+            impls[f"llmcore_f{factor}_vocab"] = {"CHUNK_FACTOR": factor,
+                                                "ROW_PATH_MIN_ROWS": 1 << 62,
+                                                "VOCAB_BLOCK_MIN": lt.VOCAB_BLOCK_MULTIPLE}
         for warps in (int(x) for x in args.warps.split(",")):
             if warps != defaults["ROW_WARPS"]:
                 impls[f"llmcore_w{warps}"] = {"ROW_WARPS": warps}
@@ -115,11 +120,13 @@ def main(argv=None):
             setattr(lt, name, value)
         del h, w, labels, ref
         torch.cuda.empty_cache()
-    print("\n| N×d×V | impl | fwd+bwd ms | TFLOP/s | peak MiB | err dh | err dW |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    liger_ms = {r["shape"]: r["ms"] for r in rows if r["impl"] == "liger"}
+    print("\n| N×d×V | impl | fwd+bwd ms | TFLOP/s | peak MiB | err dh | err dW | Liger ms / this |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
+        ratio = f"{liger_ms[r['shape']] / r['ms']:.2f}" if r["shape"] in liger_ms else ""
         print(f"| {r['shape']} | {r['impl']} | {r['ms']} | {r['tflops']} | {r['peak_mib']} | "
-              f"{r['rel_err_dh']:.1e} | {r['rel_err_dw']:.1e} |")
+              f"{r['rel_err_dh']:.1e} | {r['rel_err_dw']:.1e} | {ratio} |")
     print(f"wrote {append_csv(args.csv, rows)}")
     return 0
 
