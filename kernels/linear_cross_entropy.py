@@ -14,9 +14,13 @@ Used by ``llmcore`` losses (``kernels.linear_cross_entropy(h, W_out, labels)``) 
 that add vocabulary losses.
 """
 
+from typing import Optional
+
 import torch
+from torch import Tensor
 
 from kernels import _dispatch
+from kernels._opaque import compile_opaque
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "valid_rows", "kept_rows",
            "check_in_vocab", "chunk_pass_torch"]
@@ -43,6 +47,57 @@ def _chunk_pass(backend):
     return chunk_pass_triton
 
 
+def _empty(t):
+    # custom ops return tensors only: a gradient not asked for comes back empty
+    return t.new_empty(0)
+
+
+def _fake_grads(h, w, want_dh, want_dw):
+    return (h.new_empty(h.shape) if want_dh else _empty(h),
+            w.new_empty(w.shape) if want_dw else _empty(w))
+
+
+def _loss_fake(h, w, labels, ignore_ids, ignore_index, z_loss, smoothing, reduction, want_dh,
+               want_dw, backend):
+    shape, grads = (labels.shape, False) if reduction == "none" else ((), True)
+    return (h.new_empty(shape, dtype=_acc_dtype(h)),
+            *_fake_grads(h, w, want_dh and grads, want_dw and grads))
+
+
+@compile_opaque("linear_cross_entropy", _loss_fake)
+def _loss_and_grads(h: Tensor, w: Tensor, labels: Tensor, ignore_ids: Optional[Tensor],
+                    ignore_index: int, z_loss: float, smoothing: float, reduction: str,
+                    want_dh: bool, want_dw: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, dh, dW): the reduced loss and its gradients (empty when not wanted), or for
+    ``reduction="none"`` the per-row losses and no gradients (they need the incoming weights).
+    Finding the kept rows syncs with the host, hence one opaque op for the whole pass."""
+    rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
+    count = labels.numel() if rows is None else rows.numel()
+    grads = reduction != "none"
+    # mean over zero rows stays 0/0 = nan, exactly like F.cross_entropy
+    scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
+    losses, dh, dw = _chunk_pass(backend)(h, w, labels, rows, z_loss, smoothing, scale, None,
+                                          want_dh and grads, want_dw and grads)
+    if reduction != "none":
+        losses = losses.sum() / count if reduction == "mean" else losses.sum()
+    return (losses, dh if dh is not None else _empty(h),
+            dw.to(w.dtype) if dw is not None else _empty(w))
+
+
+@compile_opaque("linear_cross_entropy_weighted_bwd",
+                lambda h, w, labels, ignore_ids, ignore_index, z_loss, smoothing, row_weight,
+                want_dh, want_dw, backend: _fake_grads(h, w, want_dh, want_dw))
+def _weighted_grads(h: Tensor, w: Tensor, labels: Tensor, ignore_ids: Optional[Tensor],
+                    ignore_index: int, z_loss: float, smoothing: float, row_weight: Tensor,
+                    want_dh: bool, want_dw: bool, backend: str) -> tuple[Tensor, Tensor]:
+    """(dh, dW) of sum_i row_weight_i * loss_i: the backward of ``reduction="none"``, which
+    finds the kept rows again rather than keep a data-dependent index tensor alive."""
+    rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
+    _, dh, dw = _chunk_pass(backend)(h, w, labels, rows, z_loss, smoothing, 1.0, row_weight,
+                                     want_dh, want_dw)
+    return dh if dh is not None else _empty(h), dw.to(w.dtype) if dw is not None else _empty(w)
+
+
 class LinearCrossEntropyFunction(torch.autograd.Function):
     """Chunked linear CE over the non-ignored rows; ``backend`` picks the per-chunk pass.
 
@@ -55,41 +110,33 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction,
                 backend):
-        chunk_pass = _chunk_pass(backend)
-        rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
-        count = labels.numel() if rows is None else rows.numel()
         want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        out, dh, dw = _loss_and_grads(h, w, labels, ignore_ids, ignore_index, z_loss, smoothing,
+                                      reduction, want_dh, want_dw, backend)
         ctx.reduction, ctx.used = reduction, False
         if reduction == "none":
-            losses, _, _ = chunk_pass(h, w, labels, rows, z_loss, smoothing, 1.0, None, False,
-                                      False)
-            ctx.save_for_backward(h, w, labels, rows)
-            ctx.options = (z_loss, smoothing, want_dh, want_dw, chunk_pass)
-            return losses
-        # mean over zero rows stays 0/0 = nan, exactly like F.cross_entropy
-        scale = 1.0 / count if (reduction == "mean" and count > 0) else 1.0
-        losses, dh, dw = chunk_pass(h, w, labels, rows, z_loss, smoothing, scale, None, want_dh,
-                                    want_dw)
-        loss = losses.sum() / count if reduction == "mean" else losses.sum()
-        ctx.save_for_backward(dh, dw.to(w.dtype) if want_dw else None)
-        return loss
+            ctx.save_for_backward(h, w, labels, ignore_ids)
+            ctx.options = (ignore_index, z_loss, smoothing, want_dh, want_dw, backend)
+        else:
+            ctx.save_for_backward(dh if want_dh else None, dw if want_dw else None)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         nones = (None,) * 7
-        if ctx.reduction != "none":
-            if ctx.used:
-                raise RuntimeError(
-                    "linear_cross_entropy: a second backward through one forward (retain_graph) "
-                    "is not supported with reduction='mean'/'sum': the gradients computed in the "
-                    "forward were scaled in place by the first")
-            ctx.used = True
         if ctx.reduction == "none":
-            h, w, labels, rows = ctx.saved_tensors
-            z_loss, smoothing, want_dh, want_dw, chunk_pass = ctx.options
-            _, dh, dw = chunk_pass(h, w, labels, rows, z_loss, smoothing, 1.0,
-                                   grad_out.reshape(-1), want_dh, want_dw)
-            return (dh, dw.to(w.dtype) if want_dw else None) + nones
+            h, w, labels, ignore_ids = ctx.saved_tensors
+            ignore_index, z_loss, smoothing, want_dh, want_dw, backend = ctx.options
+            dh, dw = _weighted_grads(h, w, labels, ignore_ids, ignore_index, z_loss, smoothing,
+                                     grad_out.reshape(-1).contiguous(), want_dh, want_dw,
+                                     backend)
+            return (dh if want_dh else None, dw if want_dw else None) + nones
+        if ctx.used:
+            raise RuntimeError(
+                "linear_cross_entropy: a second backward through one forward (retain_graph) "
+                "is not supported with reduction='mean'/'sum': the gradients computed in the "
+                "forward were scaled in place by the first")
+        ctx.used = True
         dh, dw = ctx.saved_tensors
         # in place: a copy would double the [V, d] weight gradient at the peak
         dh = dh.mul_(grad_out.to(dh.dtype)) if dh is not None else None
@@ -191,14 +238,8 @@ def chunk_pass_torch(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_d
 
 def _forward_only(h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction, backend):
     # no autograd graph wanted (eval): skip the gradient work entirely
-    rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
-    losses, _, _ = _chunk_pass(backend)(h, w, labels, rows, z_loss, smoothing, 1.0, None,
-                                        False, False)
-    if reduction == "none":
-        return losses
-    count = labels.numel() if rows is None else rows.numel()
-    total = losses.sum()
-    return total / count if reduction == "mean" else total
+    return _loss_and_grads(h, w, labels, ignore_ids, ignore_index, z_loss, smoothing,
+                           reduction, False, False, backend)[0]
 
 
 def _run(h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction, backend):

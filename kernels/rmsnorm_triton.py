@@ -6,9 +6,11 @@ and sums the partials on the host, so there are no atomics and the result is det
 """
 
 import torch
+from torch import Tensor
 import triton
 import triton.language as tl
 
+from kernels._opaque import compile_opaque
 from kernels._triton_utils import check_dtype, next_pow2
 
 # programs of the backward: enough to fill a large GPU, few enough that the [P, d] partials
@@ -58,7 +60,9 @@ def _warps(block_d):
     return 4 if block_d <= 2048 else 8 if block_d <= 8192 else 16
 
 
-def rmsnorm_fwd(x2, weight, eps):
+@compile_opaque("rmsnorm_fwd", lambda x2, weight, eps: (
+    torch.empty_like(x2), x2.new_empty(x2.shape[0], dtype=torch.float32)))
+def rmsnorm_fwd(x2: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """x2 [n, d] contiguous -> (y [n, d], rstd [n] fp32)."""
     n, d = x2.shape
     y = torch.empty_like(x2)
@@ -70,7 +74,9 @@ def rmsnorm_fwd(x2, weight, eps):
     return y, rstd
 
 
-def rmsnorm_bwd(x2, weight, rstd, dy2):
+@compile_opaque("rmsnorm_bwd", lambda x2, weight, rstd, dy2: (
+    torch.empty_like(x2), torch.empty_like(weight)))
+def rmsnorm_bwd(x2: Tensor, weight: Tensor, rstd: Tensor, dy2: Tensor) -> tuple[Tensor, Tensor]:
     """-> (dx [n, d], dweight [d] in weight's dtype)."""
     n, d = x2.shape
     dx = torch.empty_like(x2)

@@ -8,9 +8,11 @@ only their last dimension must be contiguous.
 """
 
 import torch
+from torch import Tensor
 import triton
 import triton.language as tl
 
+from kernels._opaque import compile_opaque
 from kernels._triton_utils import check_dtype, next_pow2
 
 
@@ -58,19 +60,32 @@ def _rotate(x, cos, sin, backward, out=None):
     return out
 
 
+@compile_opaque("rope", lambda x, cos, sin, backward: x.new_empty(x.shape))
+def _rotated(x: Tensor, cos: Tensor, sin: Tensor,
+             backward: bool) -> Tensor:
+    """x rotated (``backward``: counter-rotated) into a new contiguous tensor."""
+    return _rotate(x, cos, sin, backward)
+
+
+@compile_opaque("rope_", lambda x, cos, sin: None, mutates_args=("x",))
+def _rotate_inplace(x: Tensor, cos: Tensor, sin: Tensor) -> None:
+    """x rotated in place."""
+    _rotate(x, cos, sin, False, out=x)
+
+
 class RopeFunction(torch.autograd.Function):
     """(q, k) -> (q_rot, k_rot); cos/sin are position tables and get no gradient."""
 
     @staticmethod
     def forward(ctx, q, k, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return _rotate(q, cos, sin, False), _rotate(k, cos, sin, False)
+        return _rotated(q, cos, sin, False), _rotated(k, cos, sin, False)
 
     @staticmethod
     def backward(ctx, dq, dk):
         cos, sin = ctx.saved_tensors
-        dq = _rotate(dq, cos, sin, True) if dq is not None else None
-        dk = _rotate(dk, cos, sin, True) if dk is not None else None
+        dq = _rotated(dq, cos, sin, True) if dq is not None else None
+        dk = _rotated(dk, cos, sin, True) if dk is not None else None
         return dq, dk, None, None
 
 
@@ -82,7 +97,7 @@ class RopeInplaceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, cos, sin):
-        _rotate(x, cos, sin, False, out=x)
+        _rotate_inplace(x, cos, sin)
         ctx.mark_dirty(x)
         ctx.save_for_backward(cos, sin)
         return x
@@ -90,7 +105,7 @@ class RopeInplaceFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dx):
         cos, sin = ctx.saved_tensors
-        return _rotate(dx, cos, sin, True), None, None
+        return _rotated(dx, cos, sin, True), None, None
 
 
 def apply_rope_triton(q, k, cos, sin, inplace=False):
@@ -101,5 +116,11 @@ def apply_rope_triton(q, k, cos, sin, inplace=False):
     # one stride pair serves both tables, so they must share a layout
     cos, sin = cos.contiguous(), sin.contiguous()
     if inplace:
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):
+            # no graph to record (generation, eval): rotate without the Function, whose
+            # mark_dirty torch.compile can trace only while recording one
+            _rotate_inplace(q, cos, sin)
+            _rotate_inplace(k, cos, sin)
+            return q, k
         return RopeInplaceFunction.apply(q, cos, sin), RopeInplaceFunction.apply(k, cos, sin)
     return RopeFunction.apply(q, k, cos, sin)

@@ -5,9 +5,11 @@ whatever the storage dtype.
 """
 
 import torch
+from torch import Tensor
 import triton
 import triton.language as tl
 
+from kernels._opaque import compile_opaque
 from kernels._triton_utils import check_dtype
 
 BLOCK = 1024
@@ -38,7 +40,8 @@ def _swiglu_bwd_kernel(gate_ptr, up_ptr, dout_ptr, dgate_ptr, dup_ptr, n, BLOCK:
     tl.store(dup_ptr + offs, (dout * silu).to(dup_ptr.dtype.element_ty), mask=mask)
 
 
-def swiglu_fwd(gate, up):
+@compile_opaque("swiglu_fwd", lambda gate, up: torch.empty_like(gate))
+def swiglu_fwd(gate: Tensor, up: Tensor) -> Tensor:
     """gate, up contiguous of one shape -> silu(gate) * up."""
     out = torch.empty_like(gate)
     n = gate.numel()
@@ -46,7 +49,9 @@ def swiglu_fwd(gate, up):
     return out
 
 
-def swiglu_bwd(gate, up, dout):
+@compile_opaque("swiglu_bwd", lambda gate, up, dout: (
+    torch.empty_like(gate), torch.empty_like(up)))
+def swiglu_bwd(gate: Tensor, up: Tensor, dout: Tensor) -> tuple[Tensor, Tensor]:
     """-> (dgate, dup), each of gate's shape and dtype."""
     dgate, dup = torch.empty_like(gate), torch.empty_like(up)
     n = gate.numel()

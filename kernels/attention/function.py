@@ -4,8 +4,12 @@ Imported by ``kernels/attention/__init__.py`` on the first Triton call; the kern
 ``triton_fwd.py`` and ``triton_bwd.py``.
 """
 
-import torch
+from typing import Optional
 
+import torch
+from torch import Tensor
+
+from kernels._opaque import compile_opaque
 from kernels._triton_utils import check_dtype, dot_dtype, interpreting, next_pow2
 from kernels.attention.triton_bwd import attention_bwd
 from kernels.attention.triton_fwd import attention_fwd
@@ -75,26 +79,55 @@ def _unit_stride(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _forward_fake(q, k, v, causal, doc_ids, scale):
+    b, t_q, h, _ = q.shape
+    bounds = doc_ids.new_empty(doc_ids.shape, dtype=torch.int32) if doc_ids is not None \
+        else q.new_empty(0, dtype=torch.int32)
+    return (q.new_empty(q.shape), q.new_empty((b, h, t_q), dtype=torch.float32), bounds,
+            torch.empty_like(bounds))
+
+
+@compile_opaque("flash_attention_fwd", _forward_fake)
+def _forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, doc_ids: Optional[Tensor],
+             scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> (o, lse2, first, last): the document bounds are computed here, inside the opaque op,
+    because finding them syncs with the host (empty int32 tensors without documents)."""
+    docs = None
+    if doc_ids is not None:
+        docs = (doc_ids.contiguous(), *doc_bounds(doc_ids))
+    o, lse2 = attention_fwd(q, k, v, causal, docs, scale, block_config(q.shape[-1], q.dtype))
+    if docs is None:
+        return o, lse2, q.new_empty(0, dtype=torch.int32), q.new_empty(0, dtype=torch.int32)
+    return o, lse2, docs[1], docs[2]
+
+
+@compile_opaque("flash_attention_bwd", lambda q, k, v, o, lse2, do, causal, doc_ids, first, last,
+                scale: (torch.empty_like(q), k.new_empty(k.shape), v.new_empty(k.shape)))
+def _backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse2: Tensor, do: Tensor, causal: bool,
+              doc_ids: Optional[Tensor], first: Tensor, last: Tensor, scale: float
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (dq, dk, dv)."""
+    docs = None if doc_ids is None else (doc_ids.contiguous(), first, last)
+    return attention_bwd(q, k, v, o, lse2, do, causal, docs, scale,
+                         block_config(q.shape[-1], q.dtype))
+
+
 class FlashAttentionFunction(torch.autograd.Function):
     """q [B,Tq,H,D], k/v [B,Tk,Hkv,D] -> o; saves q, k, v, o and the base-2 lse."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal, doc_ids, scale):
         q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
-        docs = None
-        if doc_ids is not None:
-            docs = (doc_ids.contiguous(), *doc_bounds(doc_ids))
-        cfg = block_config(q.shape[-1], q.dtype)
-        o, lse2 = attention_fwd(q, k, v, causal, docs, scale, cfg)
-        ctx.save_for_backward(q, k, v, o, lse2, *(docs or ()))
-        ctx.causal, ctx.scale, ctx.cfg = causal, scale, cfg
+        o, lse2, first, last = _forward(q, k, v, causal, doc_ids, scale)
+        ctx.save_for_backward(q, k, v, o, lse2, doc_ids, first, last)
+        ctx.causal, ctx.scale = causal, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse2, *docs = ctx.saved_tensors
-        dq, dk, dv = attention_bwd(q, k, v, o, lse2, _unit_stride(do), ctx.causal,
-                                   tuple(docs) or None, ctx.scale, ctx.cfg)
+        q, k, v, o, lse2, doc_ids, first, last = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, o, lse2, _unit_stride(do), ctx.causal, doc_ids, first,
+                               last, ctx.scale)
         return dq, dk, dv, None, None, None
 
 
