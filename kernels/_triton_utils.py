@@ -35,4 +35,3 @@ def check_dtype(op: str, *tensors: torch.Tensor) -> None:
 
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
-
