@@ -112,6 +112,9 @@ class TrainConfig:
     """Sequences per optimizer step over all processes; a multiple of micro_batch * world."""
     precision: str = "auto"
     """auto (bf16 autocast on a GPU that supports it, else fp32) | fp32 | bf16."""
+    compile: bool = False
+    """torch.compile each transformer block as one graph (the kernels are opaque custom ops to
+    it); the first steps pay the compilation (seconds to minutes)."""
     z_loss: float = 0.0
     log_every: int = 10
     eval_every: int = 0

@@ -108,6 +108,11 @@ class Trainer:
         if cfg.data.seq_len > self.model_args.max_seq_len:
             raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={self.model_args.max_seq_len}")
         model = Transformer(self.model_args)
+        if cfg.train.compile:
+            # per block, in place (torchtitan's choice): one graph serves every layer, and the
+            # parameter names, hence checkpoints, stay those of the plain model
+            for layer in model.layers:
+                layer.compile(fullgraph=True)
         self.engine = build_engine(TrainModule(model, self.recipes.modules(self.model_args)), cfg)
         self.device = self.engine.device
         world = self.engine.world_size

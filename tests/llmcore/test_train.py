@@ -10,6 +10,7 @@ import signal
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
 import llmcore
 from llmcore import checkpoint
@@ -153,3 +154,20 @@ def test_data_from_another_tokenizer_is_rejected(prepared, tmp_path, corpus_file
     other = Tokenizer.train([str(corpus_file)], str(tmp_path / "tok2"), 400)
     with pytest.raises(DataError, match="tokenizer"):
         Trainer(make_cfg(prepared, tmp_path / "r", f"data.tokenizer={other.path}"))
+
+
+def test_compiled_blocks_train_like_eager(prepared, tmp_path):
+    # train.compile compiles each block as one graph (fullgraph: a graph break would raise)
+    steps = ("train.max_steps=4", "train.eval_batches=1")
+    Trainer(make_cfg(prepared, tmp_path / "eager", *steps)).fit()
+    counters.clear()
+    Trainer(make_cfg(prepared, tmp_path / "compiled", *steps, "train.compile=true")).fit()
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did compile the blocks
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys() and len(eager) == 4
+    for step in eager:
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-4), (step, eager, compiled)
+    a, b = trunk(tmp_path / "eager"), trunk(tmp_path / "compiled")
+    assert a.keys() == b.keys()  # compiled in place: checkpoints keep the plain names
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5, msg=name)
