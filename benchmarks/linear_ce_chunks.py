@@ -10,8 +10,8 @@ relative error of loss, dh, dW against the naive ``F.cross_entropy((h @ W.T).flo
 ``factor`` caps llmcore's logits at factor × N × d elements (Liger's rule is 1×); the default
 is ``CHUNK_FACTOR`` in ``kernels/linear_cross_entropy_triton.py``. Where that budget would cut
 row chunks below ``ROW_PATH_MIN_ROWS`` llmcore takes vocabulary blocks instead; the ``_rows``
-rows force row chunks at the same budget and the ``_vocab`` rows vocabulary blocks (however
-narrow), for comparison. Writes the rows to
+rows force row chunks at the same budget, the ``_vocab`` rows vocabulary blocks (however
+narrow) and the ``_unaligned`` rows row chunks of the budget's exact size, for comparison. Writes the rows to
 ``benchmarks/results/linear_ce_chunks_cuda.csv``.
 """
 
@@ -52,7 +52,8 @@ def main(argv=None):
     except ImportError:
         liger, liger_version = None, "missing"
     defaults = {name: getattr(lt, name) for name in ("CHUNK_FACTOR", "ROW_PATH_MIN_ROWS",
-                                                     "VOCAB_BLOCK_MIN", "ROW_WARPS")}
+                                                     "VOCAB_BLOCK_MIN", "ROW_MULTIPLE",
+                                                     "ROW_WARPS")}
     stamp = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
              "triton": triton.__version__, "liger": liger_version, "commit": git_commit(),
              "timestamp": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -75,6 +76,8 @@ def main(argv=None):
             impls[f"llmcore_f{factor}_vocab"] = {"CHUNK_FACTOR": factor,
                                                 "ROW_PATH_MIN_ROWS": 1 << 62,
                                                 "VOCAB_BLOCK_MIN": lt.VOCAB_BLOCK_MULTIPLE}
+            # ... and with row chunks of exactly the budget, not rounded to whole tiles
+            impls[f"llmcore_f{factor}_unaligned"] = {"CHUNK_FACTOR": factor, "ROW_MULTIPLE": 1}
         for warps in (int(x) for x in args.warps.split(",")):
             if warps != defaults["ROW_WARPS"]:
                 impls[f"llmcore_w{warps}"] = {"ROW_WARPS": warps}

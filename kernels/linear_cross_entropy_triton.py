@@ -31,6 +31,7 @@ from kernels.linear_cross_entropy import chunk_rows, put_rows
 CHUNK_ELEMENTS = 1 << 26
 CHUNK_FACTOR = 2
 MIN_CHUNK_ROWS = 256
+ROW_MULTIPLE = 128  # row chunks are whole multiples of this where that costs no extra chunk
 ROW_PATH_MIN_ROWS = 512  # fewer rows per chunk at the budget: the vocabulary-blocked pass
 VOCAB_PATH_MAX_IGNORED = 0.125
 VOCAB_BLOCK_MULTIPLE = 128  # vocabulary blocks are whole multiples of this (matmul tiles)
@@ -303,9 +304,15 @@ def chunk_size(n, width, vocab, compacting=False):
     """Rows per chunk: the logits chunk (and, when compacting, the chunk's gathered rows)
     hold at most CHUNK_ELEMENTS and no more than CHUNK_FACTOR times the rows' hidden states
     (n x width), Liger-Kernel's bound, so the transient memory scales with the batch; at
-    least MIN_CHUNK_ROWS rows keep the matmuls large."""
+    least MIN_CHUNK_ROWS rows keep the matmuls large. Rounded down to whole ROW_MULTIPLE
+    row tiles where that adds no chunk: every chunk but the last then fills its matmul tiles
+    (1859 budget rows would leave a part-empty tile in each), for less memory, not more."""
     per_row = vocab + (width if compacting else 0)
-    return max(MIN_CHUNK_ROWS, logits_budget(n, width) // max(per_row, 1), 1)
+    rows = max(MIN_CHUNK_ROWS, logits_budget(n, width) // max(per_row, 1), 1)
+    aligned = rows // ROW_MULTIPLE * ROW_MULTIPLE
+    if aligned and -(-n // aligned) == -(-n // rows):
+        return aligned
+    return rows
 
 
 def logits_budget(n, width):

@@ -121,6 +121,25 @@ def test_triton_vocab_blocks_half_precision(use_triton, vocab_blocks):
                _block_edge_inputs(), torch.bfloat16, torch_fn=_torch_path(opts, "mean"))
 
 
+def test_row_chunks_fill_whole_tiles_without_more_chunks_or_memory(monkeypatch):
+    import kernels.linear_cross_entropy_triton as lt
+
+    monkeypatch.setattr(lt, "CHUNK_FACTOR", 2)
+    for n, d, vocab in [(15421, 4096, 32000), (7710, 2048, 32000), (7710, 4096, 128256),
+                        (300, 64, 1000), (5, 8, 10)]:
+        budget = max(lt.MIN_CHUNK_ROWS, lt.logits_budget(n, d) // (vocab + d))
+        step = lt.chunk_size(n, d, vocab, compacting=True)
+        assert step <= budget, (n, d, vocab)
+        assert -(-n // step) == -(-n // budget), (n, d, vocab)  # as many chunks as before
+        if step != budget:  # aligned only when the tiles allowed it
+            assert step % lt.ROW_MULTIPLE == 0 and budget - step < lt.ROW_MULTIPLE
+    # 1859 budget rows (2**26 logits elements): 1792 = 14 whole tiles of 128, still 9 chunks
+    assert lt.chunk_size(15421, 4096, 32000, compacting=True) == 1792
+    # at Liger's budget, 463 rows: 384 would take 21 chunks instead of 17, so it stays
+    monkeypatch.setattr(lt, "CHUNK_FACTOR", 1)
+    assert lt.chunk_size(7710, 2048, 32000, compacting=True) == 463
+
+
 def test_vocab_blocks_only_where_row_chunks_would_be_small():
     import kernels.linear_cross_entropy_triton as lt
 
