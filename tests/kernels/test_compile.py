@@ -88,7 +88,9 @@ def _block_step(params, ids, labels, docs, reduction):
     gate, up = (kernels.rms_norm(x, norm, 1e-6) @ w_up).chunk(2, dim=-1)
     x = x + kernels.swiglu(gate.contiguous(), up.contiguous()) @ w_down
     out = kernels.linear_cross_entropy(x, head, labels, ignore_ids=[5], reduction=reduction)
-    return out if reduction != "none" else (out * torch.linspace(0.5, 1.5, t)).sum()
+    if reduction == "none":  # weights per token, so the backward sees more than a sum
+        return (out * torch.linspace(0.5, 1.5, t, device=x.device)).sum()
+    return out
 
 
 def _params():
@@ -109,7 +111,7 @@ def test_compiled_step_is_one_graph_and_matches_eager(monkeypatch, backend, redu
     gen = torch.Generator().manual_seed(2)
     ids = torch.randint(0, 40, (1, 21), generator=gen).to(DEVICE)
     labels = torch.randint(0, 40, (21,), generator=gen).to(DEVICE)
-    labels[[3, 8]] = torch.tensor([-100, 5])  # ignore_index and an ignored id
+    labels[[3, 8]] = torch.tensor([-100, 5], device=DEVICE)  # ignore_index and an ignored id
     docs = torch.tensor([[0] * 9 + [1] * 12], device=DEVICE)
     params = _params()
 
@@ -126,6 +128,6 @@ def test_compiled_step_is_one_graph_and_matches_eager(monkeypatch, backend, redu
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for i, (p, g) in enumerate(zip(params, eager_grads)):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6, msg=f"param {i}")
-    with torch.no_grad():  # evaluation: a graph without autograd (in-place RoPE without its Function)
+    with torch.no_grad():  # evaluation: no autograd, so in-place RoPE without its Function
         torch.testing.assert_close(step(params, ids, labels, docs, reduction), eager,
                                    rtol=1e-5, atol=1e-6)
