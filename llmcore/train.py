@@ -110,9 +110,11 @@ class Trainer:
         model = Transformer(self.model_args)
         if cfg.train.compile:
             # per block, in place (torchtitan's choice): one graph serves every layer, and the
-            # parameter names, hence checkpoints, stay those of the plain model
+            # parameter names, hence checkpoints, stay those of the plain model. ZeRO-3 gathers
+            # each block's parameters in hooks that torch.compile must leave out of the graph.
+            zero3 = cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3
             for layer in model.layers:
-                layer.compile(fullgraph=True)
+                layer.compile(fullgraph=not zero3)
         self.engine = build_engine(TrainModule(model, self.recipes.modules(self.model_args)), cfg)
         self.device = self.engine.device
         world = self.engine.world_size
