@@ -6,6 +6,10 @@ mix. Ours computes the loss from hidden states with the fused linear cross-entro
 [tokens, vocab] logits); the baseline is the plain PyTorch loop `model(ids, labels=labels)`.
 
     python -m benchmarks.throughput [--preset 20m] [--seq-len 256] [--batch 8] [--steps 5]
+                                    [--compile]
+
+``--compile`` compiles every decoder block of both models with ``torch.compile`` (in place, as
+``train.compile`` does; llmcore's as one graph each); the warm-up step pays the compilation.
 
 Prints a table (tokens/s, achieved TFLOP/s, MFU where the device peak is known, peak memory)
 and writes a CSV (default benchmarks/results/throughput.csv). On CPU, memory is the process's
@@ -33,7 +37,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker(kind: str, preset: str, seq_len: int, batch: int, steps: int, dtype: str, threads: int = 0) -> dict:
+def worker(kind: str, preset: str, seq_len: int, batch: int, steps: int, dtype: str, threads: int = 0,
+           compile_blocks: bool = False) -> dict:
     """Run `steps` timed training steps after one warm-up step; return the measurements."""
     import torch
 
@@ -70,6 +75,10 @@ def worker(kind: str, preset: str, seq_len: int, batch: int, steps: int, dtype: 
             # HF shifts labels itself, so it scores T-1 of our T targets: a 1/T difference.
             return model(input_ids=ids, labels=ids).loss
 
+    if compile_blocks:
+        layers = model.layers if kind == "llmcore" else model.model.layers
+        for layer in layers:
+            layer.compile(fullgraph=kind == "llmcore")
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     gen = torch.Generator().manual_seed(1)
@@ -98,7 +107,7 @@ def worker(kind: str, preset: str, seq_len: int, batch: int, steps: int, dtype: 
     peak_flops = device_peak_flops(device)
     return {
         "impl": kind, "preset": preset, "params": n_params, "device": _device_name(device),
-        "dtype": dtype, "batch": batch, "seq_len": seq_len, "step_s": step_s,
+        "dtype": dtype, "compile": compile_blocks, "batch": batch, "seq_len": seq_len, "step_s": step_s,
         "tokens_per_s": tokens / step_s, "tflops": fpt * tokens / step_s / 1e12,
         "mfu": (fpt * tokens / step_s / peak_flops) if peak_flops else None,
         "peak_mem_mb": peak - base, "final_loss": float(loss),
@@ -131,21 +140,23 @@ def main() -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0: torch's default)")
     p.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "throughput.csv"))
+    p.add_argument("--compile", action="store_true", help="torch.compile every decoder block of both models")
     p.add_argument("--worker", choices=["llmcore", "hf"], help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.preset, a.seq_len, a.batch, a.steps, a.dtype, a.threads)))
+        print(json.dumps(worker(a.worker, a.preset, a.seq_len, a.batch, a.steps, a.dtype, a.threads, a.compile)))
         return
     rows = []
     for impl in ("llmcore", "hf"):
         cmd = [sys.executable, "-m", "benchmarks.throughput", "--worker", impl, "--preset", a.preset,
-               "--seq-len", str(a.seq_len), "--batch", str(a.batch), "--steps", str(a.steps), "--dtype", a.dtype, "--threads", str(a.threads)]
+               "--seq-len", str(a.seq_len), "--batch", str(a.batch), "--steps", str(a.steps), "--dtype", a.dtype, "--threads", str(a.threads)] + (["--compile"] * a.compile)
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if out.returncode:
             sys.exit(f"{impl} worker failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": git_commit()})
     ours, base = rows
-    print(f"\npreset {a.preset} ({ours['params']:,} params), batch {a.batch} x seq {a.seq_len}, {a.dtype}, {ours['device']}")
+    print(f"\npreset {a.preset} ({ours['params']:,} params), batch {a.batch} x seq {a.seq_len}, {a.dtype}, "
+          f"{'compiled blocks, ' if a.compile else ''}{ours['device']}")
     print(f"{'impl':<10}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak MB':>10}{'step s':>9}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "n/a"
