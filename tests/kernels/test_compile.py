@@ -101,12 +101,14 @@ def _params():
             .requires_grad_() for s in shapes]
 
 
-@pytest.mark.parametrize("backend,reduction", [
-    pytest.param("triton", "mean", id="triton-mean", marks=pytest.mark.triton),
-    pytest.param("triton", "none", id="triton-none", marks=pytest.mark.triton),
-    pytest.param("torch", "mean", id="torch-mean"),
+@pytest.mark.parametrize("backend,reduction,autocast", [
+    pytest.param("triton", "mean", False, id="triton-mean", marks=pytest.mark.triton),
+    pytest.param("triton", "none", False, id="triton-none", marks=pytest.mark.triton),
+    pytest.param("triton", "mean", True, id="triton-mean-bf16-autocast",
+                 marks=pytest.mark.triton),
+    pytest.param("torch", "mean", False, id="torch-mean"),
 ])
-def test_compiled_step_is_one_graph_and_matches_eager(monkeypatch, backend, reduction):
+def test_compiled_step_is_one_graph_and_matches_eager(monkeypatch, backend, reduction, autocast):
     monkeypatch.setenv("LLMCORE_KERNELS", backend)
     gen = torch.Generator().manual_seed(2)
     ids = torch.randint(0, 40, (1, 21), generator=gen).to(DEVICE)
@@ -114,8 +116,11 @@ def test_compiled_step_is_one_graph_and_matches_eager(monkeypatch, backend, redu
     labels[[3, 8]] = torch.tensor([-100, 5], device=DEVICE)  # ignore_index and an ignored id
     docs = torch.tensor([[0] * 9 + [1] * 12], device=DEVICE)
     params = _params()
+    # bf16 autocast, as training on a GPU runs: the ops then see bf16 projections
+    amp = torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast)
 
-    eager = _block_step(params, ids, labels, docs, reduction)
+    with amp:
+        eager = _block_step(params, ids, labels, docs, reduction)
     eager.backward()
     eager_grads = [p.grad.clone() for p in params]
     for p in params:
@@ -123,11 +128,12 @@ def test_compiled_step_is_one_graph_and_matches_eager(monkeypatch, backend, redu
 
     torch._dynamo.reset()
     step = torch.compile(_block_step, fullgraph=True, backend="aot_eager")  # a break raises
-    compiled = step(params, ids, labels, docs, reduction)
+    with amp:
+        compiled = step(params, ids, labels, docs, reduction)
     compiled.backward()
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for i, (p, g) in enumerate(zip(params, eager_grads)):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6, msg=f"param {i}")
-    with torch.no_grad():  # evaluation: no autograd, so in-place RoPE without its Function
+    with torch.no_grad(), amp:  # evaluation: no autograd, so in-place RoPE without its Function
         torch.testing.assert_close(step(params, ids, labels, docs, reduction), eager,
                                    rtol=1e-5, atol=1e-6)
