@@ -141,6 +141,14 @@ class Transformer(nn.Module):
         """The unembedding matrix (vocab, d_model): tied to the embedding or lm_head's."""
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
+    def compile_blocks(self, fullgraph: bool = True) -> None:
+        """torch.compile every block in place (torchtitan's granularity): one graph serves
+        every layer, and the parameter names, hence checkpoints, stay those of the plain
+        model. The kernels are opaque custom ops to the compiler, so a block is one graph
+        (``fullgraph``) unless hooks around it (DeepSpeed ZeRO-3) must stay outside."""
+        for layer in self.layers:
+            layer.compile(fullgraph=fullgraph)
+
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (*positions.shape, head_dim // 2), computed in fp32."""
         angles = positions.float()[..., None] * self.inv_freq

@@ -109,12 +109,9 @@ class Trainer:
             raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={self.model_args.max_seq_len}")
         model = Transformer(self.model_args)
         if cfg.train.compile:
-            # per block, in place (torchtitan's choice): one graph serves every layer, and the
-            # parameter names, hence checkpoints, stay those of the plain model. ZeRO-3 gathers
-            # each block's parameters in hooks that torch.compile must leave out of the graph.
-            zero3 = cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3
-            for layer in model.layers:
-                layer.compile(fullgraph=not zero3)
+            # ZeRO-3 gathers each block's parameters in hooks that must stay out of the graph
+            model.compile_blocks(fullgraph=not (cfg.engine.backend == "deepspeed"
+                                                and cfg.engine.zero_stage == 3))
         self.engine = build_engine(TrainModule(model, self.recipes.modules(self.model_args)), cfg)
         self.device = self.engine.device
         world = self.engine.world_size
