@@ -49,13 +49,20 @@ def _triton_ready() -> bool:
     return _TRITON_STATE["ok"]
 
 
-def backend(op: str, *tensors: torch.Tensor, allow_flash_attn: bool = False) -> str:
+def _all_cuda(tensors) -> bool:
+    return bool(tensors) and all(t.is_cuda for t in tensors)
+
+
+def backend(op: str, *tensors: torch.Tensor, allow_flash_attn: bool = False,
+            triton_limit: str | None = None) -> str:
     """Pick ``"triton"``, ``"torch"`` or (attention only) ``"flash_attn"`` for ``op``.
 
-    ``tensors`` are the op's tensor inputs; ``None`` entries are skipped.
+    ``tensors`` are the op's tensor inputs; ``None`` entries are skipped. ``triton_limit`` says
+    why the Triton kernels cannot take these inputs (a shape they were not built for), or is
+    None: ``auto`` then picks PyTorch and a forced ``triton`` is a ValueError naming it.
     """
     tensors = [t for t in tensors if t is not None]
-    on_cuda = bool(tensors) and all(t.is_cuda for t in tensors)
+    on_cuda = _all_cuda(tensors)
     # the kernels take fp32/fp16/bf16 floats; auto sends anything else (fp64) to PyTorch
     triton_dtypes = all(t.dtype in TRITON_FLOATS or not t.is_floating_point() for t in tensors)
     choice = requested()
@@ -64,12 +71,15 @@ def backend(op: str, *tensors: torch.Tensor, allow_flash_attn: bool = False) -> 
     if choice == "torch":
         return "torch"
     if choice == "auto":
-        return "triton" if on_cuda and triton_dtypes and _triton_ready() else "torch"
+        usable = on_cuda and triton_dtypes and triton_limit is None
+        return "triton" if usable and _triton_ready() else "torch"
     if choice == "flash_attn":
         if not on_cuda:
             raise RuntimeError(f"{op}: {ENV}=flash_attn needs CUDA tensors, got a CPU tensor")
         return "flash_attn"
     # forced triton
+    if triton_limit is not None:
+        raise ValueError(f"{op}: {triton_limit} (unset {ENV} to fall back to PyTorch)")
     if not _triton_ready():
         raise RuntimeError(
             f"{op}: {ENV}=triton but Triton does not import ({_TRITON_STATE['error']!r})"

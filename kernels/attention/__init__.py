@@ -67,14 +67,11 @@ def flash_attention(q, k, v, causal=True, doc_ids=None, softmax_scale=None):
         [B, Tq, H, D] in q's dtype.
     """
     _check(q, k, v, doc_ids)
-    which = _dispatch.backend("flash_attention", q, k, v, doc_ids, allow_flash_attn=True)
-    if which == "triton" and q.shape[-1] > TRITON_MAX_HEAD_DIM:
-        if _dispatch.requested() == "triton":
-            raise ValueError(
-                f"flash_attention: the Triton kernels take head dims up to {TRITON_MAX_HEAD_DIM}, "
-                f"got {q.shape[-1]} (unset {_dispatch.ENV} to fall back to PyTorch)"
-            )
-        which = "torch"
+    limit = None
+    if q.shape[-1] > TRITON_MAX_HEAD_DIM:
+        limit = f"the Triton kernels take head dims up to {TRITON_MAX_HEAD_DIM}, got {q.shape[-1]}"
+    which = _dispatch.backend("flash_attention", q, k, v, doc_ids, allow_flash_attn=True,
+                              triton_limit=limit)
     if which == "torch":
         return attention_torch(q, k, v, causal, doc_ids, softmax_scale)
     if which == "flash_attn":

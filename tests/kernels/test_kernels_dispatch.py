@@ -36,6 +36,17 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
         kernels.rms_norm(torch.zeros(2, 4), torch.ones(4))
 
 
+def test_a_triton_limit_sends_auto_to_torch_and_refuses_forced_triton(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_all_cuda", lambda tensors: True)  # as on a GPU
+    monkeypatch.setattr(_dispatch, "_triton_ready", lambda: True)
+    monkeypatch.setenv("LLMCORE_KERNELS", "auto")
+    assert _dispatch.backend("op", torch.zeros(2)) == "triton"
+    assert _dispatch.backend("op", torch.zeros(2), triton_limit="too wide") == "torch"
+    monkeypatch.setenv("LLMCORE_KERNELS", "triton")
+    with pytest.raises(ValueError, match=r"op: too wide \(unset LLMCORE_KERNELS to fall back"):
+        _dispatch.backend("op", torch.zeros(2), triton_limit="too wide")
+
+
 def test_unknown_backend_is_named(monkeypatch):
     monkeypatch.setenv("LLMCORE_KERNELS", "cuda")
     with pytest.raises(ValueError, match="LLMCORE_KERNELS='cuda' is not one of auto, torch"):
