@@ -3,8 +3,8 @@
 ``LLMCORE_KERNELS`` overrides the automatic choice (read at each call, so tests and benchmarks
 can switch it):
 
-- unset / ``auto``: Triton when all tensors are on CUDA, their floats are fp32/fp16/bf16
-  and Triton imports, else PyTorch;
+- unset / ``auto``: Triton when all tensors are on CUDA, their floats are fp32/fp16/bf16,
+  the op names no ``triton_limit`` for their shapes and Triton imports, else PyTorch;
 - ``torch``: always the PyTorch paths;
 - ``triton``: always Triton; a CPU tensor is only allowed under ``TRITON_INTERPRET=1`` (the
   interpreter), because a compiled launch on CPU memory would crash;

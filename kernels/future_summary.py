@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.linear_cross_entropy import as_id_tensor, check_in_vocab
+from kernels.linear_cross_entropy import as_id_tensor, check_in_vocab, valid_rows
 
 __all__ = ["future_summary_loss", "multi_token_cross_entropy", "future_bag_bce",
            "future_summary_reference", "NORMS"]
@@ -248,10 +248,7 @@ def _assemble(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weig
     if mtp_h is not None:
         n_heads, n_rows = mtp_h.shape[0], mtp_h.shape[1]
         labels = mtp_labels.reshape(-1)
-        keep = labels != ignore_index
-        ids = as_id_tensor(ignore_ids, labels.device)
-        if ids is not None and ids.numel():
-            keep &= ~torch.isin(labels, ids)
+        keep = valid_rows(labels, ignore_index, as_id_tensor(ignore_ids, labels.device))
         check_in_vocab("future_summary_loss", "mtp label", mtp_labels, keep.view_as(mtp_labels),
                        w.shape[0], f"neither ignore_index={ignore_index} nor in ignore_ids")
         idx = keep.nonzero().squeeze(1)

@@ -47,14 +47,15 @@ def _chunk_pass(backend):
     return chunk_pass_triton
 
 
-def _empty(t):
+def _grad_outputs(h, w, dh, dw):
     # custom ops return tensors only: a gradient not asked for comes back empty
-    return t.new_empty(0)
+    return (dh if dh is not None else h.new_empty(0),
+            dw.to(w.dtype) if dw is not None else w.new_empty(0))
 
 
 def _fake_grads(h, w, want_dh, want_dw):
-    return (h.new_empty(h.shape) if want_dh else _empty(h),
-            w.new_empty(w.shape) if want_dw else _empty(w))
+    return _grad_outputs(h, w, h.new_empty(h.shape) if want_dh else None,
+                         w.new_empty(w.shape) if want_dw else None)
 
 
 def _loss_fake(h, w, labels, ignore_ids, ignore_index, z_loss, smoothing, reduction, want_dh,
@@ -80,8 +81,7 @@ def _loss_and_grads(h: Tensor, w: Tensor, labels: Tensor, ignore_ids: Optional[T
                                           want_dh and grads, want_dw and grads)
     if reduction != "none":
         losses = losses.sum() / count if reduction == "mean" else losses.sum()
-    return (losses, dh if dh is not None else _empty(h),
-            dw.to(w.dtype) if dw is not None else _empty(w))
+    return (losses, *_grad_outputs(h, w, dh, dw))
 
 
 @compile_opaque("linear_cross_entropy_weighted_bwd",
@@ -95,7 +95,7 @@ def _weighted_grads(h: Tensor, w: Tensor, labels: Tensor, ignore_ids: Optional[T
     rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
     _, dh, dw = _chunk_pass(backend)(h, w, labels, rows, z_loss, smoothing, 1.0, row_weight,
                                      want_dh, want_dw)
-    return dh if dh is not None else _empty(h), dw.to(w.dtype) if dw is not None else _empty(w)
+    return _grad_outputs(h, w, dh, dw)
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
