@@ -55,11 +55,12 @@ def _device_name(device) -> str:
 def build(preset: str, dtype: str):
     """(engine, make_closure(micro-batches) -> closure, model args): the preset with AdamW from
     llmcore's config defaults."""
-    from llmcore.config import Config
-    from llmcore.engine import Engine, TrainModule
-    from llmcore.losses import ntp_loss
-    from llmcore.model import Transformer
-    from llmcore.presets import get_preset
+    from llmcore.config.schema import Config
+    from llmcore.engine.base import Engine
+    from llmcore.engine.train_module import TrainModule
+    from llmcore.model.presets import get_preset
+    from llmcore.model.transformer import Transformer
+    from llmcore.train.losses import ntp_loss
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -115,7 +116,7 @@ def main() -> None:
     p.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "sam_step.csv"))
     a = p.parse_args()
 
-    from llmcore.train import StepContext
+    from llmcore.recipe.context import StepContext
     from recipes.sam import Sam
 
     engine, make_closure, args = build(a.preset, a.dtype)

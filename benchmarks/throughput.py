@@ -44,16 +44,16 @@ def worker(kind: str, preset: str, seq_len: int, batch: int, steps: int, dtype: 
 
     if threads:
         torch.set_num_threads(threads)
-    from llmcore.flops import device_peak_flops, flops_per_token
-    from llmcore.presets import get_preset
+    from llmcore.model.flops import device_peak_flops, flops_per_token
+    from llmcore.model.presets import get_preset
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args = get_preset(preset)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else _null()
     if kind == "llmcore":
-        from llmcore.losses import ntp_loss
-        from llmcore.model import Transformer
+        from llmcore.model.transformer import Transformer
+        from llmcore.train.losses import ntp_loss
 
         model = Transformer(args).to(device)
 

@@ -15,9 +15,9 @@ def load(path: str, device: str | None = None):
     or a `latest` file. Returns (model in eval mode, tokenizer); recipe aux heads are dropped."""
     import torch
 
-    from llmcore import checkpoint
-    from llmcore.model import Transformer
+    from llmcore.model.transformer import Transformer
     from llmcore.tokenizer import Tokenizer
+    from llmcore.train import checkpoint
 
     ckpt = checkpoint.resolve(path)
     tokenizer = Tokenizer.load(str(ckpt / "tokenizer"))
@@ -31,6 +31,6 @@ def load(path: str, device: str | None = None):
 def load_recipes(path: str):
     """The recipes (a RecipeSet, bound to nothing yet) a checkpoint was trained with, for
     their decoding hooks: `generate_text(..., recipes=llmcore.load_recipes(path))`."""
-    from llmcore import checkpoint
+    from llmcore.train import checkpoint
 
     return checkpoint.recipes(checkpoint.resolve(path))

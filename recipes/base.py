@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from llmcore.registry import register_recipe as register  # noqa: F401  (the decorator recipes use)
+from llmcore.recipe.registry import register_recipe as register  # noqa: F401  (the decorator recipes use)
 
 
 def _default(fn):

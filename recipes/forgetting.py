@@ -150,7 +150,7 @@ class ForgettingTracker(Recipe):
             raise ConfigError("forgetting.val_path is empty: give the pretraining domain's prepared data folder")
 
     def on_eval(self, trainer=None, metrics=None, **kw) -> dict:
-        from llmcore.evaluate import validation_loss
+        from llmcore.eval.loss import validation_loss
 
         model = trainer.engine.module.model
         was_training = model.training
@@ -168,9 +168,9 @@ def finetune_sweep(checkpoint: str, data_b: str, val_a: str, lrs: list[float], s
     The model and seq_len come from the checkpoint's config.yaml; `overrides` are more dotted
     keys (batch size, schedule, ...). Returns one dict per lr: {"lr", "points": [(step,
     fine-tune val loss on B, pretraining val loss on A)]}, step 0 being the checkpoint itself."""
-    from llmcore import checkpoint as ckpt_mod
-    from llmcore.cli import load_run_config
-    from llmcore.train import Trainer
+    from llmcore.cli.main import load_run_config
+    from llmcore.train import checkpoint as ckpt_mod
+    from llmcore.train.loop import Trainer
 
     ckpt = ckpt_mod.resolve(checkpoint)
     raw = yaml.safe_load((ckpt / "config.yaml").read_text())

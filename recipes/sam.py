@@ -48,7 +48,7 @@ import torch
 
 from kernels.sam import grad_sq_norm, perturb_, restore_
 from llmcore.errors import ConfigError
-from llmcore.metrics import log
+from llmcore.train.metrics import log
 from recipes.base import Recipe, register
 
 MODES = ("auto", "per-device", "global-m")

@@ -57,7 +57,7 @@ def prepared(tmp_path_factory, corpus_file) -> Path:
     import shutil
 
     from llmcore.data.prepare import prepare
-    from llmcore.registry import all_special_tokens
+    from llmcore.recipe.registry import all_special_tokens
     from llmcore.tokenizer import Tokenizer
 
     root = tmp_path_factory.mktemp("prepared")

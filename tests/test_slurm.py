@@ -171,7 +171,7 @@ def test_preemption_signal_checkpoints_requeues_and_the_requeued_job_resumes(pre
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log[-5000:]
     assert calls.read_text().split() == ["requeue", "777"]
-    from llmcore import checkpoint
+    from llmcore.train import checkpoint
 
     first = checkpoint.resolve(out)
     stopped_at = checkpoint.read_state(first)["step"]

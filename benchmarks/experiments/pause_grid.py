@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_data(root: Path, a) -> dict:
     """Tokenizer, pretraining folder, finetune/test jsonl (shared by every seed and cell)."""
-    from llmcore.registry import all_special_tokens
+    from llmcore.recipe.registry import all_special_tokens
     from recipes.tasks import arithmetic as task
 
     test = task.problems(a.eval, 1, a.digits, a.chain)
@@ -93,8 +93,8 @@ def pretrain_steps(kind: str, a) -> int:
 
 
 def run(overrides: list[str]) -> dict:
-    from llmcore.cli import load_run_config
-    from llmcore.train import Trainer
+    from llmcore.cli.main import load_run_config
+    from llmcore.train.loop import Trainer
 
     return Trainer(load_run_config(None, overrides)).fit()
 

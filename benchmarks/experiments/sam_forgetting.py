@@ -95,7 +95,7 @@ def make_domain_b(path: Path, n_docs: int = 2500, seed: int = 0) -> Path:
 def build_data(out: Path) -> tuple[str, str]:
     """Tokenizer (vocab 512) over both domains, then prepared folders A and B (cached)."""
     from llmcore.data.prepare import prepare
-    from llmcore.registry import all_special_tokens
+    from llmcore.recipe.registry import all_special_tokens
     from llmcore.tokenizer import Tokenizer
 
     data_a, data_b = out / "data_a", out / "data_b"
@@ -114,9 +114,9 @@ def build_data(out: Path) -> tuple[str, str]:
 # --- runs --------------------------------------------------------------------------------------
 
 def pretrain(kind: str, seed: int, data_a: str, out: Path, a) -> str:
-    from llmcore import checkpoint
-    from llmcore.cli import load_run_config
-    from llmcore.train import Trainer
+    from llmcore.cli.main import load_run_config
+    from llmcore.train import checkpoint
+    from llmcore.train.loop import Trainer
 
     run = out / f"pre_{kind}_s{seed}"
     sam = ["recipes=[sam]", f"sam.rho={a.rho}"] if kind == "sam" else []
@@ -134,7 +134,7 @@ def pretrain(kind: str, seed: int, data_a: str, out: Path, a) -> str:
 
 def weight_edits(ckpt: str, data_a: str, a) -> dict:
     from llmcore import load
-    from llmcore.evaluate import validation_loss
+    from llmcore.eval.loss import validation_loss
     from recipes.forgetting import loss_increase, noised, quantized
 
     model, _ = load(ckpt, device="cpu")

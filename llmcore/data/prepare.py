@@ -17,8 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from llmcore.data.files import SAMPLE_BY, resolve_inputs
-from llmcore.data.writer import (ShardWriter, dtype_for, finish_folder, make_manifest,
-                                 start_folder, tokenizer_info)
+from llmcore.data.writer import ShardWriter, dtype_for, finish_folder, make_manifest, start_folder, tokenizer_info
 from llmcore.errors import ConfigError, DataError
 from llmcore.tokenizer import Tokenizer
 

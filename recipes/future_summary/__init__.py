@@ -15,7 +15,7 @@ sequential MTP (arXiv 2412.19437). Loss = NTP + `weight` x one auxiliary term:
   it predicts x_{t+1} from x_{>=t+2}, computed online; term = weight * mean over dims of
   the squared error.
 
-Every head is one `llmcore.model.Block` + RMSNorm on the trunk's final hidden states and
+Every head is one `llmcore.model.transformer.Block` + RMSNorm on the trunk's final hidden states and
 unembeds through the trunk's shared output weight; the CE and BCE terms of all heads go through
 one call of `kernels.future_summary.future_summary_loss` (no [tokens, vocab] tensor).
 

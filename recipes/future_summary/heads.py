@@ -3,7 +3,7 @@
 Used by `recipes.future_summary` through the `modules` hook (trained, saved to
 `aux.safetensors` and sharded with the model; never part of the exported trunk).
 
-- `HeadLayer`: one `llmcore.model.Block` plus its own final RMSNorm, reading the trunk's
+- `HeadLayer`: one `llmcore.model.transformer.Block` plus its own final RMSNorm, reading the trunk's
   final hidden states: an MTP head (Gloeckle et al.), the FSP head.
 - `FutureHeads`: K parallel head layers (MTP, FSP), or D sequential DeepSeek-V3 MTP modules
   (merge [RMSNorm(h); RMSNorm(Emb(x_{t+k}))] with a 2d -> d projection, then a layer), plus
@@ -18,8 +18,8 @@ import math
 import torch
 import torch.nn as nn
 
-from llmcore.model import Block, RMSNorm
-from llmcore.presets import ModelArgs
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Block, RMSNorm
 
 
 class HeadLayer(nn.Module):
@@ -52,7 +52,7 @@ class FutureHeads(nn.Module):
         self.reset_parameters(args.n_layers)
 
     def reset_parameters(self, trunk_layers: int) -> None:
-        """The trunk's init (llmcore.model.Transformer.reset_parameters): N(0, 0.02), norms
+        """The trunk's init (llmcore.model.transformer.Transformer.reset_parameters): N(0, 0.02), norms
         at 1, residual output projections scaled by 1/sqrt(2L) with L the trunk's depth."""
         std = 0.02
         for name, p in self.named_parameters():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import yaml
 
 import llmcore
-from llmcore import checkpoint
 from llmcore.errors import CheckpointError, ConfigError
+from llmcore.train import checkpoint
 
 
 def load_reverse_lm(path: str, tokenizer=None):

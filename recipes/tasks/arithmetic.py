@@ -16,7 +16,7 @@ common and cannot be guessed from the top digits.
 
 Also here: a minimal tokenizer for the task's characters, writers for an SFT jsonl
 (`data.format: sft`) and a prepared pretraining folder, and exact-match scoring (with the
-accuracy of each answer digit) through `llmcore.evaluate.exact_match`.
+accuracy of each answer digit) through `llmcore.eval.tasks.exact_match`.
 `python -m recipes.tasks.arithmetic --out DIR` writes the jsonl files and a text corpus.
 """
 
@@ -116,7 +116,7 @@ def score(model, tokenizer, jsonl_path: str, *, recipes=None, batch_size: int = 
     tokens as in `llmcore eval`. Returns {"accuracy", "n", "digit_accuracy": [...]}.
     """
     from llmcore.data.sft import read_tasks
-    from llmcore.evaluate import exact_match
+    from llmcore.eval.tasks import exact_match
 
     width = max(len(t["answer"]) for t in read_tasks(jsonl_path))
     res = exact_match(model, tokenizer, jsonl_path, max_new_tokens=width + 1, recipes=recipes,
@@ -130,7 +130,7 @@ def score(model, tokenizer, jsonl_path: str, *, recipes=None, batch_size: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from llmcore.registry import all_special_tokens
+    from llmcore.recipe.registry import all_special_tokens
 
     p = argparse.ArgumentParser(description="write the addition task: train/val/test jsonl (SFT and eval), "
                                             "a tokenizer and a prepared pretraining folder")

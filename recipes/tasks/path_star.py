@@ -17,7 +17,7 @@ the first node after the start, which needs the goal's arm traced backwards -- o
 NTP stays near 1/degree on it. `score` reports that choice separately.
 
 Also here: the task's one-piece-per-character tokenizer and exact-match scoring through
-`llmcore.evaluate.exact_match`.
+`llmcore.eval.tasks.exact_match`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def judge(prompt: str, answer: str, prediction: str) -> dict:
 def score(model, tokenizer, jsonl_path: str, *, recipes=None, batch_size: int = 256) -> dict:
     """Greedy exact match of a path-star file plus the first-choice accuracy and the rate of
     valid walks. Returns {"accuracy", "first_step", "valid_walk", "n"}."""
-    from llmcore.evaluate import exact_match, read_tasks
+    from llmcore.data.sft import read_tasks
+    from llmcore.eval.tasks import exact_match
 
     width = max(len(t["answer"]) for t in read_tasks(jsonl_path))
     res = exact_match(model, tokenizer, jsonl_path, max_new_tokens=width + 1, recipes=recipes,

@@ -2,9 +2,7 @@
 
 import json
 
-import pytest
-
-from llmcore.cli import main
+from llmcore.cli.main import main
 
 
 def test_pipeline_from_text_to_hf_folder(tmp_path, corpus_file, capsys):

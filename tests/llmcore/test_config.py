@@ -2,9 +2,9 @@
 
 import pytest
 
-from llmcore.config import load_config
+from llmcore.config.load import load_config
 from llmcore.errors import ConfigError
-from llmcore.registry import recipe_config_class
+from llmcore.recipe.registry import recipe_config_class
 
 
 def write(tmp_path, text):

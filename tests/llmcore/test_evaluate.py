@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from llmcore.data.prepare import prepare
 from llmcore.data.shards import TokenShards
 from llmcore.errors import DataError
-from llmcore.evaluate import exact_match, first_line, read_tasks, validation_loss
-from llmcore.generate import generate_text
-from llmcore.model import Transformer
-from llmcore.presets import ModelArgs
+from llmcore.data.sft import read_tasks
+from llmcore.eval.loss import validation_loss
+from llmcore.eval.tasks import exact_match, first_line
+from llmcore.generate.sampling import generate_text
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Transformer
 from llmcore.tokenizer import Tokenizer
 
 WORDS = "the cat sat on a mat while dogs ran far into fields of green and gold".split()

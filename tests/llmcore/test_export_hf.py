@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import llmcore
-from llmcore.config import Config, ModelConfig
+from llmcore.config.schema import Config, ModelConfig
 from llmcore.errors import CheckpointError
-from llmcore.export import export_hf, import_hf
-from llmcore.generate import generate
-from llmcore.model import Transformer
-from llmcore.presets import ModelArgs
+from llmcore.generate.sampling import generate
+from llmcore.hf.folder import export_hf, import_hf
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Transformer
 from llmcore.tokenizer import Tokenizer
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # every load below must work from the folder alone

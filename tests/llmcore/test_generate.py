@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from llmcore.errors import ConfigError
-from llmcore.generate import generate, generate_text, prefill, sample, _left_pad
-from llmcore.model import Transformer
-from llmcore.presets import ModelArgs
-from llmcore.registry import RecipeSet
+from llmcore.generate.sampling import _left_pad, generate, generate_text, prefill, sample
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Transformer
+from llmcore.recipe.recipe_set import RecipeSet
 
 VOCAB = 61
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llmcore.config import ScheduleConfig
-from llmcore.optim import lr_multiplier, param_groups
+from llmcore.config.schema import ScheduleConfig
+from llmcore.train.optim import lr_multiplier, param_groups
 
 
 def curve(kind, steps=100, **kw):

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from llmcore.config import ModelConfig
+from llmcore.config.schema import ModelConfig
 from llmcore.errors import ConfigError
-from llmcore.model import Transformer
-from llmcore.presets import get_preset, preset_names, resolve_model_args
+from llmcore.model.presets import get_preset, preset_names, resolve_model_args
+from llmcore.model.transformer import Transformer
 
 
 @pytest.mark.parametrize("name", preset_names())

@@ -9,16 +9,16 @@ import signal
 
 import pytest
 import torch
+from run_configs import tiny_config
 from safetensors.torch import load_file
 from torch._dynamo.utils import counters
 
 import llmcore
-from llmcore import checkpoint
 from llmcore.errors import CheckpointError, DataError
-from llmcore.registry import temporary_recipe
-from llmcore.train import Trainer
+from llmcore.recipe.registry import temporary_recipe
+from llmcore.train import checkpoint
+from llmcore.train.loop import Trainer
 from recipes.base import Recipe
-from run_configs import tiny_config
 
 
 def make_cfg(prepared, out_dir, *extra):

@@ -6,7 +6,6 @@ import contextlib
 from pathlib import Path
 
 import pytest
-
 from mp_helpers import overrides
 
 
@@ -14,9 +13,10 @@ from mp_helpers import overrides
 def single_ref(prepared, tmp_path_factory):
     """Single-process runs of the shared settings, by extra overrides; each run once per module."""
     from driver import TEST_RECIPES
-    from llmcore.cli import load_run_config
-    from llmcore.registry import temporary_recipe
-    from llmcore.train import Trainer
+
+    from llmcore.cli.main import load_run_config
+    from llmcore.recipe.registry import temporary_recipe
+    from llmcore.train.loop import Trainer
 
     cache: dict[tuple, Path] = {}
 

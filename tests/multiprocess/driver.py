@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from llmcore.registry import register_recipe
+from llmcore.recipe.registry import register_recipe
 from recipes.base import Recipe
 
 
@@ -83,7 +83,7 @@ class InitFrom(Recipe):
         path: str = ""
 
     def on_train_start(self, trainer):
-        from llmcore import checkpoint
+        from llmcore.train import checkpoint
 
         trainer.engine.load_full_state_dict(checkpoint.load_weights(checkpoint.resolve(self.config.path)))
 
@@ -95,9 +95,9 @@ def main(argv: list[str]) -> int:
     for name, cls in TEST_RECIPES.items():  # here, not at import: pytest imports this module too
         register_recipe(name)(cls)
     torch.set_num_threads(1)  # as the pytest process: same float reduction order, 2 shared cores
-    from llmcore.cli import load_run_config
+    from llmcore.cli.main import load_run_config
     from llmcore.errors import LlmcoreError
-    from llmcore.train import Trainer
+    from llmcore.train.loop import Trainer
 
     try:
         result = Trainer(load_run_config(None, argv)).fit()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from mp_helpers import ZERO3_JSON, assert_curves_close, overrides, torchrun
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]

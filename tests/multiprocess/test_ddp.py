@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
+from mp_helpers import assert_curves_close, losses, overrides, torchrun
 from safetensors.torch import load_file
 
-from mp_helpers import assert_curves_close, losses, overrides, torchrun
-from llmcore import checkpoint
+from llmcore.train import checkpoint
 
 # Measured: 1.5e-7 relative over 4 steps (float sums in another order), for the loss and the
 # pre-clip gradient norm. 1e-5 still catches a wrong gradient scale (DDP's rank average: norm

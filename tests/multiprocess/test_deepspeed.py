@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from mp_helpers import ZERO3_JSON, assert_curves_close, curve, losses, overrides, torchrun, tree_digest
 from safetensors.torch import load_file
 
 import llmcore
-from llmcore import checkpoint
-from mp_helpers import ZERO3_JSON, assert_curves_close, curve, losses, overrides, torchrun, tree_digest
+from llmcore.train import checkpoint
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from llmcore import deepspeed_config
-from llmcore.cli import load_run_config
+from llmcore.cli.main import load_run_config
+from llmcore.engine.deepspeed import config as deepspeed_config
 from llmcore.errors import ConfigError, LlmcoreError
 
 
@@ -78,7 +78,7 @@ def test_bad_user_json_and_bad_stage_are_config_errors(tmp_path):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_no_sync_is_refused_where_zero_partitions_gradients(stage):
-    from llmcore.engine_deepspeed import DeepSpeedEngine
+    from llmcore.engine.deepspeed.engine import DeepSpeedEngine
 
     engine = DeepSpeedEngine.__new__(DeepSpeedEngine)  # the refusal needs no process group
     engine.stage, engine.sharded_grads = stage, True
@@ -90,8 +90,8 @@ def test_no_sync_is_refused_where_zero_partitions_gradients(stage):
 def test_zero3_shards_every_parameter_by_default():
     # Weight edits through engine.local_params() (SAM) must reach the forward: no parameter may
     # stay gathered ("persistent") between steps unless the user's JSON asks for it.
-    from llmcore.config import load_config
-    from llmcore.deepspeed_config import generate
+    from llmcore.config.load import load_config
+    from llmcore.engine.deepspeed.config import generate
 
     cfg = load_config(None, ["data.path=d", "engine.backend=deepspeed", "engine.zero_stage=3"])
     assert generate(cfg, 1, bf16=False)["zero_optimization"]["stage3_param_persistence_threshold"] == 0

@@ -9,14 +9,24 @@ import math
 import pytest
 import torch
 
-from llmcore.cli import load_run_config
+from llmcore.cli.main import load_run_config
 from llmcore.errors import ConfigError
-from llmcore.evaluate import validation_loss
-from llmcore.model import Transformer
-from llmcore.presets import ModelArgs
-from llmcore.train import Trainer
-from recipes.forgetting import (ForgettingTracker, finetune_sweep, frontier, gaussian_noise, loss_increase,
-                                noised, pretrain_loss_at, quantize_rtn, quantized, target_weights)
+from llmcore.eval.loss import validation_loss
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Transformer
+from llmcore.train.loop import Trainer
+from recipes.forgetting import (
+    ForgettingTracker,
+    finetune_sweep,
+    frontier,
+    gaussian_noise,
+    loss_increase,
+    noised,
+    pretrain_loss_at,
+    quantize_rtn,
+    quantized,
+    target_weights,
+)
 
 
 def small_model(seed=0) -> Transformer:

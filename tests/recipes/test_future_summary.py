@@ -13,22 +13,23 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from run_configs import RECIPE_RUN, tiny_config
 from safetensors.torch import load_file
 
 import llmcore
-from llmcore import checkpoint, hf
-from llmcore.cli import load_run_config
-from llmcore.data import to_batch, write_token_folder
-from llmcore.data import stats
+from llmcore.cli.main import load_run_config
+from llmcore.data import stats, to_batch, write_token_folder
 from llmcore.data.shards import TokenShards
 from llmcore.errors import ConfigError
-from llmcore.export import export_hf
-from llmcore.model import Transformer
-from llmcore.presets import ModelArgs
-from llmcore.train import LossContext, Trainer, _reversed_then
+from llmcore.hf import convert as hf
+from llmcore.hf.folder import export_hf
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Transformer
+from llmcore.recipe.context import LossContext
+from llmcore.train import checkpoint
+from llmcore.train.loop import Trainer, _reversed_then
 from recipes.future_summary import FutureSummary, targets, tfidf
 from recipes.future_summary.heads import FutureHeads
-from run_configs import RECIPE_RUN, tiny_config
 
 ARGS = ModelArgs(vocab_size=53, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64,
                  max_seq_len=64)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import llmcore.evaluate
+import llmcore.eval.tasks
 from llmcore.errors import ConfigError
-from llmcore.model import Transformer
-from llmcore.presets import ModelArgs
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Transformer
 from recipes.tasks import path_star as ps
 
 
@@ -83,7 +83,7 @@ def test_score_counts_exact_match_first_choice_and_walks(tmp_path, monkeypatch):
             out.append(ans if i % 2 == 0 else ans[0] + other + "\nrest")
         return out
 
-    monkeypatch.setattr(llmcore.evaluate, "generate_text", fake_generate)
+    monkeypatch.setattr(llmcore.eval.tasks, "generate_text", fake_generate)
     res = ps.score(None, None, path)
     assert res == {"accuracy": 0.5, "n": 8, "first_step": 0.5, "valid_walk": 1.0}
 

@@ -10,23 +10,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from run_configs import tiny_config
 from safetensors.torch import load_file
 
 import llmcore
-from llmcore import checkpoint
-from llmcore.cli import load_run_config, main
+from llmcore.cli.main import load_run_config, main
 from llmcore.data import PackedLoader, TokenShards, to_batch
 from llmcore.data.sft import encode_examples, rows_to_batch
 from llmcore.errors import ConfigError, DataError
-from llmcore.generate import generate
-from llmcore.losses import count_loss_tokens, ntp_loss
-from llmcore.model import Transformer
-from llmcore.presets import ModelArgs
-from llmcore.registry import RecipeSet
+from llmcore.generate.sampling import generate
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Transformer
+from llmcore.recipe.recipe_set import RecipeSet
 from llmcore.tokenizer import Tokenizer
-from llmcore.train import Trainer
+from llmcore.train import checkpoint
+from llmcore.train.loop import Trainer
+from llmcore.train.losses import count_loss_tokens, ntp_loss
 from recipes.pause import Pause, num_pauses
-from run_configs import tiny_config
 
 PAUSE = 7  # a stand-in id for the tokenizer-free tests
 
@@ -235,7 +235,7 @@ def test_pause_is_never_sampled(tok, pause_lover):
 
 
 def test_prepare_prompt_appends_m_pauses_in_finetune_mode_only(tok, pause_lover):
-    from llmcore.generate import generate_text
+    from llmcore.generate.sampling import generate_text
 
     pid = tok.token_id("<pause>")
     ids = tok.encode("Count: 1 2")
@@ -294,7 +294,7 @@ def test_cli_eval_and_generate_use_the_checkpoints_pause_recipe(prepared, tmp_pa
 
 
 def test_validation_windows_get_the_same_pause_rewrite_as_training(prepared, tmp_path):
-    from llmcore.train import Trainer
+    from llmcore.train.loop import Trainer
 
     trainer = Trainer(make_cfg(prepared, tmp_path / "v", "recipes=[pause]", "pause.fraction=0.1"))
     pause = trainer.tokenizer.token_id("<pause>")

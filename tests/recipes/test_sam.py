@@ -12,14 +12,15 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from run_configs import RECIPE_RUN, tiny_config
 from safetensors.torch import load_file
 
-from llmcore import checkpoint
 from llmcore.errors import ConfigError
-from llmcore.optim import param_groups
-from llmcore.train import StepContext, Trainer
+from llmcore.recipe.context import StepContext
+from llmcore.train import checkpoint
+from llmcore.train.loop import Trainer
+from llmcore.train.optim import param_groups
 from recipes.sam import Sam
-from run_configs import RECIPE_RUN, tiny_config
 
 
 def make_cfg(prepared, out_dir, *extra):

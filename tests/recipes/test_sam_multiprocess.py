@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmcore import checkpoint
-from llmcore.cli import load_run_config
-from llmcore.train import Trainer
+from llmcore.cli.main import load_run_config
+from llmcore.train import checkpoint
+from llmcore.train.loop import Trainer
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 

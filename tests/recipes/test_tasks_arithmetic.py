@@ -10,9 +10,10 @@ import torch
 
 from llmcore.data import TokenShards
 from llmcore.errors import ConfigError
-from llmcore.model import Transformer
-from llmcore.presets import ModelArgs
-from llmcore.registry import RecipeSet, all_special_tokens
+from llmcore.model.args import ModelArgs
+from llmcore.model.transformer import Transformer
+from llmcore.recipe.recipe_set import RecipeSet
+from llmcore.recipe.registry import all_special_tokens
 from llmcore.tokenizer import Tokenizer
 from recipes.tasks import arithmetic as task
 

@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from llmcore.presets import ModelArgs
+from llmcore.model.args import ModelArgs
+from llmcore.model.kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):
@@ -27,23 +28,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.rms_norm(x, self.weight, self.eps)
-
-
-class KVCache(nn.Module):
-    """Keys and values of one layer for incremental decoding; `doc` marks real (1) vs pad (0)."""
-
-    def __init__(self, batch: int, max_len: int, n_kv_heads: int, head_dim: int, dtype, device):
-        super().__init__()
-        self.register_buffer("k", torch.zeros(batch, max_len, n_kv_heads, head_dim, dtype=dtype, device=device))
-        self.register_buffer("v", torch.zeros(batch, max_len, n_kv_heads, head_dim, dtype=dtype, device=device))
-        self.length = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = k.shape[1]
-        self.k[:, self.length:self.length + t] = k
-        self.v[:, self.length:self.length + t] = v
-        self.length += t
-        return self.k[:, :self.length], self.v[:, :self.length]
 
 
 class Attention(nn.Module):

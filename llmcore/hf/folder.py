@@ -1,6 +1,6 @@
 """`export-hf` and `import-hf`: checkpoint folder <-> Hugging Face LlamaForCausalLM folder.
 
-Used by the CLI and by Python callers. The mappings themselves are in `llmcore.hf`; this
+Used by the CLI and by Python callers. The mappings themselves are in `llmcore.hf.convert`; this
 module reads and writes the folders. Both directions check everything before writing, build
 the output in a temporary folder beside the target and rename it into place at the end, so a
 failure never leaves a half-written folder or touches an existing one.
@@ -20,15 +20,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from llmcore import checkpoint, hf
-from llmcore.config import from_dict
+from llmcore.config.load import from_dict
 from llmcore.errors import CheckpointError, ConfigError, LlmcoreError
-from llmcore.presets import ModelArgs, get_preset, preset_names, resolve_model_args
+from llmcore.hf import convert as hf
+from llmcore.model.presets import get_preset, preset_names
 from llmcore.tokenizer import MODEL_FILE, SPECIALS_FILE, Tokenizer
+from llmcore.train import checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ def _split_csv(text: str | None) -> list[str]:
 
 
 def cmd_tokenizer_train(a) -> None:
-    from llmcore.registry import all_special_tokens
+    from llmcore.recipe.registry import all_special_tokens
     from llmcore.tokenizer import Tokenizer
 
     specials = _split_csv(a.special_tokens)
@@ -55,8 +55,8 @@ def cmd_data_doc_freq(a) -> None:
 
 
 def load_run_config(path: str | None, overrides: list[str]):
-    from llmcore.config import load_config
-    from llmcore.registry import recipe_config_class
+    from llmcore.config.load import load_config
+    from llmcore.recipe.registry import recipe_config_class
 
     return load_config(path, overrides, recipe_configs=recipe_config_class)
 
@@ -66,7 +66,7 @@ def cmd_train(a) -> None:
     if a.print_config:
         print(cfg.to_yaml())
         return
-    from llmcore.train import Trainer
+    from llmcore.train.loop import Trainer
 
     result = Trainer(cfg).fit()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -76,7 +76,7 @@ def cmd_train(a) -> None:
 def cmd_sweep(a) -> None:
     """One run per value of a config key (e.g. a peak-LR sweep), each in its own out_dir
     (`<train.out_dir>/<key>=<value>`, so each resumes independently), then a summary table."""
-    from llmcore.train import Trainer
+    from llmcore.train.loop import Trainer
 
     values = _split_csv(a.values)
     if not values:
@@ -97,7 +97,8 @@ def cmd_sweep(a) -> None:
 
 def cmd_eval(a) -> None:
     import llmcore
-    from llmcore import evaluate
+    from llmcore.eval.loss import validation_loss
+    from llmcore.eval.tasks import exact_match
 
     model, tok = llmcore.load(a.checkpoint)
     recipes = llmcore.load_recipes(a.checkpoint)
@@ -109,12 +110,12 @@ def cmd_eval(a) -> None:
         shards = TokenShards(a.data, "val", expected_tokenizer_hash=tok.hash)
         from llmcore.data.stats import unigram_entropy
 
-        out["validation"] = evaluate.validation_loss(model, shards, a.seq_len, a.batch_size, a.max_batches,
+        out["validation"] = validation_loss(model, shards, a.seq_len, a.batch_size, a.max_batches,
                                                      ignore_ids=recipes.ignore_ids())
         # The context-free baseline: a useful model's loss is well below it.
         out["validation"]["unigram_entropy"] = unigram_entropy(shards)
     if a.tasks:
-        res = evaluate.exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens, recipes=recipes)
+        res = exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens, recipes=recipes)
         out["exact_match"] = {k: v for k, v in res.items() if k != "examples"}
     if not out:
         raise LlmcoreError("eval needs --data (validation loss) and/or --tasks (exact match)")
@@ -123,7 +124,7 @@ def cmd_eval(a) -> None:
 
 def cmd_generate(a) -> None:
     import llmcore
-    from llmcore.generate import generate_text
+    from llmcore.generate.sampling import generate_text
 
     model, tok = llmcore.load(a.checkpoint)
     prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin]
@@ -134,14 +135,14 @@ def cmd_generate(a) -> None:
 
 
 def cmd_export_hf(a) -> None:
-    from llmcore.export import export_hf
+    from llmcore.hf.folder import export_hf
 
     export_hf(a.checkpoint, a.out, overwrite=a.overwrite, max_shard_size=a.max_shard_size, dtype=a.dtype)
     print(f"exported {a.checkpoint} -> {a.out}")
 
 
 def cmd_import_hf(a) -> None:
-    from llmcore.export import import_hf
+    from llmcore.hf.folder import import_hf
 
     import_hf(a.model, a.out, overwrite=a.overwrite)
     print(f"imported {a.model} -> {a.out}")
@@ -252,6 +253,3 @@ def _close_process_group(barrier: bool = True) -> None:
             dist.barrier()
         dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,61 +15,29 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
-from llmcore import checkpoint
-from llmcore.config import Config
+from llmcore.config.schema import Config
 from llmcore.data.loader import PackedLoader, eval_batches
 from llmcore.data.sft import SFTLoader, sft_eval_batches
 from llmcore.data.shards import TokenShards
-from llmcore.engine import Engine, TrainModule, build_engine
+from llmcore.engine.build import build_engine
+from llmcore.engine.train_module import TrainModule
 from llmcore.errors import CheckpointError, ConfigError
-from llmcore.flops import device_peak_flops, flops_per_token
-from llmcore.losses import combine, count_loss_tokens, ntp_loss
-from llmcore.metrics import MetricsWriter, log, progress_bar, setup_logging
-from llmcore.model import Transformer
-from llmcore.optim import lr_multiplier
-from llmcore.presets import resolve_model_args
-from llmcore.registry import RecipeSet
+from llmcore.model.flops import device_peak_flops, flops_per_token
+from llmcore.model.presets import resolve_model_args
+from llmcore.model.transformer import Transformer
+from llmcore.recipe.context import LossContext, StepContext
+from llmcore.recipe.recipe_set import RecipeSet
 from llmcore.tokenizer import Tokenizer
-
-
-@dataclass
-class LossContext:
-    """What a recipe's `loss` hook sees for one micro-batch."""
-
-    hidden: torch.Tensor  # (B, T, d) final hidden states
-    batch: dict  # input_ids, labels, doc_ids (B, T) and anything a transform added
-    output_weight: torch.Tensor  # (V, d) shared unembedding
-    model: Transformer
-    modules: Any  # nn.ModuleDict of recipe modules, by recipe name
-    step: int
-    ignore_ids: torch.Tensor | None
-
-
-@dataclass
-class StepContext:
-    """What a recipe's `optimizer_step` hook sees. `finish_step()` is the default ending:
-    clip the gradient, take the optimizer step (skipped if the norm is not finite)."""
-
-    engine: Engine
-    step: int
-    grad_clip: float
-    metrics: dict = field(default_factory=dict)
-
-    def finish_step(self) -> None:
-        norm = self.engine.clip_grad_norm(self.grad_clip)
-        self.metrics["grad_norm"] = float(norm)
-        if torch.isfinite(norm):
-            self.engine.step()
-        else:
-            self.metrics["skipped_nonfinite"] = 1
-            self.engine.zero_grad()
+from llmcore.train import checkpoint
+from llmcore.train.losses import combine, count_loss_tokens, ntp_loss
+from llmcore.train.metrics import MetricsWriter, log, progress_bar, setup_logging
+from llmcore.train.optim import lr_multiplier
 
 
 def _reversed_then(transform: Callable | None) -> Callable:

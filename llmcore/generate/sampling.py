@@ -1,6 +1,6 @@
 """Sampling from a model with a KV cache: prefill and decode as separate steps, batched prompts.
 
-Used by the CLI (`llmcore generate`), by `llmcore.evaluate.exact_match` and by recipes'
+Used by the CLI (`llmcore generate`), by `llmcore.eval.tasks.exact_match` and by recipes'
 decoding tests. Prompts of different lengths are left-padded into one batch: every row's
 tokens then end at the same cache index, so one decode step serves all rows. Pad keys are
 hidden through the model's `key_mask`, and each row's RoPE positions count only its real

@@ -1,7 +1,7 @@
 """The Hugging Face adapter: our weights, architecture and tokenizer <-> a LlamaForCausalLM folder.
 
 Pure mappings (`to_hf` / `from_hf` for weights and config, the tokenizer files); the folder
-handling (reading checkpoints, sharding, atomic writes) is in `llmcore.export`, which the CLI's
+handling (reading checkpoints, sharding, atomic writes) is in `llmcore.hf.folder`, which the CLI's
 `export-hf` / `import-hf` call. Parameter names already follow Llama's, so weights only gain
 or lose the `model.` prefix; RoPE uses the same rotate-half convention, so nothing is permuted.
 
@@ -22,7 +22,7 @@ import sentencepiece as spm
 import torch
 
 from llmcore.errors import CheckpointError, ConfigError
-from llmcore.presets import ModelArgs
+from llmcore.model.args import ModelArgs
 
 HF_PREFIX = "model."
 SPACE = "\u2581"

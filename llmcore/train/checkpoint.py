@@ -173,8 +173,8 @@ def _saved_config(ckpt: Path) -> dict:
 
 def model_args(ckpt: Path, vocab_size: int | None):
     """The checkpoint's architecture (ModelArgs) from its config.yaml."""
-    from llmcore.config import from_dict
-    from llmcore.presets import resolve_model_args
+    from llmcore.config.load import from_dict
+    from llmcore.model.presets import resolve_model_args
 
     raw = _saved_config(ckpt)
     try:
@@ -186,8 +186,9 @@ def model_args(ckpt: Path, vocab_size: int | None):
 
 def recipes(ckpt: Path):
     """The RecipeSet the checkpoint was trained with (for its decoding hooks: pauses, bans, …)."""
-    from llmcore.config import from_dict
-    from llmcore.registry import RecipeSet, recipe_config_class
+    from llmcore.config.load import from_dict
+    from llmcore.recipe.recipe_set import RecipeSet
+    from llmcore.recipe.registry import recipe_config_class
 
     raw = _saved_config(ckpt)
     names = raw.get("recipes") or []

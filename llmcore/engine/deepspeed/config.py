@@ -1,6 +1,6 @@
 """The DeepSpeed JSON of a run, generated from our typed config; a user JSON may override keys.
 
-Used by `llmcore.engine_deepspeed.DeepSpeedEngine` (and its tests). Kept apart from the engine
+Used by `llmcore.engine.deepspeed.engine.DeepSpeedEngine` (and its tests). Kept apart from the engine
 so it is a pure function of the config: no process group, no DeepSpeed import.
 
 What llmcore owns and a user JSON may not change (the trainer's semantics depend on them):
@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmcore.config import Config
+from llmcore.config.schema import Config
 from llmcore.errors import ConfigError
 
 _OWNED = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from llmcore.presets import ModelArgs
+from llmcore.model.args import ModelArgs
 
 # Dense (no sparsity) bf16 peak FLOP/s by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {

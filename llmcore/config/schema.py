@@ -9,11 +9,7 @@ recipe's own `Config` dataclass, found through the recipe registry.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -26,7 +22,7 @@ class ModelConfig:
     """Architecture. Unset (None) fields come from the preset; a set field overrides it."""
 
     preset: str = "tiny"
-    """Named size from `llmcore.presets` (tiny, 20m, 60m, 150m, 1b, 3b, 8b)."""
+    """Named size from `llmcore.model.presets` (tiny, 20m, 60m, 150m, 1b, 3b, 8b)."""
     vocab_size: int | None = None
     """None: taken from the tokenizer, so model and tokenizer cannot disagree."""
     d_model: int | None = None
@@ -214,122 +210,3 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
-# --- loading ---------------------------------------------------------------------------------
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                recipe_configs: typing.Callable[[str], type | None] | None = None) -> Config:
-    """Load a YAML config, apply `a.b=value` overrides, type-check everything, validate.
-
-    `recipe_configs(name)` returns the Config dataclass of a recipe (or None for a recipe
-    without options); the CLI passes the registry's lookup so llmcore never names a recipe.
-    """
-    source = str(path) if path else "<defaults>"
-    raw: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
-    for item in overrides or []:
-        _apply_override(raw, item)
-    return from_dict(raw, source=source, recipe_configs=recipe_configs)
-
-
-def _apply_override(raw: dict, item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=3e-4)")
-    key, text = item.split("=", 1)
-    try:
-        value = yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
-        value = text
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key}: {part} is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def from_dict(raw: dict, source: str = "<dict>",
-              recipe_configs: typing.Callable[[str], type | None] | None = None) -> Config:
-    """Build a Config from a nested dict (the YAML document), checking every key and type."""
-    raw = dict(raw)
-    recipes = raw.get("recipes", []) or []
-    if isinstance(recipes, str):
-        recipes = [recipes]
-    if not isinstance(recipes, list) or not all(isinstance(r, str) for r in recipes):
-        raise ConfigError(f"{source}: recipes must be a list of names, got {recipes!r}")
-    recipe_sections: dict[str, Any] = {}
-    for name in recipes:
-        cls = recipe_configs(name) if recipe_configs else None
-        section = raw.pop(name, None) or {}
-        if cls is None:
-            if section:
-                raise ConfigError(f"{source}: recipe {name!r} takes no options, got {sorted(section)}")
-            continue
-        recipe_sections[name] = _build(cls, section, name, source)
-    cfg = _build(Config, raw, "", source)
-    cfg.recipes = list(recipes)
-    cfg.recipe = recipe_sections
-    return cfg.validate()
-
-
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "recipe"}
-    kwargs = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
-            raise ConfigError(f"{source}: unknown key {dotted!r}{hint}")
-        kwargs[key] = _coerce(hints[key], value, dotted, source)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key, source)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, source)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
-        return [_coerce(item_tp, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict or tp is Any:
-        return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        # YAML 1.1 reads `1e-3` (no dot) as a string; accept what float() accepts.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{source}: {key} must be {getattr(tp, '__name__', tp)}, got {value!r}")

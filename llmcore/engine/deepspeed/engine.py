@@ -1,7 +1,7 @@
 """The DeepSpeed engine: ZeRO stage 1, 2 or 3 behind llmcore's `Engine` interface.
 
-Built by `llmcore.engine.build_engine` when `engine.backend=deepspeed` (imported on demand:
-DeepSpeed is heavy). The DeepSpeed JSON comes from `llmcore.deepspeed_config`.
+Built by `llmcore.engine.build.build_engine` when `engine.backend=deepspeed` (imported on demand:
+DeepSpeed is heavy). The DeepSpeed JSON comes from `llmcore.engine.deepspeed.config`.
 
 How our trainer's step maps onto DeepSpeed:
 - the trainer calls `backward` once per micro-batch and `step` once per optimizer step. We tell
@@ -38,11 +38,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from llmcore import deepspeed_config
-from llmcore.config import Config
-from llmcore.engine import Engine, TrainModule
+from llmcore.config.schema import Config
+from llmcore.engine.base import Engine
+from llmcore.engine.deepspeed import config as deepspeed_config
+from llmcore.engine.train_module import TrainModule
 from llmcore.errors import CheckpointError, LlmcoreError
-from llmcore.optim import build_optimizer
+from llmcore.train.optim import build_optimizer
 
 DS_SUBDIR = "deepspeed"
 """Folder of DeepSpeed's own files (its checkpoint under the tag `DS_TAG`, its recovery
@@ -78,9 +79,7 @@ class DeepSpeedEngine(Engine):
     backend = "deepspeed"
 
     def __init__(self, module: TrainModule, cfg: Config, device: torch.device, rank: int, world_size: int):
-        # Not Engine.__init__: DeepSpeed wraps the optimizer and owns the parameters' storage.
-        self.cfg, self.device = cfg, device
-        self.rank, self.world_size = rank, world_size
+        super().__init__(module.to(device), cfg, device, rank, world_size)
         self.stage = cfg.engine.zero_stage
         self.sharded_grads = self.stage >= 2
         bf16 = deepspeed_config.use_bf16(cfg, device.type, device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -89,7 +88,6 @@ class DeepSpeedEngine(Engine):
         ensure_process_group(device)
         import deepspeed
 
-        self.module = module.to(device)
         if self.stage == 3:
             self._register_external_params()
         optimizer = build_optimizer(self.module.named_parameters(), cfg.optim)

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from llmcore.config import OptimConfig, ScheduleConfig
+from llmcore.config.schema import OptimConfig, ScheduleConfig
 
 
 def param_groups(named_params, weight_decay: float) -> list[dict]:

@@ -1,0 +1,1 @@
+"""The `llmcore` command (main); `python -m llmcore.cli` runs it."""

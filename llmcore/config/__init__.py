@@ -1,0 +1,1 @@
+"""Run configuration: typed dataclasses (schema) and their loading from YAML with `base:` includes and dotted overrides (load)."""

@@ -1,0 +1,1 @@
+"""The DeepSpeed engine (engine) and the DeepSpeed JSON it is given (config)."""

@@ -1,0 +1,1 @@
+"""Decoding: sampling with a KV cache (sampling)."""

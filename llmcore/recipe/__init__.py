@@ -1,0 +1,1 @@
+"""The recipe contract: the registry, the typed contexts hooks receive, and the run's recipe set."""
