@@ -168,7 +168,7 @@ def finetune_sweep(checkpoint: str, data_b: str, val_a: str, lrs: list[float], s
     The model and seq_len come from the checkpoint's config.yaml; `overrides` are more dotted
     keys (batch size, schedule, ...). Returns one dict per lr: {"lr", "points": [(step,
     fine-tune val loss on B, pretraining val loss on A)]}, step 0 being the checkpoint itself."""
-    from llmcore.cli.main import load_run_config
+    from llmcore.config.load import load_run_config
     from llmcore.train import checkpoint as ckpt_mod
     from llmcore.train.loop import Trainer
 

@@ -1,7 +1,7 @@
 """Configs of the short `tiny` runs that the trainer and recipe tests train on the `prepared`
 fixture data. Later overrides win, so a test module adds only what it changes."""
 
-from llmcore.cli.main import load_run_config
+from llmcore.config.load import load_run_config
 
 # Two layers, 32-token windows, 2 x 2 accumulation, a constant LR: steps of a few ms for the
 # recipe tests, with accumulation and every hook exercised.

@@ -100,7 +100,7 @@ def overrides(data: dict, length: int, seed: int, out: Path, a) -> list[str]:
 
 def run(opts: list[str]) -> dict:
     import recipes  # noqa: F401  (registers the recipes without an installed entry point)
-    from llmcore.cli.main import load_run_config
+    from llmcore.config.load import load_run_config
     from llmcore.train.loop import Trainer
 
     return Trainer(load_run_config(None, opts)).fit()

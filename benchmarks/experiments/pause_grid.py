@@ -93,7 +93,7 @@ def pretrain_steps(kind: str, a) -> int:
 
 
 def run(overrides: list[str]) -> dict:
-    from llmcore.cli.main import load_run_config
+    from llmcore.config.load import load_run_config
     from llmcore.train.loop import Trainer
 
     return Trainer(load_run_config(None, overrides)).fit()

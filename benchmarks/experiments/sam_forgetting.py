@@ -114,7 +114,7 @@ def build_data(out: Path) -> tuple[str, str]:
 # --- runs --------------------------------------------------------------------------------------
 
 def pretrain(kind: str, seed: int, data_a: str, out: Path, a) -> str:
-    from llmcore.cli.main import load_run_config
+    from llmcore.config.load import load_run_config
     from llmcore.train import checkpoint
     from llmcore.train.loop import Trainer
 

@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from llmcore.config.load import load_run_config
 from llmcore.errors import LlmcoreError
 
 
@@ -52,13 +53,6 @@ def cmd_data_doc_freq(a) -> None:
 
     df, docs = cached_document_frequency(a.data)
     print(f"{a.data}/{DF_FILE}: {docs:,} documents, {int((df > 0).sum()):,} of {len(df):,} token ids occur")
-
-
-def load_run_config(path: str | None, overrides: list[str]):
-    from llmcore.config.load import load_config
-    from llmcore.recipe.registry import recipe_config_class
-
-    return load_config(path, overrides, recipe_configs=recipe_config_class)
 
 
 def cmd_train(a) -> None:

@@ -22,26 +22,64 @@ from llmcore.errors import ConfigError
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 recipe_configs: typing.Callable[[str], type | None] | None = None) -> Config:
-    """Load a YAML config, apply `a.b=value` overrides, type-check everything, validate.
+    """Load a YAML config (following its `base:` chain), apply `a.b=value` overrides,
+    type-check everything, validate.
 
     `recipe_configs(name)` returns the Config dataclass of a recipe (or None for a recipe
-    without options); the CLI passes the registry's lookup so llmcore never names a recipe.
+    without options); `load_run_config` passes the registry's lookup, so this module never
+    names a recipe.
     """
     source = str(path) if path else "<defaults>"
-    raw: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    raw: dict = read_yaml(path) if path else {}
     for item in overrides or []:
         _apply_override(raw, item)
     return from_dict(raw, source=source, recipe_configs=recipe_configs)
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """A run's config with its recipe sections typed by the registered recipes' `Config`
+    dataclasses: what `llmcore train`, the pipeline and experiments load."""
+    from llmcore.recipe.registry import recipe_config_class
+
+    return load_config(path, overrides, recipe_configs=recipe_config_class)
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """One config file as a nested dict, with `base: other.yaml` resolved.
+
+    `base` is read relative to the including file and merged under it key by key (a section
+    given in both is merged, any other value is replaced); bases may chain. A missing base,
+    or a cycle of bases, is an error naming the files.
+    """
+    p = Path(path)
+    if not p.is_file():
+        where = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {p}{where}")
+    if p.resolve() in _chain:
+        raise ConfigError(f"config bases form a cycle: {' -> '.join(map(str, _chain + (p.resolve(),)))}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: base must be a file name, got {base!r}")
+    return merge_dicts(read_yaml(p.parent / base, _chain + (p.resolve(),)), raw)
+
+
+def merge_dicts(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: nested mappings merged key by key, everything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _apply_override(raw: dict, item: str) -> None:

@@ -1,10 +1,14 @@
 """Config loading: YAML + dotted overrides, typed, unknown keys and bad types are errors."""
 
+from pathlib import Path
+
 import pytest
 
-from llmcore.config.load import load_config
+from llmcore.config.load import load_config, load_run_config
 from llmcore.errors import ConfigError
 from llmcore.recipe.registry import recipe_config_class
+
+CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 
 
 def write(tmp_path, text):
@@ -71,3 +75,34 @@ def test_round_trip_through_yaml(tmp_path):
     p = write(tmp_path, cfg.to_yaml())
     again = load_config(p, recipe_configs=recipe_config_class)
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_base_chain_merges_sections_key_by_key(tmp_path):
+    (tmp_path / "root.yaml").write_text("data: {path: d, seq_len: 64}\noptim: {lr: 1.0e-3, beta2: 0.9}\n"
+                                        "train: {max_steps: 7, seed: 3}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\noptim: {lr: 2.0e-3}\n")
+    leaf = tmp_path / "sub" / "leaf.yaml"
+    leaf.write_text("base: mid.yaml\ntrain: {seed: 5}\n")
+    cfg = load_config(leaf, ["train.max_steps=9"])
+    assert (cfg.optim.lr, cfg.optim.beta2) == (2e-3, 0.9)  # mid's lr over root's, root's beta2 kept
+    assert (cfg.train.seed, cfg.train.max_steps, cfg.data.seq_len) == (5, 9, 64)
+
+
+def test_base_errors_name_the_files(tmp_path):
+    a = write(tmp_path, "base: missing.yaml\ndata: {path: d}\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml \(the base of .*c\.yaml\)"):
+        load_config(a)
+    (tmp_path / "x.yaml").write_text("base: y.yaml\n")
+    (tmp_path / "y.yaml").write_text("base: x.yaml\n")
+    with pytest.raises(ConfigError, match=r"cycle: .*x\.yaml -> .*y\.yaml -> .*x\.yaml"):
+        load_config(tmp_path / "x.yaml")
+    (tmp_path / "ok.yaml").write_text("data: {path: d}\n")
+    with pytest.raises(ConfigError, match="unknown key 'optim.lrr'"):  # keys are checked after merging
+        load_config(write(tmp_path, "base: ok.yaml\noptim: {lrr: 1}\n"))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    cfg = load_run_config(CONFIGS / name)
+    assert cfg.train.max_steps > 0 and cfg.model.preset

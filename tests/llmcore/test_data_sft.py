@@ -67,7 +67,7 @@ def test_errors_name_file_and_line(tmp_path, tok):
 
 
 def test_sft_training_learns_the_task(prepared, tmp_path):
-    from llmcore.cli.main import load_run_config
+    from llmcore.config.load import load_run_config
     from llmcore.train.loop import Trainer
 
     train = write_jsonl(tmp_path / "train.jsonl", task_rows(400))
@@ -85,7 +85,7 @@ def test_sft_training_learns_the_task(prepared, tmp_path):
 
 
 def test_reverse_windows(prepared, tmp_path):
-    from llmcore.cli.main import load_run_config
+    from llmcore.config.load import load_run_config
     from llmcore.train.loop import Trainer
 
     args = [f"data.path={prepared}", "data.seq_len=32", f"train.out_dir={tmp_path}/r", "train.progress=false"]

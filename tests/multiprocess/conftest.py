@@ -14,7 +14,7 @@ def single_ref(prepared, tmp_path_factory):
     """Single-process runs of the shared settings, by extra overrides; each run once per module."""
     from driver import TEST_RECIPES
 
-    from llmcore.cli.main import load_run_config
+    from llmcore.config.load import load_run_config
     from llmcore.recipe.registry import temporary_recipe
     from llmcore.train.loop import Trainer
 

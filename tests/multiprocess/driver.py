@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     for name, cls in TEST_RECIPES.items():  # here, not at import: pytest imports this module too
         register_recipe(name)(cls)
     torch.set_num_threads(1)  # as the pytest process: same float reduction order, 2 shared cores
-    from llmcore.cli.main import load_run_config
+    from llmcore.config.load import load_run_config
     from llmcore.errors import LlmcoreError
     from llmcore.train.loop import Trainer
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmcore.cli.main import load_run_config
+from llmcore.config.load import load_run_config
 from llmcore.engine.deepspeed import config as deepspeed_config
 from llmcore.errors import ConfigError, LlmcoreError
 

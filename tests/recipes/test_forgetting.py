@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from llmcore.cli.main import load_run_config
+from llmcore.config.load import load_run_config
 from llmcore.errors import ConfigError
 from llmcore.eval.loss import validation_loss
 from llmcore.model.args import ModelArgs

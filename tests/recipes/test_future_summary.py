@@ -17,7 +17,7 @@ from run_configs import RECIPE_RUN, tiny_config
 from safetensors.torch import load_file
 
 import llmcore
-from llmcore.cli.main import load_run_config
+from llmcore.config.load import load_run_config
 from llmcore.data import stats, to_batch, write_token_folder
 from llmcore.data.shards import TokenShards
 from llmcore.errors import ConfigError

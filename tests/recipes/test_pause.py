@@ -14,7 +14,8 @@ from run_configs import tiny_config
 from safetensors.torch import load_file
 
 import llmcore
-from llmcore.cli.main import load_run_config, main
+from llmcore.cli.main import main
+from llmcore.config.load import load_run_config
 from llmcore.data import PackedLoader, TokenShards, to_batch
 from llmcore.data.sft import encode_examples, rows_to_batch
 from llmcore.errors import ConfigError, DataError

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmcore.cli.main import load_run_config
+from llmcore.config.load import load_run_config
 from llmcore.train import checkpoint
 from llmcore.train.loop import Trainer
 
