@@ -47,7 +47,8 @@ def worker(case: str, tokens: int, vocab: int, dim: int, heads: int, tau: int) -
     import torch.nn.functional as F
 
     import kernels
-    from kernels.future_summary import future_summary_loss, future_summary_reference
+    from kernels.future_summary import future_summary_loss
+    from kernels.future_summary_reference import future_summary_reference
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":

@@ -10,28 +10,34 @@ One call scores every auxiliary head of a step against the one unembedding ``w``
   only through the gathered logits (and, on the Triton path, an in-register membership test):
   there is no [N, V] multi-hot target.
 
-Rows are walked in chunks of ``CHUNK_ELEMENTS // V`` (ignored rows are skipped entirely: no
-unembedding FLOPs); per chunk the logits come from one matmul, a row pass turns them into the
-loss and, in place, into d loss / d logits -- ``softmax - onehot`` for CE rows,
-``w * (sigmoid(z) - a) / norm`` for BCE rows -- and two more matmuls add the chunk's share of
-dh and of the one shared dW accumulator. Like ``linear_cross_entropy``, the forward already
-computes the gradients, so the backward is a multiply by the incoming scalar. The row pass is
-``_ce_rows_torch`` / ``_bce_rows_torch`` here or the Triton row kernels of
-``future_summary_triton.py`` (imported on the first Triton call).
+Each group of rows goes through the shared driver ``kernels.vocab_chunks.vocab_chunk_pass``
+in chunks of ``CHUNK_ELEMENTS // V`` rows (ignored rows are skipped entirely: no unembedding
+FLOPs); per chunk the logits come from one matmul, a row loss turns them into the loss and, in
+place, into d loss / d logits -- ``softmax - onehot`` for CE rows, ``w * (sigmoid(z) - a) /
+norm`` for BCE rows -- and two more matmuls add the chunk's share of dh and of the one shared
+dW accumulator. Like ``linear_cross_entropy``, the forward already computes the gradients, so
+the backward is a multiply by the incoming scalar. The CE rows are linear cross-entropy's row
+losses (``ce_row_loss_torch`` / ``ce_row_loss_triton``); the BCE rows are ``bce_row_loss_torch``
+here or ``bce_row_loss_triton`` in ``future_summary_triton.py`` (imported on the first Triton
+call).
 
 Used by ``recipes/future_summary`` (MTP, DeepSeek-V3 MTP, FSP-BCE) and by
-``benchmarks/future_summary_memory.py``; ``future_summary_reference`` is the dense float64
-definition the tests and the benchmark's naive path use.
+``benchmarks/future_summary_memory.py``; ``future_summary_reference.py`` holds the dense
+float64 definition the tests and the benchmark's naive path use.
 """
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from kernels import _dispatch
-from kernels.linear_cross_entropy import as_id_tensor, check_in_vocab, valid_rows
+from kernels.linear_cross_entropy import ce_row_loss_torch
+from kernels.loss_targets import check_in_vocab, loss_target_mask
+from kernels.vocab_chunks import acc_dtype, kept_rows, rows_per_chunk, vocab_chunk_pass
 
-__all__ = ["future_summary_loss", "multi_token_cross_entropy", "future_bag_bce",
-           "future_summary_reference", "NORMS"]
+__all__ = ["future_summary_loss", "multi_token_cross_entropy", "future_bag_bce", "inv_norm",
+           "bce_row_loss_torch", "NORMS"]
 
 # Logits alive at once: 2**22 elements (16 MiB fp32). Smaller than linear_cross_entropy's
 # chunk because this op runs beside it in the same step: its peak adds to the NTP peak.
@@ -39,28 +45,12 @@ CHUNK_ELEMENTS = 1 << 22
 NORMS = ("vocab", "weight_sum", "none")
 
 
-def _acc_dtype(dtype):
-    # fp32 for half inputs, the input's own dtype for fp32/fp64 (the float64 test references)
-    return torch.promote_types(dtype, torch.float32)
+# --- the PyTorch BCE row loss ------------------------------------------------------------------
 
-
-# --- PyTorch row passes ----------------------------------------------------------------------
-
-def _ce_rows_torch(logits, y, row_scale, compute_grad):
-    """CE loss [n] of logits [n, V] (accumulation dtype) against y [n]; when ``compute_grad``
-    the logits become ``row_scale * (softmax - onehot)`` in place."""
-    lse = torch.logsumexp(logits, dim=-1)
-    loss = lse - logits.gather(1, y[:, None]).squeeze(1)
-    if compute_grad:
-        grad = logits.sub_(lse[:, None]).exp_()
-        grad.scatter_add_(1, y[:, None], torch.full_like(lse, -1.0)[:, None])
-        grad.mul_(row_scale[:, None].to(grad.dtype))
-    return loss
-
-
-def _bce_rows_torch(logits, bag, token_weight, inv_norm, scale, compute_grad):
-    """Normalised multi-hot BCE [n] of logits [n, V] against bags [n, M] (-1 = padding);
-    when ``compute_grad`` the logits become ``scale * w * (sigmoid(z) - a) * inv_norm``."""
+def bce_row_loss_torch(logits, bag, want_grad, *, token_weight, inv_norm, scale):
+    """Row loss (``vocab_chunk_pass``) of the normalised multi-hot BCE: loss [n] of logits
+    [n, V] (accumulation dtype) against bags [n, M] (-1 = padding) and, when ``want_grad``,
+    the logits overwritten with ``scale * w * (sigmoid(z) - a) * inv_norm``."""
     present = bag >= 0
     safe = bag.clamp(min=0)
     wb = present.to(logits.dtype)
@@ -69,70 +59,53 @@ def _bce_rows_torch(logits, bag, token_weight, inv_norm, scale, compute_grad):
     dense = F.softplus(logits)  # (n, V): the only chunk-sized temporary besides the logits
     dense = (dense.mul_(token_weight) if token_weight is not None else dense).sum(dim=1)
     loss = (dense - (wb * logits.gather(1, safe)).sum(dim=1)) * inv_norm
-    if compute_grad:
-        grad = logits.sigmoid_()
-        if token_weight is not None:
-            grad.mul_(token_weight)
-        grad.scatter_add_(1, safe, -wb)  # padding adds 0 at column 0
-        grad.mul_(inv_norm * scale)
-    return loss
+    if not want_grad:
+        return loss, None
+    grad = logits.sigmoid_()
+    if token_weight is not None:
+        grad.mul_(token_weight)
+    grad.scatter_add_(1, safe, -wb)  # padding adds 0 at column 0
+    grad.mul_(inv_norm * scale)
+    return loss, grad
 
 
-# --- the chunked driver, shared by both backends -----------------------------------------------
+# --- the row groups, each through the shared driver ---------------------------------------------
 
 class _Part:
-    """One group of rows scored the same way: rows ``h`` [R, d], the surviving row indices
-    ``idx`` [n], their targets (labels [n] or bags [n, M]) and per-row scale [n]."""
+    """One group of rows scored the same way: rows ``h`` [R, d], their loss mask ``keep``
+    [R], the kept rows ``rows`` (``kept_rows``) and the per-row tensors of its row loss
+    (``data``: MTP labels and per-row head weights, or FSP bags), all over h's R rows."""
 
-    def __init__(self, kind, h, idx, target, scale):
-        self.kind, self.h, self.idx, self.target, self.scale = kind, h, idx, target, scale
+    def __init__(self, kind, h, keep, data):
+        self.kind, self.h, self.keep, self.data = kind, h, keep, data
+        self.rows = kept_rows(keep)
 
 
-def _row_passes(backend):
+def _row_losses(backend, opts):
+    """(CE row loss, BCE row loss) of ``backend`` for ``vocab_chunk_pass``."""
     if backend == "torch":
-        return _ce_rows_torch, _bce_rows_torch
-    from kernels.future_summary_triton import bce_rows_triton, ce_rows_triton
-
-    return ce_rows_triton, bce_rows_triton
+        ce, bce = ce_row_loss_torch, bce_row_loss_torch
+    else:
+        from kernels.future_summary_triton import bce_row_loss_triton as bce
+        from kernels.linear_cross_entropy_triton import ce_row_loss_triton as ce
+    return ce, partial(bce, token_weight=opts["token_weight"], inv_norm=opts["inv_norm"],
+                       scale=opts["fsp_weight"])
 
 
 def _run_parts(w, parts, opts, backend, want_dh, want_dw):
-    """Losses per surviving row of every part, and (if asked) dh per part and the shared dW
-    (accumulation dtype), of ``sum_rows scale_row * loss_row``."""
-    ce_rows, bce_rows = _row_passes(backend)
-    grad = want_dw or any(want_dh)
-    vocab = w.shape[0]
-    acc = _acc_dtype(w.dtype)
+    """Losses per row of every part (0 at rows it does not score), and (if asked) dh per
+    part and the shared dW (accumulation dtype), of ``sum_rows scale_row * loss_row``."""
+    ce, bce = _row_losses(backend, opts)
     # The Triton row kernels read the logits in the inputs' dtype and work in fp32; the
     # PyTorch path upcasts each chunk first (as linear_cross_entropy's PyTorch path does).
-    logit_dtype = acc if backend == "torch" else w.dtype
-    dw = torch.zeros(w.shape, dtype=acc, device=w.device) if want_dw else None
-    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
-    losses, dhs = [], []
+    logits_dtype = acc_dtype(w.dtype) if backend == "torch" else None
+    dw, losses, dhs = None, [], []
     for part, part_dh in zip(parts, want_dh):
-        n = part.idx.numel()
-        loss = torch.empty(n, dtype=acc, device=w.device)
-        dh = torch.zeros_like(part.h) if part_dh else None
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            rows = part.idx[start:stop]
-            hc = part.h.index_select(0, rows)
-            logits = (hc @ w.t()).to(logit_dtype)  # (n_c, V)
-            if part.kind == "ce":
-                loss[start:stop] = ce_rows(logits, part.target[start:stop], part.scale[start:stop], grad)
-            else:
-                loss[start:stop] = bce_rows(logits, part.target[start:stop], opts["token_weight"],
-                                            opts["inv_norm"], opts["fsp_weight"], grad)
-            if not grad:
-                continue
-            g = logits.to(w.dtype)
-            if dh is not None:
-                dh.index_copy_(0, rows, g @ w)
-            if dw is not None:
-                if g.dtype == acc:
-                    dw.addmm_(g.t(), hc)  # no [V, d] temporary
-                else:
-                    dw += (g.t() @ hc).to(acc)
+        n = part.h.shape[0] if part.rows is None else part.rows.numel()
+        loss, dh, dw = vocab_chunk_pass(
+            part.h, w, ce if part.kind == "ce" else bce, part.data, part.rows,
+            step=rows_per_chunk(n, CHUNK_ELEMENTS, w.shape[0]), want_dh=part_dh,
+            want_dw=want_dw, logits_dtype=logits_dtype, dw=dw)
         losses.append(loss)
         dhs.append(dh)
     return losses, dhs, dw
@@ -143,13 +116,14 @@ def _term_sums(parts, losses, n_heads, n_rows, opts, acc, device):
     sums, counts = [], []
     for part, loss in zip(parts, losses):
         if part.kind == "ce":
-            head = torch.div(part.idx, n_rows, rounding_mode="floor")
-            sums.append(torch.zeros(n_heads, dtype=acc, device=device).index_add_(0, head, loss * part.scale))
-            counts.append(torch.bincount(head, minlength=n_heads))
+            _, row_scale = part.data
+            sums.append((loss * row_scale).view(n_heads, n_rows).sum(dim=1))
+            counts.append(part.keep.view(n_heads, n_rows).sum(dim=1))
         else:
+            scored = loss.numel() if part.rows is None else part.rows.numel()
             sums.append((loss.sum() * opts["fsp_weight"]).reshape(1))
-            counts.append(torch.tensor([loss.numel()], device=device))
-    return torch.cat(sums), torch.cat(counts)
+            counts.append(torch.tensor([scored], device=device))
+    return torch.cat(sums).to(acc), torch.cat(counts)
 
 
 class FutureSummaryFunction(torch.autograd.Function):
@@ -163,7 +137,7 @@ class FutureSummaryFunction(torch.autograd.Function):
         want_dw = ctx.needs_input_grad[0]
         losses, dhs, dw = _run_parts(w, parts, opts, backend, want_dh, want_dw)
         sums, counts = _term_sums(parts, losses, spec["n_heads"], spec["n_rows"], opts,
-                                  _acc_dtype(w.dtype), w.device)
+                                  acc_dtype(w.dtype), w.device)
         grads = {p.kind: dh for p, dh in zip(parts, dhs)}
         # Kept as attributes, not saved tensors: the backward scales them in place and drops
         # them, so the step holds one copy (a second backward through this graph is an error).
@@ -230,7 +204,8 @@ def _check(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weight,
                          "positive number")
 
 
-def _inv_norm(norm, vocab, token_weight):
+def inv_norm(norm, vocab, token_weight):
+    """The factor on each row's FSP-BCE sum for ``norm`` (see ``future_summary_loss``)."""
     if norm == "vocab":
         return 1.0 / vocab
     if norm == "weight_sum":
@@ -242,30 +217,29 @@ def _inv_norm(norm, vocab, token_weight):
 
 def _assemble(w, mtp_h, mtp_labels, mtp_weight, fsp_h, bag, fsp_rows, token_weight, fsp_weight,
               norm, ignore_index, ignore_ids):
-    """The compacted row groups and options of one call (shared by both backends)."""
+    """The row groups and options of one call (shared by both backends)."""
     device, dtype = w.device, w.dtype
+    acc = acc_dtype(dtype)
     parts, n_heads, n_rows = [], 0, 0
     if mtp_h is not None:
         n_heads, n_rows = mtp_h.shape[0], mtp_h.shape[1]
-        labels = mtp_labels.reshape(-1)
-        keep = valid_rows(labels, ignore_index, as_id_tensor(ignore_ids, labels.device))
-        check_in_vocab("future_summary_loss", "mtp label", mtp_labels, keep.view_as(mtp_labels),
-                       w.shape[0], f"neither ignore_index={ignore_index} nor in ignore_ids")
-        idx = keep.nonzero().squeeze(1)
+        keep = loss_target_mask(mtp_labels, ignore_index, ignore_ids)
+        check_in_vocab("future_summary_loss", "mtp label", mtp_labels, keep, w.shape[0],
+                       f"neither ignore_index={ignore_index} nor in ignore_ids")
         weights = torch.as_tensor(mtp_weight if mtp_weight is not None else 1.0, dtype=torch.float64)
         weights = weights.expand(n_heads) if weights.dim() == 0 else weights  # checked
-        row_scale = weights.to(device=device, dtype=_acc_dtype(dtype))[torch.div(idx, n_rows, rounding_mode="floor")]
-        parts.append(_Part("ce", mtp_h.reshape(-1, mtp_h.shape[-1]).to(dtype), idx,
-                           labels.index_select(0, idx), row_scale))
-    tw = token_weight.to(device=device, dtype=_acc_dtype(dtype)) if token_weight is not None else None
-    opts = {"token_weight": tw, "inv_norm": _inv_norm(norm, w.shape[0], token_weight),
+        # head k's weight on each of its N rows: the CE row loss scales its gradient by it
+        row_scale = weights.to(device=device, dtype=acc).repeat_interleave(n_rows)
+        parts.append(_Part("ce", mtp_h.reshape(-1, mtp_h.shape[-1]).to(dtype), keep.reshape(-1),
+                           (mtp_labels.reshape(-1).long(), row_scale)))
+    tw = token_weight.to(device=device, dtype=acc) if token_weight is not None else None
+    opts = {"token_weight": tw, "inv_norm": inv_norm(norm, w.shape[0], token_weight),
             "fsp_weight": float(fsp_weight)}
     if fsp_h is not None:
         rows = fsp_rows if fsp_rows is not None else torch.ones(fsp_h.shape[0], dtype=torch.bool, device=device)
         check_in_vocab("future_summary_loss", "bag id", bag, (bag >= 0) & rows[:, None],
                        w.shape[0], "not padding (-1)")
-        idx = rows.nonzero().squeeze(1)
-        parts.append(_Part("bce", fsp_h.to(dtype), idx, bag.index_select(0, idx).long(), None))
+        parts.append(_Part("bce", fsp_h.to(dtype), rows, (bag.long(),)))
     return {"parts": parts, "opts": opts, "n_heads": n_heads, "n_rows": n_rows}
 
 
@@ -314,7 +288,7 @@ def future_summary_loss(w, mtp_h=None, mtp_labels=None, mtp_weight=None, fsp_h=N
             losses, _, _ = _run_parts(wc, spec["parts"], spec["opts"], backend,
                                       [False] * len(spec["parts"]), False)
             sums, counts = _term_sums(spec["parts"], losses, spec["n_heads"], spec["n_rows"],
-                                      spec["opts"], _acc_dtype(dtype), w.device)
+                                      spec["opts"], acc_dtype(dtype), w.device)
             loss = sums.sum().to(dtype)
     return loss, sums, counts
 
@@ -331,36 +305,3 @@ def future_bag_bce(h, w, bag, rows=None, token_weight=None, norm="vocab"):
     rows where ``rows`` [N] is True (default all). Returns a scalar."""
     return future_summary_loss(w, fsp_h=h, bag=bag, fsp_rows=rows, token_weight=token_weight,
                                norm=norm)[0]
-
-
-def future_summary_reference(w, mtp_h=None, mtp_labels=None, mtp_weight=None, fsp_h=None, bag=None,
-                             fsp_rows=None, token_weight=None, fsp_weight=1.0, norm="vocab",
-                             ignore_index=-100, ignore_ids=None):
-    """The dense definition (materialises [N, V] logits and the multi-hot target): returns
-    (loss, sums) like ``future_summary_loss``. The float64 reference of the tests and the naive
-    per-head path of the memory benchmark."""
-    sums = []
-    if mtp_h is not None:
-        keep = mtp_labels != ignore_index
-        for i in (ignore_ids or ()):
-            keep &= mtp_labels != i
-        weights = torch.as_tensor(mtp_weight if mtp_weight is not None else 1.0, dtype=mtp_h.dtype)
-        weights = weights.expand(mtp_h.shape[0]) if weights.dim() == 0 else weights
-        for k in range(mtp_h.shape[0]):
-            logits = mtp_h[k] @ w.t()
-            ce = F.cross_entropy(logits, torch.where(keep[k], mtp_labels[k], -100), reduction="sum")
-            sums.append(ce * weights[k])
-    if fsp_h is not None:
-        z = fsp_h @ w.t()  # (N, V)
-        present = (bag >= 0).to(z.dtype)
-        target = torch.zeros_like(z).scatter_add_(1, bag.clamp(min=0), present)  # multi-hot
-        per_row = F.softplus(z) - target * z
-        if token_weight is not None:
-            per_row = per_row * token_weight.to(z.dtype)
-        per_row = per_row.sum(dim=1)
-        per_row = per_row * _inv_norm(norm, w.shape[0], token_weight)
-        if fsp_rows is not None:
-            per_row = per_row * fsp_rows.to(z.dtype)
-        sums.append(per_row.sum() * fsp_weight)
-    sums = torch.stack(sums)
-    return sums.sum(), sums

@@ -1,11 +1,12 @@
-"""Triton row passes of the future-summary losses: multi-hot BCE rows and (reused) CE rows.
+"""Triton row loss of the future-summary FSP head: multi-hot BCE rows.
 
-Imported by ``kernels/future_summary.py`` on the first Triton call; its chunked driver calls
-``bce_rows_triton`` / ``ce_rows_triton`` on each chunk of logits. ``_bce_rows_kernel`` walks
+Imported by ``kernels/future_summary.py`` on the first Triton call; the shared driver
+(``kernels.vocab_chunks.vocab_chunk_pass``) calls ``bce_row_loss_triton`` on each chunk of logits. ``_bce_rows_kernel`` walks
 one row in vocabulary blocks, ONE pass: softplus sum and bag term for the loss, and the gradient
 ``w * (sigmoid(z) - a) / norm`` written over the logits. Bag membership ``a`` is an
 in-register comparison of the block's column ids with the row's padded bag ids, so no multi-hot
-target exists anywhere. The CE rows are ``linear_cross_entropy``'s fused softmax row kernel.
+target exists anywhere. The MTP heads' CE rows are ``linear_cross_entropy``'s fused softmax
+row kernel (``ce_row_loss_triton``).
 """
 
 import torch
@@ -13,7 +14,6 @@ import triton
 import triton.language as tl
 
 from kernels._triton_utils import check_dtype, next_pow2
-from kernels.linear_cross_entropy_triton import _rows_pass
 
 MAX_BLOCK_V = 1024
 # columns x bag slots compared per block: bounds the membership matrix held in registers
@@ -53,13 +53,14 @@ def _bce_rows_kernel(logits_ptr, bag_ptr, weight_ptr, loss_ptr, stride_row, stri
     tl.store(loss_ptr + row, tl.sum(acc, axis=0) * inv_norm)
 
 
-def bce_rows_triton(logits, bag, token_weight, inv_norm, scale, compute_grad):
-    """Normalised multi-hot BCE [n] (fp32) of a logits chunk [n, V] against bags [n, M]
-    (-1 padding); with ``compute_grad`` the chunk becomes ``scale * d loss / d logits``."""
+def bce_row_loss_triton(logits, bag, want_grad, *, token_weight, inv_norm, scale):
+    """Row loss (``vocab_chunk_pass``): normalised multi-hot BCE [n] (fp32) of a logits chunk
+    [n, V] against bags [n, M] (-1 padding) and, with ``want_grad``, the chunk itself,
+    overwritten with ``scale * d loss / d logits``."""
     n, vocab = logits.shape
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
     if n == 0:
-        return loss
+        return loss, logits if want_grad else None
     bag = bag.contiguous()
     width = bag.shape[1]
     block_m = next_pow2(max(width, 1))
@@ -68,17 +69,10 @@ def bce_rows_triton(logits, bag, token_weight, inv_norm, scale, compute_grad):
     _bce_rows_kernel[(n,)](
         logits, bag, weight, loss, logits.stride(0), max(bag.stride(0), 1), vocab, width,
         float(inv_norm), float(scale),
-        HAS_WEIGHT=token_weight is not None, COMPUTE_GRAD=compute_grad,
+        HAS_WEIGHT=token_weight is not None, COMPUTE_GRAD=want_grad,
         BLOCK_V=block_v, BLOCK_M=block_m,
     )
-    return loss
-
-
-def ce_rows_triton(logits, labels, row_scale, compute_grad):
-    """Cross-entropy [n] (fp32) of a logits chunk [n, V] against labels [n]; with
-    ``compute_grad`` the chunk becomes ``row_scale * (softmax - onehot)``."""
-    return _rows_pass(logits, labels.contiguous(), 0.0, 0.0, 1.0, row_scale.float().contiguous(),
-                      compute_grad)
+    return loss, logits if want_grad else None
 
 
 def check_inputs(w, *hs):

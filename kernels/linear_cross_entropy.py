@@ -1,19 +1,23 @@
 """Linear cross-entropy: next-token loss from hidden states without a [N, V] logits tensor.
 
-Both backends compact away ignored rows (``ignore_index`` labels and the ``ignore_ids``
-control tokens such as ``<pause>``), so those rows cost no unembedding FLOPs, and walk the rest
-in chunks of rows, gathered per chunk (no copy of h). (The Triton path's vocabulary-blocked
-pass, taken only when at most 1/8 of the rows are ignored and row chunks would be small, gives
-ignored rows a zero gradient instead.) The forward of ``LinearCrossEntropyFunction`` computes
-the loss AND the gradients w.r.t. the hidden states and the weight, so the backward is one
-multiply by the incoming scalar; only ``reduction="none"`` recomputes in its backward, since
-the per-token weights are known only then. The per-chunk work is ``chunk_pass_torch`` here or
-``chunk_pass_triton`` (fused softmax/gradient row kernels) in ``linear_cross_entropy_triton.py``.
+Both backends compact away ignored rows (``loss_target_mask``: ``ignore_index`` labels and the
+``ignore_ids`` control tokens such as ``<pause>``), so those rows cost no unembedding FLOPs, and
+walk the rest in chunks of rows, gathered per chunk (no copy of h), through the shared driver
+``kernels.vocab_chunks.vocab_chunk_pass``. (The Triton path's vocabulary-blocked pass, taken
+only when at most 1/8 of the rows are ignored and row chunks would be small, gives ignored rows
+a zero gradient instead.) The forward of ``LinearCrossEntropyFunction`` computes the loss AND
+the gradients w.r.t. the hidden states and the weight, so the backward is one multiply by the
+incoming scalar; only ``reduction="none"`` recomputes in its backward, since the per-token
+weights are known only then. The per-chunk row loss is ``ce_row_loss_torch`` here or
+``ce_row_loss_triton`` (a fused softmax/gradient row kernel) in
+``linear_cross_entropy_triton.py``; ``linear_cross_entropy_reference.py`` is the dense float64
+definition.
 
 Used by ``llmcore`` losses (``kernels.linear_cross_entropy(h, W_out, labels)``) and by recipes
 that add vocabulary losses.
 """
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -21,22 +25,16 @@ from torch import Tensor
 
 from kernels import _dispatch
 from kernels._opaque import compile_opaque
+from kernels.loss_targets import as_id_tensor, check_in_vocab, loss_target_mask
+from kernels.vocab_chunks import acc_dtype, kept_rows, rows_per_chunk, vocab_chunk_pass
 
-__all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "valid_rows", "kept_rows",
-           "check_in_vocab", "chunk_pass_torch"]
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_torch", "chunk_pass_torch",
+           "ce_row_loss_torch"]
 
 # Logits alive at once on the PyTorch path: 2**24 elements (64 MiB fp32) per chunk keeps peak
 # memory a small multiple of W while the matmuls stay large enough to be efficient.
 CHUNK_ELEMENTS = 1 << 24
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def valid_rows(labels, ignore_index, ignore_ids):
-    """Boolean [N]: rows whose target is neither ``ignore_index`` nor in ``ignore_ids``."""
-    valid = labels != ignore_index
-    if ignore_ids is not None and ignore_ids.numel() > 0:
-        valid &= ~torch.isin(labels, ignore_ids)
-    return valid
 
 
 def _chunk_pass(backend):
@@ -61,7 +59,7 @@ def _fake_grads(h, w, want_dh, want_dw):
 def _loss_fake(h, w, labels, ignore_ids, ignore_index, z_loss, smoothing, reduction, want_dh,
                want_dw, backend):
     shape, grads = (labels.shape, False) if reduction == "none" else ((), True)
-    return (h.new_empty(shape, dtype=_acc_dtype(h)),
+    return (h.new_empty(shape, dtype=acc_dtype(h.dtype)),
             *_fake_grads(h, w, want_dh and grads, want_dw and grads))
 
 
@@ -72,7 +70,7 @@ def _loss_and_grads(h: Tensor, w: Tensor, labels: Tensor, ignore_ids: Optional[T
     """(loss, dh, dW): the reduced loss and its gradients (empty when not wanted), or for
     ``reduction="none"`` the per-row losses and no gradients (they need the incoming weights).
     Finding the kept rows syncs with the host, hence one opaque op for the whole pass."""
-    rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
+    rows = _label_rows(labels, ignore_index, ignore_ids, w.shape[0])
     count = labels.numel() if rows is None else rows.numel()
     grads = reduction != "none"
     # mean over zero rows stays 0/0 = nan, exactly like F.cross_entropy
@@ -92,7 +90,7 @@ def _weighted_grads(h: Tensor, w: Tensor, labels: Tensor, ignore_ids: Optional[T
                     want_dh: bool, want_dw: bool, backend: str) -> tuple[Tensor, Tensor]:
     """(dh, dW) of sum_i row_weight_i * loss_i: the backward of ``reduction="none"``, which
     finds the kept rows again rather than keep a data-dependent index tensor alive."""
-    rows = kept_rows(labels, ignore_index, ignore_ids, w.shape[0])
+    rows = _label_rows(labels, ignore_index, ignore_ids, w.shape[0])
     _, dh, dw = _chunk_pass(backend)(h, w, labels, rows, z_loss, smoothing, 1.0, row_weight,
                                      want_dh, want_dw)
     return _grad_outputs(h, w, dh, dw)
@@ -144,46 +142,43 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return (dh, dw) + nones
 
 
-def kept_rows(labels, ignore_index, ignore_ids, vocab):
-    """Long [n] indices of the rows that take a loss, or None when every row does; a kept
-    label outside [0, vocab) is an error (``check_in_vocab``)."""
-    valid = valid_rows(labels, ignore_index, ignore_ids)
-    check_in_vocab("linear_cross_entropy", "label", labels, valid, vocab,
+def _label_rows(labels, ignore_index, ignore_ids, vocab):
+    """The kept rows (``vocab_chunks.kept_rows``) of labels [N]; a kept label outside
+    [0, vocab) is an error (``check_in_vocab``)."""
+    keep = loss_target_mask(labels, ignore_index, ignore_ids)
+    check_in_vocab("linear_cross_entropy", "label", labels, keep, vocab,
                    f"neither ignore_index={ignore_index} nor in ignore_ids")
-    rows = valid.nonzero().squeeze(1)  # the queue is drained already: this sync is cheap
-    return None if rows.numel() == labels.numel() else rows
+    return kept_rows(keep)  # the queue is drained already: this sync is cheap
 
 
-def check_in_vocab(op, what, ids, keep, vocab, why_kept):
-    """ValueError naming the first id of ``ids`` that ``keep`` marks as scored but lies
-    outside [0, vocab): the Triton kernels would read past the logits row instead of failing
-    as F.cross_entropy's device assert does. One host sync."""
-    outside = keep & ((ids < 0) | (ids >= vocab))
-    if outside.any():
-        at = tuple(outside.nonzero()[0].tolist())
-        raise ValueError(f"{op}: {what} {int(ids[at])} at position {at if len(at) > 1 else at[0]}"
-                         f" is outside the vocabulary [0, {vocab}) and is {why_kept}")
-
-
-def chunk_rows(h, y, rows, start, stop):
-    """Rows start:stop of the kept rows: (h [n_c, d], y [n_c], their indices in h or None)."""
-    if rows is None:
-        return h[start:stop], y[start:stop], None
-    idx = rows[start:stop]
-    return h.index_select(0, idx), y.index_select(0, idx), idx
-
-
-def put_rows(out, idx, start, stop, values):
-    """Write a chunk's per-row ``values`` at its rows of ``out`` (zeros elsewhere)."""
-    if idx is None:
-        out[start:stop] = values
-    else:
-        out.index_copy_(0, idx, values.to(out.dtype))
-
-
-def _acc_dtype(t):
-    # fp32 for half inputs, the input's own dtype for fp32/fp64 (the float64 test references)
-    return torch.promote_types(t.dtype, torch.float32)
+def ce_row_loss_torch(logits, y, row_weight, want_grad, *, z_loss=0.0, smoothing=0.0,
+                      scale=1.0):
+    """Row loss (``vocab_chunk_pass``) of cross-entropy with z-loss and label smoothing:
+    loss [n] of logits [n, V] (accumulation dtype) against y [n] and, when ``want_grad``, the
+    logits overwritten with ``row_weight_i * scale * d loss_i / d logits`` (``row_weight``
+    [n] or None). Also future_summary's MTP rows (no z-loss, no smoothing)."""
+    vocab = logits.shape[1]
+    lse = torch.logsumexp(logits, dim=-1)  # (n,)
+    loss = lse - logits.gather(1, y[:, None]).squeeze(1)
+    if smoothing > 0.0:
+        # PyTorch's definition: (1 - e) * nll + e * mean over classes of -log p
+        loss = (1.0 - smoothing) * loss + smoothing * (lse - logits.mean(dim=-1))
+    if z_loss > 0.0:
+        loss = loss + z_loss * lse * lse
+    if not want_grad:
+        return loss, None
+    # d loss / d logits = p * (1 + 2 z lse) - (1 - e) onehot - e / V, built in place
+    grad = logits.sub_(lse[:, None]).exp_()
+    if z_loss > 0.0:
+        grad.mul_((1.0 + 2.0 * z_loss * lse)[:, None])
+    grad.scatter_add_(1, y[:, None], torch.full_like(lse, smoothing - 1.0)[:, None])
+    if smoothing > 0.0:
+        grad.sub_(smoothing / vocab)
+    if row_weight is not None:
+        grad.mul_(row_weight[:, None].to(grad.dtype))
+    if scale != 1.0:
+        grad.mul_(scale)
+    return loss, grad
 
 
 def chunk_pass_torch(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_dh, want_dw):
@@ -191,49 +186,11 @@ def chunk_pass_torch(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_d
     (fp32, fp64 for fp64 inputs) for the rows ``rows`` of h [N, d] (all rows when None) with
     targets y [N]; gradients are of ``sum_i row_weight_i * scale * loss_i`` (``row_weight``
     [N] or None). Matmuls run in h's dtype (w is cast if it differs)."""
-    vocab = w.shape[0]
     n = h.shape[0] if rows is None else rows.numel()
-    acc = _acc_dtype(h)
-    w = w if w.dtype == h.dtype else w.to(h.dtype)  # matmuls in h's dtype, as autocast would
-    losses = torch.zeros(h.shape[0], dtype=acc, device=h.device)
-    dh = torch.zeros_like(h) if want_dh else None
-    dw = torch.zeros(w.shape, dtype=acc, device=w.device) if want_dw else None
-    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        hc, yc, idx = chunk_rows(h, y, rows, start, stop)
-        logits = (hc @ w.t()).to(acc)  # (n_c, V)
-        lse = torch.logsumexp(logits, dim=-1)  # (n_c,)
-        loss = lse - logits.gather(1, yc[:, None]).squeeze(1)
-        if smoothing > 0.0:
-            # PyTorch's definition: (1 - e) * nll + e * mean over classes of -log p
-            loss = (1.0 - smoothing) * loss + smoothing * (lse - logits.mean(dim=-1))
-        if z_loss > 0.0:
-            loss = loss + z_loss * lse * lse
-        put_rows(losses, idx, start, stop, loss)
-        if not (want_dh or want_dw):
-            continue
-        # d loss / d logits = p * (1 + 2 z lse) - (1 - e) onehot - e / V, built in place
-        grad = logits.sub_(lse[:, None]).exp_()
-        if z_loss > 0.0:
-            grad.mul_((1.0 + 2.0 * z_loss * lse)[:, None])
-        grad.scatter_add_(1, yc[:, None], torch.full_like(lse, smoothing - 1.0)[:, None])
-        if smoothing > 0.0:
-            grad.sub_(smoothing / vocab)
-        if row_weight is not None:
-            rw = row_weight[start:stop] if idx is None else row_weight.index_select(0, idx)
-            grad.mul_(rw[:, None].to(acc))
-        if scale != 1.0:
-            grad.mul_(scale)
-        grad = grad.to(h.dtype)
-        if want_dh:
-            put_rows(dh, idx, start, stop, grad @ w)
-        if want_dw:
-            if dw.dtype == grad.dtype:
-                dw.addmm_(grad.t(), hc)  # no [V, d] temporary per chunk
-            else:
-                dw += grad.t() @ hc
-    return losses, dh, dw
+    row_loss = partial(ce_row_loss_torch, z_loss=z_loss, smoothing=smoothing, scale=scale)
+    return vocab_chunk_pass(h, w, row_loss, (y, row_weight), rows,
+                            step=rows_per_chunk(n, CHUNK_ELEMENTS, w.shape[0]),
+                            want_dh=want_dh, want_dw=want_dw, logits_dtype=acc_dtype(h.dtype))
 
 
 def _forward_only(h, w, labels, ignore_index, ignore_ids, z_loss, smoothing, reduction, backend):
@@ -255,15 +212,6 @@ def linear_cross_entropy_torch(h, w, labels, ignore_index=-100, ignore_ids=None,
     """PyTorch path: h [N, d], w [V, d], labels [N], ignore_ids a long tensor or None."""
     return _run(h, w, labels, ignore_index, ignore_ids, z_loss, label_smoothing, reduction,
                 "torch")
-
-
-def as_id_tensor(ignore_ids, device):
-    """A sequence or tensor of token ids (or None) as a flat long tensor on `device`."""
-    if ignore_ids is None:
-        return None
-    if isinstance(ignore_ids, torch.Tensor):
-        return ignore_ids.to(device=device, dtype=torch.long).reshape(-1)
-    return torch.tensor(list(ignore_ids), dtype=torch.long, device=device)
 
 
 def linear_cross_entropy(h, w, labels, ignore_index=-100, ignore_ids=None, z_loss=0.0,

@@ -3,10 +3,12 @@
 Imported by ``kernels/linear_cross_entropy.py`` on the first Triton call; the autograd.Function
 there calls ``chunk_pass_triton``, which takes one of two paths:
 
-- row chunks (the usual one): the surviving (non-ignored) rows are walked in chunks; per chunk
-  the logits come from one matmul, then ``_ce_rows_kernel`` makes two passes over each row (an
-  online max/sum-exp for the log-sum-exp and loss, then the gradient d loss / d logits written
-  in place over the logits), which two more matmuls turn into dh and dW;
+- row chunks (the usual one): the shared driver ``kernels.vocab_chunks.vocab_chunk_pass`` walks
+  the surviving (non-ignored) rows in chunks; per chunk the logits come from one matmul, then
+  ``ce_row_loss_triton`` runs ``_ce_rows_kernel``, two passes over each row (an online
+  max/sum-exp for the log-sum-exp and loss, then the gradient d loss / d logits written in
+  place over the logits), which two more matmuls turn into dh and dW. ``future_summary``'s MTP
+  rows use the same row loss;
 - vocabulary blocks (``vocab_block_size``), where the memory budget would make row chunks
   small: all rows against blocks of the vocabulary, ``_lse_block_kernel`` folding each block
   into per-row statistics, then ``_grad_block_kernel`` turning each recomputed block into its
@@ -15,12 +17,14 @@ there calls ``chunk_pass_triton``, which takes one of two paths:
 Peak memory is the logits budget plus dh and dW.
 """
 
+from functools import partial
+
 import torch
 import triton
 import triton.language as tl
 
 from kernels._triton_utils import check_dtype, next_pow2
-from kernels.linear_cross_entropy import chunk_rows, put_rows
+from kernels.vocab_chunks import rows_per_chunk, vocab_chunk_pass, weight_grad_into
 
 # Logits alive at once: at most 2**26 elements (128 MiB bf16) and CHUNK_FACTOR times the
 # hidden states' size (1 is Liger-Kernel's budget). Each row chunk streams W twice and reads
@@ -147,32 +151,15 @@ def _rows_pass(logits, labels, z_loss, smoothing, scale, row_weight, compute_gra
     return loss
 
 
-def _weight_grad_into(dw, grad, hc, accumulate):
-    """dw (+)= grad.T @ hc, with dw in fp32 (or the half dtype of a half weight)."""
-    if dw.dtype == grad.dtype:
-        if accumulate:
-            dw.addmm_(grad.t(), hc)
-        else:
-            torch.matmul(grad.t(), hc, out=dw)
-        return
-    if dw.is_cuda and _OUT_DTYPE_MM["ok"]:
-        try:
-            # cuBLAS writes the half product straight into fp32: no [V, d] temporaries
-            if accumulate:
-                torch.addmm(dw, grad.t(), hc, out_dtype=dw.dtype, out=dw)
-            else:
-                torch.mm(grad.t(), hc, out_dtype=dw.dtype, out=dw)
-            return
-        except (TypeError, RuntimeError):
-            _OUT_DTYPE_MM["ok"] = False  # older torch: fall back below from now on
-    product = (grad.t() @ hc).to(dw.dtype)
-    if accumulate:
-        dw += product
-    else:
-        dw.copy_(product)
-
-
-_OUT_DTYPE_MM = {"ok": True}
+def ce_row_loss_triton(logits, y, row_weight, want_grad, *, z_loss=0.0, smoothing=0.0,
+                       scale=1.0):
+    """Row loss (``vocab_chunk_pass``) of ``_ce_rows_kernel``: fp32 loss [n] of a logits chunk
+    [n, V] against y [n] and, when ``want_grad``, the chunk itself, overwritten with
+    ``row_weight_i * scale * d loss_i / d logits`` (``row_weight`` [n] or None)."""
+    if row_weight is not None:
+        row_weight = row_weight.float().contiguous()
+    loss = _rows_pass(logits, y.contiguous(), z_loss, smoothing, scale, row_weight, want_grad)
+    return loss, logits if want_grad else None
 
 
 def vocab_block_size(n_rows, n_kept, width, vocab):
@@ -239,7 +226,7 @@ def _vocab_block_pass(h, wc, y, rows, z_loss, smoothing, scale, row_weight, want
         _grad_block_kernel[(n,)](logits, labels, lse, g, logits.stride(0), v0, vb, vocab,
                                  z_loss, smoothing, BLOCK_V=row_block, num_warps=ROW_WARPS)
         if want_dw:
-            _weight_grad_into(dw[v0:v0 + vb], logits, h, accumulate=False)
+            weight_grad_into(dw[v0:v0 + vb], logits, h, accumulate=False)
         if want_dh:
             if i == 0:
                 torch.matmul(logits, wc[v0:v0 + vb], out=dh)
@@ -270,34 +257,10 @@ def chunk_pass_triton(h, w, y, rows, z_loss, smoothing, scale, row_weight, want_
     if block_v:
         return _vocab_block_pass(h, wc, y, rows, z_loss, smoothing, scale, row_weight, want_dh,
                                  want_dw, dw_dtype, block_v)
-    losses = torch.zeros(h.shape[0], dtype=torch.float32, device=h.device)
-    dh = torch.zeros_like(h) if want_dh else None
-    # the first chunk writes dW outright: no [V, d] memset, and no read of it in that matmul
-    dw = (torch.empty if n else torch.zeros)(w.shape, dtype=dw_dtype, device=w.device) \
-        if want_dw else None
-    step = chunk_size(n, h.shape[1], vocab, compacting=rows is not None)
-    grad = want_dh or want_dw
-    buffer = torch.empty((min(step, n), vocab), dtype=h.dtype, device=h.device) if n else None
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        hc, yc, idx = chunk_rows(h, y, rows, start, stop)
-        logits = buffer[: stop - start]
-        torch.matmul(hc, wc.t(), out=logits)  # (n_c, V); becomes the gradient in place
-        rw = None
-        if row_weight is not None:
-            rw = row_weight[start:stop] if idx is None else row_weight.index_select(0, idx)
-        put_rows(losses, idx, start, stop,
-                 _rows_pass(logits, yc, z_loss, smoothing, scale, rw, grad))
-        if want_dw:
-            _weight_grad_into(dw, logits, hc, accumulate=start > 0)
-        if want_dh:
-            if idx is None:
-                torch.matmul(logits, wc, out=dh[start:stop])
-            else:
-                # the gathered rows are spent once dW has them: their buffer takes dh's rows
-                dh.index_copy_(0, idx, torch.matmul(logits, wc, out=hc))
-        del hc  # before the next chunk's gather, or two gathered chunks are alive at once
-    return losses, dh, dw
+    row_loss = partial(ce_row_loss_triton, z_loss=z_loss, smoothing=smoothing, scale=scale)
+    return vocab_chunk_pass(h, wc, row_loss, (y, row_weight), rows,
+                            step=chunk_size(n, h.shape[1], vocab, compacting=rows is not None),
+                            want_dh=want_dh, want_dw=want_dw, dw_dtype=dw_dtype)
 
 
 def chunk_size(n, width, vocab, compacting=False):
@@ -308,11 +271,7 @@ def chunk_size(n, width, vocab, compacting=False):
     row tiles where that adds no chunk: every chunk but the last then fills its matmul tiles
     (1859 budget rows would leave a part-empty tile in each), for less memory, not more."""
     per_row = vocab + (width if compacting else 0)
-    rows = max(MIN_CHUNK_ROWS, logits_budget(n, width) // max(per_row, 1), 1)
-    aligned = rows // ROW_MULTIPLE * ROW_MULTIPLE
-    if aligned and -(-n // aligned) == -(-n // rows):
-        return aligned
-    return rows
+    return rows_per_chunk(n, logits_budget(n, width), per_row, MIN_CHUNK_ROWS, ROW_MULTIPLE)
 
 
 def logits_budget(n, width):

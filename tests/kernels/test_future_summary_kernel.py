@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from kernel_testing import DEVICE, assert_close, compare_op
+from kernels.future_summary_reference import future_summary_reference
 
 fs = importlib.import_module("kernels.future_summary")
 
@@ -77,7 +78,7 @@ def small_chunks(monkeypatch):
 def test_triton_matches_float64(use_triton, small_chunks, case):
     tensors, targets = _inputs(case["k"], case["m"])
     compare_op(["loss", "dW", "dh_mtp", "dh_fsp"], _call(fs.future_summary_loss, case, targets),
-               _call(fs.future_summary_reference, case, targets), tensors, torch.float32)
+               _call(future_summary_reference, case, targets), tensors, torch.float32)
 
 
 @pytest.mark.triton
@@ -95,14 +96,14 @@ def test_triton_half_precision(use_triton, small_chunks, dtype, monkeypatch):
             monkeypatch.setenv("LLMCORE_KERNELS", "triton")
 
     compare_op(["loss", "dW", "dh_mtp", "dh_fsp"], _call(fs.future_summary_loss, case, targets),
-               _call(fs.future_summary_reference, case, targets), tensors, dtype, torch_fn=torch_path)
+               _call(future_summary_reference, case, targets), tensors, dtype, torch_fn=torch_path)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_torch_path_matches_float64(use_torch, small_chunks, case):
     tensors, targets = _inputs(case["k"], case["m"])
     compare_op(["loss", "dW", "dh_mtp", "dh_fsp"], _call(fs.future_summary_loss, case, targets),
-               _call(fs.future_summary_reference, case, targets), tensors, torch.float64)
+               _call(future_summary_reference, case, targets), tensors, torch.float64)
 
 
 @pytest.mark.parametrize("backend", [pytest.param("torch", id="torch"),
@@ -114,7 +115,7 @@ def test_term_sums_and_counts(monkeypatch, small_chunks, backend):
     opts = dict(mtp_h=mtp_h, mtp_labels=labels, mtp_weight=[1.0, 2.0, 0.5], fsp_h=fsp_h, bag=bag,
                 fsp_rows=rows, token_weight=tw, fsp_weight=0.25, ignore_ids=[PAUSE])
     loss, sums, counts = fs.future_summary_loss(w, **opts)
-    ref_loss, ref_sums = fs.future_summary_reference(w.double(), **{
+    ref_loss, ref_sums = future_summary_reference(w.double(), **{
         k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in opts.items()})
     assert_close("loss", ref_loss, loss, torch.float32)
     assert_close("sums", ref_sums, sums, torch.float32)
@@ -140,7 +141,7 @@ def test_ignored_rows_take_no_gradient(monkeypatch, backend):
 
 def test_no_grad_frozen_weight_and_parts_agree(use_torch):
     (w, mtp_h, fsp_h), (labels, bag, rows, _) = _inputs()
-    ref, _ = fs.future_summary_reference(w, mtp_h=mtp_h, mtp_labels=labels, fsp_h=fsp_h, bag=bag, fsp_rows=rows)
+    ref, _ = future_summary_reference(w, mtp_h=mtp_h, mtp_labels=labels, fsp_h=fsp_h, bag=bag, fsp_rows=rows)
     with torch.no_grad():
         got, _, _ = fs.future_summary_loss(w, mtp_h=mtp_h, mtp_labels=labels, fsp_h=fsp_h, bag=bag, fsp_rows=rows)
     torch.testing.assert_close(got, ref)
@@ -150,7 +151,7 @@ def test_no_grad_frozen_weight_and_parts_agree(use_torch):
     h = fsp_h.clone().requires_grad_(True)  # weight frozen: only dh is computed
     fs.future_bag_bce(h, w, bag, rows).backward()
     h_ref = fsp_h.clone().requires_grad_(True)
-    fs.future_summary_reference(w, fsp_h=h_ref, bag=bag, fsp_rows=rows)[0].backward()
+    future_summary_reference(w, fsp_h=h_ref, bag=bag, fsp_rows=rows)[0].backward()
     torch.testing.assert_close(h.grad, h_ref.grad)
 
 
@@ -161,7 +162,7 @@ def test_backward_scales_by_incoming_gradient_and_runs_once(use_torch):
     w1 = w.clone().requires_grad_(True)
     (3.0 * fs.future_summary_loss(w1, mtp_h=mtp_h, mtp_labels=labels, fsp_h=fsp_h, bag=bag)[0]).backward()
     w2 = w.clone().requires_grad_(True)
-    (3.0 * fs.future_summary_reference(w2, mtp_h=mtp_h, mtp_labels=labels, fsp_h=fsp_h, bag=bag)[0]).backward()
+    (3.0 * future_summary_reference(w2, mtp_h=mtp_h, mtp_labels=labels, fsp_h=fsp_h, bag=bag)[0]).backward()
     torch.testing.assert_close(w1.grad, w2.grad)
     loss = fs.future_summary_loss(w.clone().requires_grad_(True), fsp_h=fsp_h, bag=bag)[0]
     loss.backward(retain_graph=True)

@@ -71,7 +71,8 @@ def test_public_names_stay_functions_after_their_modules_load(use_torch):
     x = torch.ones(3)
     assert callable(kernels.swiglu) and kernels.swiglu(x, x).shape == (3,)
     assert callable(kernels.linear_cross_entropy)
-    assert sorted(kernels.__all__) == ["apply_rope", "flash_attention", "future_summary_loss", "grad_sq_norm", "linear_cross_entropy",
+    assert sorted(kernels.__all__) == ["apply_rope", "flash_attention", "future_summary_loss",
+                                       "grad_sq_norm", "linear_cross_entropy", "loss_target_mask",
                                        "perturb_", "restore_", "rms_norm", "swiglu"]
 
 

@@ -7,22 +7,10 @@ import torch
 import kernels
 from kernel_testing import DEVICE, compare_op
 from kernels.rope import apply_rope_torch
+from kernels.rope_reference import apply_rope_reference
 
 DTYPES = [pytest.param(d, id=n) for d, n in
           [(torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")]]
-
-
-def _ref(q, k, cos, sin):
-    # q_rot = q * cat(cos, cos) + rotate_half(q) * cat(sin, sin), written out per half
-    def rot(x):
-        half = x.shape[-1] // 2
-        c = torch.cat((cos, cos), -1)
-        s = torch.cat((sin, sin), -1)
-        c, s = (c[None], s[None]) if c.dim() == 2 else (c, s)
-        rotated = torch.cat((-x[..., half:], x[..., :half]), -1)
-        return x * c[:, :, None] + rotated * s[:, :, None]
-
-    return rot(q), rot(k)
 
 
 def _tables(b, t, d, per_sample, gen):
@@ -53,8 +41,8 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_triton_matches_float64(use_triton, case, dtype):
-    compare_op(["q_rot", "k_rot", "dq", "dk"], kernels.apply_rope, _ref, _inputs(*case), dtype,
-               torch_fn=apply_rope_torch, frozen=(2, 3))
+    compare_op(["q_rot", "k_rot", "dq", "dk"], kernels.apply_rope, apply_rope_reference,
+               _inputs(*case), dtype, torch_fn=apply_rope_torch, frozen=(2, 3))
 
 
 @pytest.mark.triton
@@ -64,12 +52,12 @@ def test_triton_takes_views_of_a_fused_projection(use_triton):
     fused = torch.cat((q, k, k), dim=2)
     compare_op(["q_rot", "k_rot", "dfused"],
                lambda f, c, s: kernels.apply_rope(f[:, :, :6], f[:, :, 6:8], c, s),
-               lambda f, c, s: _ref(f[:, :, :6], f[:, :, 6:8], c, s),
+               lambda f, c, s: apply_rope_reference(f[:, :, :6], f[:, :, 6:8], c, s),
                [fused, cos, sin], torch.float32, frozen=(1, 2))
 
 
 def test_torch_path_matches_float64(use_torch):
-    compare_op(["q_rot", "k_rot", "dq", "dk"], kernels.apply_rope, _ref,
+    compare_op(["q_rot", "k_rot", "dq", "dk"], kernels.apply_rope, apply_rope_reference,
                _inputs(2, 45, 4, 2, 32, True), torch.float64, frozen=(2, 3))
 
 
@@ -100,7 +88,7 @@ def _rotate_fused_in_place(fused, cos, sin):
 
 
 def _rotate_fused_ref(fused, cos, sin):
-    q_rot, k_rot = _ref(fused[:, :, :6], fused[:, :, 6:8], cos, sin)
+    q_rot, k_rot = apply_rope_reference(fused[:, :, :6], fused[:, :, 6:8], cos, sin)
     return torch.cat((q_rot, k_rot, fused[:, :, 8:]), dim=2)
 
 

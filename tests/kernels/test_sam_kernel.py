@@ -14,6 +14,7 @@ import torch
 from kernel_testing import DEVICE, assert_close
 from kernels import sam
 from kernels.sam import grad_sq_norm, perturb_, restore_
+from kernels.sam_reference import perturb_reference, sq_norm_reference
 
 DTYPES = [pytest.param(d, id=n) for d, n in
           [(torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")]]
@@ -35,25 +36,6 @@ def _tensors(dtype, seed=0, shapes=SHAPES, scale=1.0):
     return [(torch.randn(s, generator=gen, dtype=torch.float64) * scale).to(dtype).to(DEVICE) for s in shapes]
 
 
-def _ref_sq_norm(grads, params=None, eta=None):
-    total = torch.zeros((), dtype=torch.float64)
-    for i, g in enumerate(grads):
-        g = g.double().cpu()
-        if eta is not None:
-            g = g * (params[i].double().cpu().abs() + eta)
-        total += g.pow(2).sum()
-    return total
-
-
-def _ref_perturb(params, grads, scale, eta=None):
-    out = []
-    for p, g in zip(params, grads):
-        w, g = p.double(), g.double()
-        step = g if eta is None else g * (w.abs() + eta) ** 2
-        out.append(w + scale * step)
-    return out
-
-
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("adaptive", [None, 0.01], ids=["sam", "asam"])
@@ -61,7 +43,7 @@ def test_triton_sq_norm_matches_float64(use_triton, small_chunks, dtype, adaptiv
     grads, params = _tensors(dtype, 0), _tensors(dtype, 1)
     got = grad_sq_norm(grads, params, adaptive_eta=adaptive)
     assert got.dtype == torch.float32 and got.dim() == 0
-    ref = _ref_sq_norm(grads, params, adaptive)
+    ref = sq_norm_reference(grads, params, adaptive)
     # accumulated in fp32 over ~1k terms whatever the storage dtype
     assert abs(got.item() - ref.item()) <= 1e-5 * ref.item(), (got.item(), ref.item())
 
@@ -75,7 +57,7 @@ def test_triton_perturb_saves_bits_and_moves_params(use_triton, small_chunks, dt
     saved = [torch.empty_like(p) for p in params]  # NaN-filled by the conftest
     scale = 0.37
     perturb_(params, grads, scale, saved, adaptive_eta=adaptive)
-    ref = _ref_perturb(before, grads, scale, adaptive)
+    ref = perturb_reference(before, grads, scale, adaptive)
     torch_out = [p.clone() for p in before]
     sam.perturb_torch_(torch_out, grads, scale, [torch.empty_like(p) for p in before], adaptive)
     for i, (s, b) in enumerate(zip(saved, before)):
@@ -123,12 +105,12 @@ def test_triton_mixed_list_groups_by_dtype_and_routes_views(use_triton, small_ch
 @pytest.mark.parametrize("adaptive", [None, 0.01], ids=["sam", "asam"])
 def test_torch_path_matches_float64(use_torch, adaptive):
     params, grads = _tensors(torch.float64, 0), _tensors(torch.float64, 1)
-    assert_close("sq_norm", _ref_sq_norm(grads, params, adaptive).to(DEVICE),
+    assert_close("sq_norm", sq_norm_reference(grads, params, adaptive).to(DEVICE),
                  grad_sq_norm(grads, params, adaptive).double(), torch.float32)
     before = [p.clone() for p in params]
     saved = [torch.empty_like(p) for p in params]
     perturb_(params, grads, -0.2, saved, adaptive_eta=adaptive)
-    for i, r in enumerate(_ref_perturb(before, grads, -0.2, adaptive)):
+    for i, r in enumerate(perturb_reference(before, grads, -0.2, adaptive)):
         assert torch.equal(saved[i], before[i])
         assert_close(f"p[{i}]", r, params[i], torch.float64)
     restore_(params, saved)

@@ -7,13 +7,10 @@ import torch.nn.functional as F
 import kernels
 from kernel_testing import DEVICE, compare_op
 from kernels.swiglu import swiglu_torch
+from kernels.swiglu_reference import swiglu_reference
 
 DTYPES = [pytest.param(d, id=n) for d, n in
           [(torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")]]
-
-
-def _ref(gate, up):
-    return gate * torch.sigmoid(gate) * up
 
 
 @pytest.mark.triton
@@ -24,7 +21,7 @@ def test_triton_matches_float64(use_triton, shape, dtype):
     gen = torch.Generator().manual_seed(1)
     gate = torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE) * 3
     up = torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE)
-    compare_op(["out", "dgate", "dup"], kernels.swiglu, _ref, [gate, up], dtype,
+    compare_op(["out", "dgate", "dup"], kernels.swiglu, swiglu_reference, [gate, up], dtype,
                torch_fn=swiglu_torch)
 
 
@@ -33,14 +30,14 @@ def test_triton_takes_strided_inputs(use_triton):
     # the model may pass halves of one fused gate/up projection
     fused = torch.randn(2, 9, 2 * 41, dtype=torch.float64, device=DEVICE)
     gate, up = fused[..., :41], fused[..., 41:]
-    compare_op(["out", "dgate", "dup"], kernels.swiglu, _ref, [gate, up], torch.float32)
+    compare_op(["out", "dgate", "dup"], kernels.swiglu, swiglu_reference, [gate, up], torch.float32)
 
 
 def test_torch_path_is_silu_times_up(use_torch):
     gen = torch.Generator().manual_seed(2)
     gate, up = (torch.randn(5, 7, generator=gen, dtype=torch.float64) for _ in range(2))
     torch.testing.assert_close(kernels.swiglu(gate, up), F.silu(gate) * up, rtol=0, atol=0)
-    compare_op(["out", "dgate", "dup"], kernels.swiglu, _ref, [gate, up], torch.float64)
+    compare_op(["out", "dgate", "dup"], kernels.swiglu, swiglu_reference, [gate, up], torch.float64)
 
 
 def test_shape_mismatch_is_an_error():
