@@ -3,13 +3,17 @@
 A recipe is a class registered by name (`@register("pause")`) and listed in a run's config
 (`recipes: [pause]`); its options are a dataclass named `Config` on the class, filled from the
 config section of the same name. Every hook is optional: the no-op defaults below are skipped
-by llmcore. A recipe never edits llmcore; if a hook is missing, widen it in llmcore for all.
+by llmcore (`llmcore.recipe.recipe_set.HOOKS` is the list, in this order). A recipe never
+edits llmcore; if a hook is missing, widen it in llmcore for every recipe.
+
+The typed contexts hooks receive are re-exported here so recipes can annotate with them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from llmcore.recipe.context import EngineView, LossContext, RunContext, StepContext  # noqa: F401
 from llmcore.recipe.registry import register_recipe as register  # noqa: F401  (the decorator recipes use)
 
 
@@ -21,25 +25,36 @@ def _default(fn):
 class Recipe:
     """Base class with every hook as a no-op. Subclasses override only what they need.
 
-    Hooks (see ARCHITECTURE.md "The recipe interface"):
+    Hooks (README's hook table says the same):
     - `special_tokens()` -> names the tokenizer must reserve (e.g. "<pause>").
     - `bind(tokenizer)` -> resolve token ids once the run's tokenizer is loaded.
-    - `transform(sample, rng)` -> rewrite one packed sample on the loader side. `sample` holds
-      numpy arrays "tokens", "doc_ids", "loss_mask" of length seq_len + 1; `rng` is seeded by
-      the sample's global index, so a resumed run repeats the same rewrite.
+    - `transform(sample, rng)` -> rewrite one packed sample on the loader side; `rng` is seeded
+      by the sample's global index, so a resumed run repeats the same rewrite.
     - `ignore_ids()` -> target ids excluded from the next-token loss inside the fused kernel.
+    - `frozen_modules(model_args)` -> {name: nn.Module}: frozen models (a teacher, a reverse LM)
+      the engine places on the device in the run's dtype, eval mode, never trained or saved;
+      reachable as `ctx.frozen[name]` in `loss` and callbacks. Called before `modules`.
     - `modules(model_args)` -> an extra nn.Module (aux heads), trained, saved and sharded with
       the model; it is reachable in `loss` as `ctx.modules[self.name]`.
-    - `loss(ctx)` -> {name: (sum, count)}; llmcore divides each sum once by the global count of
-      next-token loss tokens of the optimizer step (all micro-batches, all ranks), and logs
-      sum / count per term.
-    - `optimizer_step(ctx, closure)` -> replace the step (SAM); at most one recipe per run.
+    - `loss(ctx: LossContext)` -> {name: (sum, count)}; llmcore divides each sum once by the
+      global count of next-token loss tokens of the optimizer step (all micro-batches, all
+      ranks), and logs sum / count per term. The name `ntp` is reserved: only a recipe with
+      `replaces_ntp = True` returns it, and llmcore then computes no next-token term itself.
+    - `ntp_weight(step)` -> multiplier of llmcore's next-token term at `step`. At most one
+      recipe per run replaces or scales `ntp`.
+    - `optimizer_step(ctx: StepContext, closure)` -> replace the step (SAM); at most one recipe.
+    - `on_train_start(ctx: RunContext)`, `on_step_end(ctx, metrics)`, `on_eval(ctx, metrics)`,
+      `on_train_end(ctx, metrics)` -> callbacks; return a dict of metrics to log (or None).
+      `ctx.request_stop(reason)` ends training after the step (early stopping).
+    - `state_dict()` / `load_state_dict(state)` -> JSON-serialisable recipe state kept in every
+      checkpoint and restored on resume (SAM's counters).
     - `logits_processors()` / `prepare_prompt(ids)` -> decoding hooks.
-    - `on_train_start`, `on_step_end`, `on_eval`, `on_train_end` -> callbacks returning metrics.
     """
 
     name = "base"
     Config = None
+    replaces_ntp = False
+    """True when this recipe's `loss` returns the `ntp` term (e.g. a fused CE + KD)."""
 
     def __init__(self, config: Any = None):
         self.config = config
@@ -66,16 +81,48 @@ class Recipe:
         return []
 
     @_default
+    def frozen_modules(self, model_args) -> dict:
+        return {}
+
+    @_default
     def modules(self, model_args):
         return None
 
     @_default
-    def loss(self, ctx) -> dict:
+    def loss(self, ctx: LossContext) -> dict:
         return {}
 
     @_default
-    def optimizer_step(self, ctx, closure: Callable) -> dict:
+    def ntp_weight(self, step: int) -> float:
+        return 1.0
+
+    @_default
+    def optimizer_step(self, ctx: StepContext, closure: Callable) -> dict:
         raise NotImplementedError
+
+    @_default
+    def on_train_start(self, ctx: RunContext) -> dict | None:
+        return None
+
+    @_default
+    def on_step_end(self, ctx: RunContext, metrics: dict) -> dict | None:
+        return None
+
+    @_default
+    def on_eval(self, ctx: RunContext, metrics: dict) -> dict | None:
+        return None
+
+    @_default
+    def on_train_end(self, ctx: RunContext, metrics: dict) -> dict | None:
+        return None
+
+    @_default
+    def state_dict(self) -> dict:
+        return {}
+
+    @_default
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     @_default
     def logits_processors(self) -> list[Callable]:

@@ -149,15 +149,9 @@ class ForgettingTracker(Recipe):
         if not self.config.val_path:
             raise ConfigError("forgetting.val_path is empty: give the pretraining domain's prepared data folder")
 
-    def on_eval(self, trainer=None, metrics=None, **kw) -> dict:
-        from llmcore.eval.loss import validation_loss
-
-        model = trainer.engine.module.model
-        was_training = model.training
-        model.eval()
-        out = validation_loss(model, self.config.val_path, trainer.cfg.data.seq_len,
-                              trainer.cfg.train.micro_batch_size, self.config.eval_batches)
-        model.train(was_training)
+    def on_eval(self, ctx, metrics) -> dict:
+        # through the run's own evaluation loop: the same windows and batching as val_loss
+        out = ctx.eval_loss(self.config.val_path, self.config.eval_batches)
         return {"forgetting/val_loss_a": out["loss"]}
 
 

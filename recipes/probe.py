@@ -1,8 +1,10 @@
 """`probe`: a trivial recipe that touches every hook and counts the calls.
 
-It exists so tests can prove that llmcore calls each hook (tokenizer, loader, loss, step,
-decoding, callbacks) without any real method in the way; no paper behind it. It also takes over the
-optimizer step, doing exactly the default step. With `loss_weight: 0` training is bit-identical to the baseline.
+It exists so tests can prove that llmcore calls each hook (tokenizer, loader, frozen and aux
+modules, loss, the `ntp` term, step, callbacks, state, decoding) without any real method in the
+way; no paper behind it. It takes over the optimizer step, doing exactly the default step. With
+its defaults (`loss_weight: 0`, `ntp_weight: 1`, `replace_ntp: false`) training is bit-identical
+to the baseline; `replace_ntp: true` computes the `ntp` term itself, exactly as llmcore does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from recipes.base import Recipe, register
+import kernels
+from recipes.base import LossContext, Recipe, RunContext, StepContext, register
 
 
 @register("probe")
@@ -29,11 +32,25 @@ class Probe(Recipe):
         """Weight of the aux term mean(aux(h)^2); 0 keeps training identical to the baseline."""
         ignore_probe: bool = True
         """Exclude `<probe>` targets from the next-token loss."""
+        ntp_weight: float = 1.0
+        """Multiplier of llmcore's next-token term (through the `ntp_weight` hook)."""
+        replace_ntp: bool = False
+        """Return the `ntp` term from `loss` (the same fused cross-entropy llmcore computes)."""
+        stop_at_step: int = 0
+        """Ask the run to stop after this step (0: never), through `ctx.request_stop`."""
 
     def __init__(self, config=None):
         super().__init__(config or self.Config())
         self.calls: Counter = Counter()
         self.token_id = None
+        self.steps_seen = 0
+        """Steps this run has taken with the probe, resumed runs included (its checkpointed state)."""
+        self.last_ctx: dict = {}
+        """What the last callback's RunContext said about the run (for tests)."""
+
+    @property
+    def replaces_ntp(self) -> bool:
+        return self.config.replace_ntp
 
     @classmethod
     def declared_special_tokens(cls) -> list[str]:
@@ -50,20 +67,63 @@ class Probe(Recipe):
     def ignore_ids(self) -> list[int]:
         return [self.token_id] if self.config.ignore_probe and self.token_id is not None else []
 
+    def frozen_modules(self, model_args) -> dict:
+        self.calls["frozen_modules"] += 1
+        return {"probe_frozen": nn.Linear(model_args.d_model, 1, bias=False)}
+
     def modules(self, model_args) -> nn.Module:
         self.calls["modules"] += 1
         return nn.Linear(model_args.d_model, 1, bias=False)
 
-    def loss(self, ctx) -> dict:
+    def loss(self, ctx: LossContext) -> dict:
         self.calls["loss"] += 1
-        z = ctx.modules[self.name](ctx.hidden).float()  # (B, T, 1)
-        return {"aux": (self.config.loss_weight * z.pow(2).sum(), z.numel())}
+        frozen = ctx.frozen["probe_frozen"]
+        self.last_ctx["frozen"] = (frozen.training, frozen.weight.requires_grad, frozen.weight.dtype,
+                                   frozen.weight.device.type)
+        z = ctx.modules[self.name](ctx.hidden).float() + frozen(ctx.hidden.detach()).float()  # (B, T, 1)
+        out = {"aux": (self.config.loss_weight * z.pow(2).sum(), z.numel())}
+        if self.config.replace_ntp:
+            h = ctx.hidden.reshape(-1, ctx.hidden.shape[-1])
+            ce = kernels.linear_cross_entropy(h, ctx.output_weight, ctx.batch["labels"].reshape(-1),
+                                              ignore_ids=ctx.ignore_ids, reduction="sum")
+            out["ntp"] = (ce, ctx.batch["n_loss_tokens"])
+        return out
 
-    def optimizer_step(self, ctx, closure) -> dict:
+    def ntp_weight(self, step: int) -> float:
+        self.calls["ntp_weight"] += 1
+        return self.config.ntp_weight
+
+    def optimizer_step(self, ctx: StepContext, closure) -> dict:
         self.calls["optimizer_step"] += 1
         stats = closure()
         ctx.finish_step()
         return stats
+
+    def on_train_start(self, ctx: RunContext):
+        self.calls["on_train_start"] += 1
+        self.last_ctx.update(rank=ctx.rank, world_size=ctx.world_size, backend=ctx.engine.backend,
+                             vocab_size=ctx.model_args.vocab_size, out_dir=str(ctx.out_dir))
+
+    def on_step_end(self, ctx: RunContext, metrics: dict):
+        self.calls["on_step_end"] += 1
+        self.steps_seen += 1
+        if self.config.stop_at_step and ctx.step >= self.config.stop_at_step:
+            ctx.request_stop(f"probe: stop at step {self.config.stop_at_step}")
+        return {"probe/steps_seen": self.steps_seen}
+
+    def on_eval(self, ctx: RunContext, metrics: dict):
+        self.calls["on_eval"] += 1
+
+    def on_train_end(self, ctx: RunContext, metrics: dict):
+        self.calls["on_train_end"] += 1
+
+    def state_dict(self) -> dict:
+        self.calls["state_dict"] += 1
+        return {"steps_seen": self.steps_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls["load_state_dict"] += 1
+        self.steps_seen = int(state["steps_seen"])
 
     def logits_processors(self):
         def ban_probe(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -75,15 +135,3 @@ class Probe(Recipe):
     def prepare_prompt(self, ids: list[int]) -> list[int]:
         self.calls["prepare_prompt"] += 1
         return ids
-
-    def on_train_start(self, **kw):
-        self.calls["on_train_start"] += 1
-
-    def on_step_end(self, **kw):
-        self.calls["on_step_end"] += 1
-
-    def on_eval(self, **kw):
-        self.calls["on_eval"] += 1
-
-    def on_train_end(self, **kw):
-        self.calls["on_train_end"] += 1

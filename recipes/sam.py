@@ -49,7 +49,7 @@ import torch
 from kernels.sam import grad_sq_norm, perturb_, restore_
 from llmcore.errors import ConfigError
 from llmcore.train.metrics import log
-from recipes.base import Recipe, register
+from recipes.base import Recipe, RunContext, register
 
 MODES = ("auto", "per-device", "global-m")
 SCHEDULES = ("constant", "linear")
@@ -126,9 +126,16 @@ class Sam(Recipe):
         return want
 
     # --- hooks ---------------------------------------------------------------------------
-    def on_train_start(self, trainer=None, **kw):
-        self.max_steps = trainer.cfg.train.max_steps
-        self._log_mode(trainer.engine)
+    def on_train_start(self, ctx: RunContext):
+        self.max_steps = ctx.config.train.max_steps
+        self._log_mode(ctx.engine)
+
+    def state_dict(self) -> dict:
+        # the only state that outlives a step: the perturbation buffers are rebuilt on demand
+        return {"skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_total = int(state["skipped_total"])
 
     def _log_mode(self, engine) -> None:
         if self._logged_mode or not engine.is_main:

@@ -162,7 +162,13 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
         return [_coerce(item_tp, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict or tp is Any:
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return {_coerce(key_tp, k, f"{key} key", source): _coerce(value_tp, v, f"{key}.{k}", source)
+                for k, v in value.items()}
+    if tp is Any:
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

@@ -125,6 +125,15 @@ class TrainConfig:
     """Peak FLOP/s of one device for MFU; 0 looks the device up and logs no MFU if unknown."""
     init_from: str = ""
     """Checkpoint to start from (weights only), e.g. one made by `import-hf`."""
+    ntp_weight: float = 1.0
+    """Weight of the next-token term; 0 turns it off (a classifier-only run: then another
+    term must carry the loss). A recipe's `ntp_weight` hook multiplies it."""
+    keep_best_on: str = ""
+    """An evaluation set (`val`, or a name in `eval.sets`) whose loss picks the best
+    checkpoint: saved at each evaluation that improves it, never pruned, `out_dir/best`
+    pointing at it. Empty: no best checkpoint."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations in a row without a better `keep_best_on` loss (0: never)."""
 
 
 @dataclass
@@ -140,6 +149,15 @@ class EngineConfig:
 
 
 @dataclass
+class EvalConfig:
+    sets: dict[str, str] = field(default_factory=dict)
+    """Named evaluation sets beside the default `val`: name -> a prepared data folder (its
+    `val` split) or, with data.format=sft, a jsonl. Each is scored at every evaluation
+    (train.eval_every) on the same windows, with the run's transforms, and logged as
+    `eval/<name>/loss` (and `/ppl`, `/tokens`)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -147,6 +165,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     recipes: list[str] = field(default_factory=list)
     """Recipe names to compose, in order; each may have a section of its own name."""
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -176,6 +195,16 @@ class Config:
                 f"train.micro_batch_size={self.train.micro_batch_size}")
         if not 0.0 <= self.schedule.anneal_fraction <= 1.0:
             raise ConfigError(f"schedule.anneal_fraction must be in [0, 1], got {self.schedule.anneal_fraction}")
+        for name in self.eval.sets:
+            if name == "val" or "/" in name or not name:
+                raise ConfigError(f"eval.sets: {name!r} is not a usable set name (not empty, no '/', "
+                                  "and `val` is the default set)")
+        if self.train.keep_best_on and self.train.keep_best_on not in ("val", *self.eval.sets):
+            raise ConfigError(f"train.keep_best_on={self.train.keep_best_on!r} is not an evaluation set "
+                              f"(have: {', '.join(['val', *self.eval.sets])})")
+        if self.train.early_stop_patience < 0 or (self.train.early_stop_patience and not self.train.keep_best_on):
+            raise ConfigError("train.early_stop_patience needs train.keep_best_on (the set it watches) "
+                              f"and must be >= 0, got {self.train.early_stop_patience}")
         if not self.data.path and not self.data.sources:
             raise ConfigError("data.path is empty: give a folder made by `llmcore data prepare`")
         return self

@@ -97,6 +97,20 @@ class Engine(abc.ABC):
                 g.mul_(scale.to(device=g.device, dtype=g.dtype))
         return norm
 
+    # --- frozen modules (shared) ----------------------------------------------------------
+    def place_frozen(self, modules: dict[str, nn.Module], dtype: torch.dtype) -> dict[str, nn.Module]:
+        """Frozen modules a recipe declared (a teacher, a reverse LM) on this rank's device in
+        the run's dtype (`dtype`: bf16 when the run trains in bf16, else fp32), in eval mode,
+        without gradients. Every backend replicates them: a whole copy on each rank, outside
+        the optimizer, the checkpoint and ZeRO's partitioning -- under ZeRO-3 too, so they cost
+        (their parameter count x dtype size) on every rank and no gather per forward."""
+        placed = {}
+        for name, module in modules.items():
+            module = module.to(device=self.device, dtype=dtype)  # casts floating tensors only
+            module.requires_grad_(False)
+            placed[name] = module.eval()
+        return placed
+
     # --- collectives (shared) -------------------------------------------------------------
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:

@@ -1,15 +1,31 @@
 """The recipes of one run and the fan-out of every hook over them, in config order.
 
-Built by the trainer, the checkpoint loader and decoding; each hook is optional and looked
-up on the recipe's class, so a recipe may be any class (base-class no-ops count as absent).
+Built by the trainer, the checkpoint loader and decoding. Each hook is optional and looked up
+on the recipe's class, so a recipe may be any class (base-class no-ops count as absent).
+`HOOKS` is the whole contract: README's hook table and `recipes.base.Recipe` are checked
+against it by a test, and a recipe method that looks like a hook but is not one (`on_step_ends`)
+is an error naming the nearest hook, so a typo never silently does nothing.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
-from llmcore.errors import ConfigError
+import torch.nn as nn
+
+from llmcore.errors import CheckpointError, ConfigError
 from llmcore.recipe.registry import recipe_class
+
+HOOKS = (
+    "special_tokens", "bind", "transform", "ignore_ids", "frozen_modules", "modules", "loss",
+    "ntp_weight", "optimizer_step", "on_train_start", "on_step_end", "on_eval", "on_train_end",
+    "state_dict", "load_state_dict", "logits_processors", "prepare_prompt",
+)
+"""Every recipe hook llmcore calls, in the order of README's hook table."""
+
+NTP = "ntp"
+"""The reserved loss-term name of next-token prediction (see `ntp_owner`)."""
 
 
 class RecipeSet:
@@ -17,10 +33,19 @@ class RecipeSet:
 
     def __init__(self, recipes: list[Any]):
         self.recipes = recipes
+        for r in recipes:
+            _check_hook_names(r)
         steppers = [r for r in recipes if _has(r, "optimizer_step")]
         if len(steppers) > 1:
             raise ConfigError(f"recipes {[r.name for r in steppers]} all replace the optimizer step; at most one may")
         self.stepper = steppers[0] if steppers else None
+        owners = [r for r in recipes if _has(r, "ntp_weight") or getattr(r, "replaces_ntp", False)]
+        if len(owners) > 1:
+            raise ConfigError(f"recipes {[r.name for r in owners]} all replace or scale the '{NTP}' term; "
+                              "at most one may")
+        self.ntp_owner = owners[0] if owners else None
+        """The one recipe that returns the `ntp` term itself (`replaces_ntp`) or scales it
+        (`ntp_weight`), or None."""
 
     @classmethod
     def from_config(cls, cfg) -> "RecipeSet":
@@ -33,6 +58,7 @@ class RecipeSet:
     def names(self) -> list[str]:
         return [r.name for r in self.recipes]
 
+    # --- tokenizer and data ---------------------------------------------------------------
     def special_tokens(self) -> list[str]:
         out: list[str] = []
         for r in self.recipes:
@@ -53,7 +79,7 @@ class RecipeSet:
         if not fns:
             return None
 
-        def chained(sample: dict, rng) -> dict:
+        def chained(sample, rng):
             for fn in fns:
                 sample = fn(sample, rng)
             return sample
@@ -67,6 +93,24 @@ class RecipeSet:
                 out += [i for i in r.ignore_ids() if i not in out]
         return out
 
+    # --- modules --------------------------------------------------------------------------
+    def frozen_modules(self, model_args) -> dict[str, nn.Module]:
+        """Name -> frozen nn.Module (a teacher, a reverse LM) from every recipe, for the engine
+        to place. Names are shared by all recipes of the run: a clash is an error."""
+        out: dict[str, nn.Module] = {}
+        owner: dict[str, str] = {}
+        for r in self.recipes:
+            if not _has(r, "frozen_modules"):
+                continue
+            for name, mod in (r.frozen_modules(model_args) or {}).items():
+                if name in out:
+                    raise ConfigError(f"recipes {owner[name]!r} and {r.name!r} both declare a frozen module {name!r}")
+                if not isinstance(mod, nn.Module):
+                    raise ConfigError(f"recipe {r.name!r}: frozen module {name!r} is a {type(mod).__name__}, "
+                                      "not an nn.Module")
+                out[name], owner[name] = mod, r.name
+        return out
+
     def modules(self, model_args) -> dict[str, Any]:
         """Recipe name -> extra trainable nn.Module (aux heads), saved and sharded with the model."""
         out = {}
@@ -77,15 +121,62 @@ class RecipeSet:
                     out[r.name] = mod
         return out
 
+    # --- the step -------------------------------------------------------------------------
+    def ntp_weight(self, step: int) -> float:
+        """The owner's multiplier of the next-token term at `step` (1 without one)."""
+        r = self.ntp_owner
+        return float(r.ntp_weight(step)) if r is not None and _has(r, "ntp_weight") else 1.0
+
+    @property
+    def replaces_ntp(self) -> bool:
+        """True when a recipe computes the `ntp` term itself (llmcore then does not)."""
+        return self.ntp_owner is not None and bool(getattr(self.ntp_owner, "replaces_ntp", False))
+
     def losses(self, ctx) -> dict[str, tuple]:
-        """Named (sum, count) loss terms from every recipe for one micro-batch."""
+        """Named (sum, count) loss terms from every recipe for one micro-batch: `<recipe>/<key>`,
+        except the reserved `ntp`, which only the recipe that `replaces_ntp` may return."""
         terms: dict[str, tuple] = {}
         for r in self.recipes:
-            if _has(r, "loss"):
-                for key, term in (r.loss(ctx) or {}).items():
+            if not _has(r, "loss"):
+                continue
+            for key, term in (r.loss(ctx) or {}).items():
+                if key == NTP:
+                    if not (r is self.ntp_owner and self.replaces_ntp):
+                        raise ConfigError(f"recipe {r.name!r} returned the reserved '{NTP}' term without "
+                                          "`replaces_ntp = True`")
+                    terms[NTP] = term
+                else:
                     terms[f"{r.name}/{key}"] = term
+        if self.replaces_ntp and NTP not in terms:
+            raise ConfigError(f"recipe {self.ntp_owner.name!r} replaces the '{NTP}' term but its loss "
+                              "returned none")
         return terms
 
+    # --- callbacks and state --------------------------------------------------------------
+    def callback(self, event: str, ctx, metrics: dict | None = None) -> dict:
+        """Call `on_<event>(ctx[, metrics])` of every recipe; merge the metric dicts returned."""
+        out: dict = {}
+        hook = f"on_{event}"
+        for r in self.recipes:
+            if _has(r, hook):
+                fn = getattr(r, hook)
+                out.update((fn(ctx) if event == "train_start" else fn(ctx, metrics)) or {})
+        return out
+
+    def state_dict(self) -> dict:
+        """Recipe name -> that recipe's JSON-serialisable state, for checkpoints."""
+        return {r.name: r.state_dict() for r in self.recipes if _has(r, "state_dict")}
+
+    def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
+        for r in self.recipes:
+            if not _has(r, "load_state_dict"):
+                continue
+            if r.name not in state:
+                raise CheckpointError(f"{where} has no state for recipe {r.name!r} (saved: "
+                                      f"{sorted(state) or 'none'}); was it trained without it?")
+            r.load_state_dict(state[r.name])
+
+    # --- decoding -------------------------------------------------------------------------
     def logits_processors(self) -> list[Callable]:
         out: list[Callable] = []
         for r in self.recipes:
@@ -99,15 +190,6 @@ class RecipeSet:
                 ids = r.prepare_prompt(ids)
         return ids
 
-    def callback(self, event: str, **kwargs) -> dict:
-        """Call `on_<event>` of every recipe; merge the metric dicts they return."""
-        metrics: dict = {}
-        for r in self.recipes:
-            fn = getattr(r, f"on_{event}", None)
-            if fn is not None:
-                metrics.update(fn(**kwargs) or {})
-        return metrics
-
 
 def _has(recipe: Any, hook: str) -> bool:
     """True when the recipe overrides `hook` (base-class no-ops count as absent)."""
@@ -115,3 +197,13 @@ def _has(recipe: Any, hook: str) -> bool:
     if fn is None:
         return False
     return not getattr(fn, "_default_hook", False)
+
+
+def _check_hook_names(recipe: Any) -> None:
+    """A public method named like a callback (`on_*`) that is no hook is a typo: say so."""
+    for name in dir(type(recipe)):
+        if name.startswith("on_") and name not in HOOKS and callable(getattr(type(recipe), name)):
+            near = difflib.get_close_matches(name, HOOKS, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"recipe {getattr(recipe, 'name', type(recipe).__name__)!r} defines {name!r}, "
+                              f"which is not a recipe hook{hint}")

@@ -24,6 +24,8 @@ from safetensors.torch import load_file, save_file
 from llmcore.errors import CheckpointError, ConfigError
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+BEST = "best"
+"""The file naming the checkpoint with the best `train.keep_best_on` loss (kept from pruning)."""
 
 
 def ckpt_name(step: int) -> str:
@@ -31,14 +33,18 @@ def ckpt_name(step: int) -> str:
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint dir from: a checkpoint dir, a run dir (its `latest`), or a `latest` file."""
+    """A checkpoint dir from: a checkpoint dir, a run dir (its `latest`), or a pointer file
+    (`latest`, or `best` as `train.keep_best_on` writes it)."""
     p = Path(path)
-    if p.is_file() and p.name == "latest":
-        p = p.parent
-    if p.is_dir() and (p / "latest").is_file():
-        target = p / (p / "latest").read_text().strip()
+    pointer = None
+    if p.is_file() and p.name in ("latest", BEST):
+        pointer, p = p, p.parent
+    elif p.is_dir() and (p / "latest").is_file():
+        pointer = p / "latest"
+    if pointer is not None:
+        target = p / pointer.read_text().strip()
         if not target.is_dir():
-            raise CheckpointError(f"{p / 'latest'} points at {target.name}, which does not exist")
+            raise CheckpointError(f"{pointer} points at {target.name}, which does not exist")
         return target
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
@@ -97,18 +103,30 @@ def save(engine, out_dir: str, step: int, train_state: dict, config_yaml: str,
 
 
 def _write_latest(out: Path, name: str) -> None:
-    tmp = out / f"latest.tmp-{os.getpid()}"
+    _write_pointer(out, "latest", name)
+
+
+def _write_pointer(out: Path, pointer: str, name: str) -> None:
+    tmp = out / f"{pointer}.tmp-{os.getpid()}"
     tmp.write_text(name + "\n")
-    os.replace(tmp, out / "latest")
+    os.replace(tmp, out / pointer)
 
 
 def prune(out: Path, keep_last: int) -> None:
-    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all)."""
+    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); the one
+    `out/best` names is never deleted."""
     if keep_last <= 0:
         return
+    best = (out / BEST).read_text().strip() if (out / BEST).is_file() else None
     steps = sorted(int(m.group(1)) for d in out.iterdir() if (m := CKPT_RE.match(d.name)) and d.is_dir())
     for s in steps[:-keep_last]:
-        shutil.rmtree(out / ckpt_name(s), ignore_errors=True)
+        if ckpt_name(s) != best:
+            shutil.rmtree(out / ckpt_name(s), ignore_errors=True)
+
+
+def mark_best(out_dir: str | os.PathLike, ckpt: Path) -> None:
+    """Point `out_dir/best` at checkpoint `ckpt` (atomically, as `latest`)."""
+    _write_pointer(Path(out_dir), BEST, ckpt.name)
 
 
 def read_state(ckpt: Path) -> dict:

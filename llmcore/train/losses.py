@@ -15,11 +15,9 @@ import kernels
 
 
 def count_loss_tokens(labels: torch.Tensor, ignore_ids: torch.Tensor | None, ignore_index: int = -100) -> int:
-    """Number of targets that carry a next-token loss: not `ignore_index`, not in `ignore_ids`."""
-    keep = labels != ignore_index
-    if ignore_ids is not None and ignore_ids.numel():
-        keep &= ~torch.isin(labels, ignore_ids.to(labels.device))
-    return int(keep.sum())
+    """Number of targets that carry a next-token loss, by the kernels' own rule
+    (`kernels.loss_target_mask`), so the step's denominator counts exactly the rows scored."""
+    return int(kernels.loss_target_mask(labels, ignore_index, ignore_ids).sum())
 
 
 def ntp_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,

@@ -38,7 +38,7 @@ import torch
 
 from kernels.future_summary import NORMS, future_summary_loss
 from llmcore.errors import ConfigError
-from recipes.base import Recipe, register
+from recipes.base import Recipe, RunContext, register
 from recipes.future_summary import targets
 from recipes.future_summary.heads import FutureHeads
 
@@ -85,7 +85,7 @@ class FutureSummary(Recipe):
             raise ConfigError("future_summary.kind=fsp_revlm needs future_summary.revlm_checkpoint "
                               "(a run trained with data.reverse=true)")
         self.tokenizer = None
-        self.revlm = None  # frozen, outside the trained module: never optimised or saved
+        self.revlm = None  # a frozen module (see frozen_modules)
         self.idf = None
 
     @property
@@ -95,28 +95,35 @@ class FutureSummary(Recipe):
     def bind(self, tokenizer) -> None:
         self.tokenizer = tokenizer
 
+    def frozen_modules(self, model_args) -> dict:
+        """FSP-RevLM's reverse LM: frozen, placed by the engine (device, dtype, eval mode),
+        never optimised or written into the run's checkpoints (the config names its path)."""
+        if not (self.on and self.config.kind == "fsp_revlm"):
+            return {}
+        from recipes.future_summary.revlm import load_reverse_lm
+
+        self.revlm = load_reverse_lm(self.config.revlm_checkpoint, self.tokenizer)
+        return {"revlm": self.revlm}
+
     def modules(self, model_args):
         if not self.on:
             return None
         c = self.config
         if c.kind == "fsp_revlm":
-            from recipes.future_summary.revlm import load_reverse_lm
-
-            self.revlm = load_reverse_lm(c.revlm_checkpoint, self.tokenizer)
             return FutureHeads(model_args, c.kind, 1, out_dim=self.revlm.args.d_model)
         n = c.n_heads if c.kind in ("mtp", "ds_mtp") else 1
         return FutureHeads(model_args, c.kind, n)
 
-    def on_train_start(self, trainer=None, **kw) -> dict:
+    def on_train_start(self, ctx: RunContext) -> dict:
         if self.on and self.config.kind == "fsp_bce" and self.config.tfidf:
             from recipes.future_summary.tfidf import idf_weights
 
-            d = trainer.cfg.data
+            d = ctx.config.data
             if d.format != "tokens":
                 raise ConfigError("future_summary.tfidf needs prepared token data (data.format: tokens), "
                                   f"got data.format={d.format!r}")
             paths = [s.path for s in d.sources] or [d.path]
-            self.idf = torch.from_numpy(idf_weights(paths, trainer.model_args.vocab_size))
+            self.idf = torch.from_numpy(idf_weights(paths, ctx.model_args.vocab_size))
         return {}
 
     def loss(self, ctx) -> dict:
@@ -154,13 +161,10 @@ class FutureSummary(Recipe):
                 ctx.output_weight, fsp_h=out.reshape(B * T, -1), bag=bag.reshape(B * T, -1),
                 fsp_rows=rows.reshape(-1), token_weight=idf, fsp_weight=c.weight, norm=c.norm)
             return _pieces(["bce"], loss, sums, counts)
-        return {"mse": self._revlm_loss(heads, out, ids, doc, rows)}
+        return {"mse": self._revlm_loss(heads, ctx.frozen["revlm"], out, ids, doc, rows)}
 
-    def _revlm_loss(self, heads, out, ids, doc, rows):
+    def _revlm_loss(self, heads, revlm, out, ids, doc, rows):
         """weight * sum over rows of the mean squared error to the reverse LM's state."""
-        revlm = self.revlm
-        if next(revlm.parameters()).device != out.device:
-            revlm.to(out.device)
         rev_ids, rev_doc = targets.revlm_inputs(ids, doc)
         with torch.no_grad():
             g, have = targets.revlm_targets(revlm(rev_ids, rev_doc), doc)

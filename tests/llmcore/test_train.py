@@ -54,8 +54,8 @@ class StopAt(Recipe):
     step = 10
     signum = signal.SIGUSR1
 
-    def on_step_end(self, trainer, metrics):
-        if trainer.step == self.step:
+    def on_step_end(self, ctx, metrics):
+        if ctx.step == self.step:
             os.kill(os.getpid(), self.signum)
 
 
@@ -108,7 +108,7 @@ def test_probe_recipe_hooks_called_and_weight_zero_is_bit_identical(prepared, tm
     for hook in ("bind", "modules", "on_train_start", "on_train_end", "on_eval"):
         assert calls[hook] >= 1, hook
     after_fit = calls["transform"]
-    n_eval = sum(b["input_ids"].shape[0] for b in trainer._eval_batches(4)[1])
+    n_eval = sum(b["input_ids"].shape[0] for b in trainer.eval_batches(trainer.eval_sets()["val"], 4))
     assert after_fit == 5 * 8 + n_eval  # every sample of every step, and every validation window
     assert calls["optimizer_step"] == 5 and calls["on_step_end"] == 5
     assert calls["loss"] == 5 * 2  # every micro-batch

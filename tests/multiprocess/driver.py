@@ -1,6 +1,6 @@
 """Process entry point of the multi-process tests: `torchrun ... driver.py key=value ...`.
 
-Registers three test-only recipes in this process (a recipe registered in the pytest process
+Registers two test-only recipes in this process (a recipe registered in the pytest process
 would not exist in the torchrun workers; the tests use the same classes in-process through
 `temporary_recipe`), then runs `llmcore train` with the given dotted
 overrides exactly as a user would. Rank 0 writes the trainer's result to `$MP_RESULT` (JSON)
@@ -11,8 +11,6 @@ when that variable is set; a bad checkpoint or config exits with status 2 and a 
 - `mp_sam` is SAM written only against the Engine interface (closure, grad_norm, local_params,
   zero_grad, finish_step), so the same test runs on every engine: in its global-m form it must
   give single-process numbers through sharded parameter/gradient access.
-- `mp_init_from` loads a checkpoint's weights through `engine.load_full_state_dict` at the
-  start of training (into ZeRO shards and fp32 masters).
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ class StopAt(Recipe):
         step: int = 3
         signum: int = int(signal.SIGTERM)
 
-    def on_step_end(self, trainer, metrics):
-        if trainer.step == self.config.step:
+    def on_step_end(self, ctx, metrics):
+        if ctx.step == self.config.step:
             os.kill(os.getpid(), self.config.signum)
 
 
@@ -74,21 +72,7 @@ class Sam(Recipe):
         return stats
 
 
-class InitFrom(Recipe):
-    """Loads a checkpoint's weights through `engine.load_full_state_dict` when training starts
-    (what `train.init_from` should do under every engine: see the report on issue 4)."""
-
-    @dataclass
-    class Config:
-        path: str = ""
-
-    def on_train_start(self, trainer):
-        from llmcore.train import checkpoint
-
-        trainer.engine.load_full_state_dict(checkpoint.load_weights(checkpoint.resolve(self.config.path)))
-
-
-TEST_RECIPES = {"mp_stop_at": StopAt, "mp_sam": Sam, "mp_init_from": InitFrom}
+TEST_RECIPES = {"mp_stop_at": StopAt, "mp_sam": Sam}
 
 
 def main(argv: list[str]) -> int:

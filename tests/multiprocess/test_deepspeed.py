@@ -104,9 +104,9 @@ def test_per_device_sam_on_zero1_matches_ddp(prepared, tmp_path, ds_run):
 
 @pytest.mark.parametrize("stage", [2, 3], ids=["zero2", "zero3"])
 def test_loading_full_weights_reaches_shards_and_fp32_masters(stage, single_ref, ds_run):
-    """`engine.load_full_state_dict` (through the mp_init_from test recipe) at the start of
-    training: if the fp32 masters kept the random init, the first step would undo the load."""
-    init = ("recipes=[mp_init_from]", f"mp_init_from.path={single_ref(STEPS)}")
+    """`engine.load_full_state_dict` (through `train.init_from`) before training: if the fp32
+    masters kept the random init, the first step would undo the load."""
+    init = (f"train.init_from={single_ref(STEPS)}",)
     ref, out = single_ref(STEPS, *init), ds_run(stage, *init)
     assert_curves_close(ref, out, LOSS_REL)
     assert losses(out)[1] < 0.9 * losses(single_ref(STEPS))[1]  # started from the trained weights

@@ -299,7 +299,8 @@ def test_validation_windows_get_the_same_pause_rewrite_as_training(prepared, tmp
 
     trainer = Trainer(make_cfg(prepared, tmp_path / "v", "recipes=[pause]", "pause.fraction=0.1"))
     pause = trainer.tokenizer.token_id("<pause>")
-    first, again = trainer._eval_batches(2)[1], trainer._eval_batches(2)[1]
+    val = trainer.eval_sets()["val"]
+    first, again = trainer.eval_batches(val, 2), trainer.eval_batches(val, 2)
     ids = first[0]["input_ids"]
     assert (ids == pause).any(dim=1).all()  # every validation window carries pauses
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, again))  # same each time
