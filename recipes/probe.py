@@ -80,7 +80,9 @@ class Probe(Recipe):
         frozen = ctx.frozen["probe_frozen"]
         self.last_ctx["frozen"] = (frozen.training, frozen.weight.requires_grad, frozen.weight.dtype,
                                    frozen.weight.device.type)
-        z = ctx.modules[self.name](ctx.hidden).float() + frozen(ctx.hidden.detach()).float()  # (B, T, 1)
+        with torch.no_grad():
+            self.last_ctx["frozen_out"] = frozen(ctx.hidden).float().shape  # (B, T, 1): it runs
+        z = ctx.modules[self.name](ctx.hidden).float()  # (B, T, 1)
         out = {"aux": (self.config.loss_weight * z.pow(2).sum(), z.numel())}
         if self.config.replace_ntp:
             h = ctx.hidden.reshape(-1, ctx.hidden.shape[-1])
