@@ -35,6 +35,15 @@ class Recipe:
       sum / count per term.
     - `optimizer_step(ctx, closure)` -> replace the step (SAM); at most one recipe per run.
     - `logits_processors()` / `prepare_prompt(ids)` -> decoding hooks.
+    - `beam_selector()` -> None or a selector `fn(candidates, lookahead) -> candidates` for
+      beam search (`llmcore.generate.beam`): each step it sees the proposed extensions
+      (parent beam, next token, cumulative log-prob, extended ids) and may prune, re-score or
+      reorder them; `lookahead(candidates)` gives (N, V) next-token log-probs after each
+      candidate from the cache, unprocessed (SafeBeam: drop the half with the highest P(tag)).
+      Selectors of several recipes chain in config order.
+    - `fan_out(prompt_ids, k)` -> [(variant ids, n samples, group label)] with the n summing to
+      k: split one prompt's k samples into groups (ModC: one `<mode_i>` prefix per group);
+      at most one recipe per run (`llmcore.generate.groups.sample_groups`).
     - `on_train_start`, `on_step_end`, `on_eval`, `on_train_end` -> callbacks returning metrics.
     """
 
@@ -84,3 +93,11 @@ class Recipe:
     @_default
     def prepare_prompt(self, ids: list[int]) -> list[int]:
         return ids
+
+    @_default
+    def beam_selector(self) -> Callable | None:
+        return None
+
+    @_default
+    def fan_out(self, prompt_ids: list[int], k: int) -> list[tuple[list[int], int, str]]:
+        return [(prompt_ids, k, "all")]
