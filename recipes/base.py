@@ -49,6 +49,15 @@ class Recipe:
     - `state_dict()` / `load_state_dict(state)` -> JSON-serialisable recipe state kept in every
       checkpoint and restored on resume (SAM's counters).
     - `logits_processors()` / `prepare_prompt(ids)` -> decoding hooks.
+    - `beam_selector()` -> None or a selector `fn(candidates, lookahead) -> candidates` for
+      beam search (`llmcore.generate.beam`): each step it sees the proposed extensions
+      (parent beam, next token, cumulative log-prob, extended ids) and may prune, re-score or
+      reorder them; `lookahead(candidates)` gives (N, V) next-token log-probs after each
+      candidate from the cache, unprocessed (SafeBeam: drop the half with the highest P(tag)).
+      Selectors of several recipes chain in config order.
+    - `fan_out(prompt_ids, k)` -> [(variant ids, n samples, group label)] with the n summing to
+      k: split one prompt's k samples into groups (ModC: one `<mode_i>` prefix per group);
+      at most one recipe per run (`llmcore.generate.groups.sample_groups`).
     """
 
     name = "base"
@@ -131,3 +140,11 @@ class Recipe:
     @_default
     def prepare_prompt(self, ids: list[int]) -> list[int]:
         return ids
+
+    @_default
+    def beam_selector(self) -> Callable | None:
+        return None
+
+    @_default
+    def fan_out(self, prompt_ids: list[int], k: int) -> list[tuple[list[int], int, str]]:
+        return [(prompt_ids, k, "all")]

@@ -45,6 +45,7 @@ class Probe(Recipe):
         self.token_id = None
         self.steps_seen = 0
         """Steps this run has taken with the probe, resumed runs included (its checkpointed state)."""
+        self.pruned: list[list[int]] = []  # sequences its beam selector dropped
         self.last_ctx: dict = {}
         """What the last callback's RunContext said about the run (for tests)."""
 
@@ -137,3 +138,25 @@ class Probe(Recipe):
     def prepare_prompt(self, ids: list[int]) -> list[int]:
         self.calls["prepare_prompt"] += 1
         return ids
+
+    def beam_selector(self):
+        def drop_most_probe_prone(cands, lookahead):
+            """SafeBeam in miniature: drop the one candidate whose next token is most likely
+            `<probe>` (by the one-token lookahead); keep the rest as proposed."""
+            self.calls["beam_selector"] += 1
+            if len(cands) < 2:
+                return cands
+            p_probe = lookahead(cands)[:, self.token_id]  # (N,) log-probs
+            worst = int(p_probe.argmax())
+            self.pruned.append(cands.ids[worst].tolist())
+            keep = torch.ones(len(cands), dtype=torch.bool, device=p_probe.device)
+            keep[worst] = False
+            return cands.select(keep)
+        return drop_most_probe_prone
+
+    def fan_out(self, prompt_ids: list[int], k: int) -> list[tuple[list[int], int, str]]:
+        """Two groups, as mode conditioning splits k over two modes: the prompt as given gets
+        ceil(k/2) samples, the prompt behind a `<probe>` prefix the rest."""
+        self.calls["fan_out"] += 1
+        return [(prompt_ids, k - k // 2, "plain"), ([self.token_id] + prompt_ids, k // 2, "probe")]
+

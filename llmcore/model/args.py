@@ -12,7 +12,7 @@ from llmcore.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelArgs:
-    """Everything that fixes the parameter shapes of a Llama-style decoder."""
+    """Everything that fixes the parameter shapes of a Llama-style decoder, and its dropout."""
 
     vocab_size: int = 32000
     d_model: int = 256
@@ -25,6 +25,9 @@ class ModelArgs:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     doc_mask: bool = True
+    # 0: pretraining at scale sees each token about once, so there is nothing to regularise;
+    # fine-tuning phases (early exposure's stage 2) turn it on. Training mode only.
+    dropout: float = 0.0
 
     @property
     def head_dim(self) -> int:
@@ -47,4 +50,6 @@ class ModelArgs:
             raise ConfigError(f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
             raise ConfigError(f"head dim {self.head_dim} must be even for RoPE")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         return self

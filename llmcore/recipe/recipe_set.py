@@ -20,7 +20,7 @@ from llmcore.recipe.registry import recipe_class
 HOOKS = (
     "special_tokens", "bind", "transform", "ignore_ids", "frozen_modules", "modules", "loss",
     "ntp_weight", "optimizer_step", "on_train_start", "on_step_end", "on_eval", "on_train_end",
-    "state_dict", "load_state_dict", "logits_processors", "prepare_prompt",
+    "state_dict", "load_state_dict", "logits_processors", "prepare_prompt", "beam_selector", "fan_out",
 )
 """Every recipe hook llmcore calls, in the order of README's hook table."""
 
@@ -46,6 +46,12 @@ class RecipeSet:
         self.ntp_owner = owners[0] if owners else None
         """The one recipe that returns the `ntp` term itself (`replaces_ntp`) or scales it
         (`ntp_weight`), or None."""
+        # Two recipes each splitting k over their own variants have no meaningful product
+        # (whose labels, whose counts?), so a run may fan prompts out through one recipe only.
+        fanners = [r for r in recipes if _has(r, "fan_out")]
+        if len(fanners) > 1:
+            raise ConfigError(f"recipes {[r.name for r in fanners]} all fan prompts out (fan_out); at most one may")
+        self.fanner = fanners[0] if fanners else None
 
     @classmethod
     def from_config(cls, cfg) -> "RecipeSet":
@@ -189,6 +195,55 @@ class RecipeSet:
             if _has(r, "prepare_prompt"):
                 ids = r.prepare_prompt(ids)
         return ids
+
+    def beam_selector(self) -> Callable | None:
+        """The recipes' beam selectors chained in config order, or None when no recipe has one.
+
+        Chained, not at most one: pruning and re-scoring compose (each selector sees the
+        survivors of the one before it, with the same lookahead), so e.g. SafeBeam can run
+        beside a repetition filter. See `llmcore.generate.beam.Selector`.
+        """
+        fns = []
+        for r in self.recipes:
+            if _has(r, "beam_selector"):
+                fn = r.beam_selector()
+                if fn is not None:
+                    fns.append((r.name, fn))
+        if not fns:
+            return None
+
+        def chained(candidates, lookahead):
+            for name, fn in fns:
+                candidates = fn(candidates, lookahead)
+                if candidates is None:
+                    raise ConfigError(f"recipe {name!r}: its beam selector returned None; return the "
+                                      "candidates to keep (none kept: an empty selection)")
+            return candidates
+        return chained
+
+    def fan_out(self, prompt_ids: list[int], k: int) -> list[tuple[list[int], int, str]]:
+        """One prompt's ids -> [(variant ids, n samples, group label)] with the n summing to k.
+
+        Without a fan-out recipe: one group "all" with the prompt and all k samples. A recipe's
+        answer is checked here (counts, labels), and a bad one is refused naming the recipe.
+        """
+        if self.fanner is None:
+            return [(list(prompt_ids), k, "all")]
+        name = self.fanner.name
+        groups = [tuple(g) for g in self.fanner.fan_out(list(prompt_ids), k)]
+        if not groups or any(len(g) != 3 for g in groups):
+            raise ConfigError(f"recipe {name!r}: fan_out must return a non-empty list of "
+                              f"(prompt ids, n samples, label), got {groups!r}")
+        counts = [g[1] for g in groups]
+        labels = [g[2] for g in groups]
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts) or sum(counts) != k:
+            raise ConfigError(f"recipe {name!r}: fan_out(k={k}) gave sample counts {counts}, which "
+                              f"must be integers >= 0 summing to {k}")
+        if len(set(labels)) != len(labels) or not all(isinstance(x, str) for x in labels):
+            raise ConfigError(f"recipe {name!r}: fan_out gave group labels {labels}; they must be distinct strings")
+        if any(len(g[0]) == 0 for g in groups):
+            raise ConfigError(f"recipe {name!r}: fan_out gave an empty prompt for a group")
+        return [(list(ids), n, label) for ids, n, label in groups]
 
 
 def _has(recipe: Any, hook: str) -> bool:
