@@ -21,7 +21,8 @@ never touched. Every edit is undone by copying back a saved copy (bitwise), neve
 the edit.
 
 Used by `benchmarks/experiments/sam_forgetting.py`; from Python: `quantized(model)`,
-`noised(model, sigma)`, `loss_increase(...)`, `finetune_sweep(...)`.
+`noised(model, sigma)`, `loss_increase(...)`, `finetune_sweep(...)` (or, inside a larger
+pipeline, `finetune_stage(...)` and `forgetting_runs(rows)`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch.nn as nn
 import yaml
 
 from llmcore.errors import ConfigError
+from llmcore.pipeline.spec import Pipeline, Stage, Sweep
 from recipes.base import Recipe, register
 
 NOISE_LAWS = ("tensor_rms", "init_std")
@@ -155,42 +157,76 @@ class ForgettingTracker(Recipe):
         return {"forgetting/val_loss_a": out["loss"]}
 
 
+def finetune_stage(name: str, data_b: str, val_a: str, lrs: list[float], steps: int, eval_every: int,
+                   init_from: str = "", overrides: list[str] = (), eval_batches: int = 8) -> Stage:
+    """The fine-tune half of the harness as one pipeline stage: fine-tune on prepared folder
+    `data_b` once per learning rate (a sweep over optim.lr) with the tracker scoring `val_a`
+    at every evaluation, so a pretraining stage `init_from` and its forgetting sweep are one
+    pipeline. `overrides` come last (model, batch size, schedule, ...)."""
+    return Stage(name=name, init_from=init_from, sweep=Sweep("optim.lr", list(lrs)), overrides=[
+        f"data.path={data_b}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
+        f"train.eval_batches={eval_batches}", "train.progress=false", "train.keep_last=1",
+        "recipes=[forgetting]", f"forgetting.val_path={val_a}", f"forgetting.eval_batches={eval_batches}",
+        *overrides])
+
+
+def forgetting_runs(rows: list[dict]) -> list[dict]:
+    """{"lr", "points": [(step, fine-tune val loss on B, pretraining val loss on A)]} per
+    pipeline row of a `finetune_stage`; step 0 is the checkpoint the run started from, scored
+    once per checkpoint with the run's own eval settings (windows, batches, folders)."""
+    starts: dict[str, tuple[float, float]] = {}
+    out = []
+    for row in rows:
+        cfg = yaml.safe_load((Path(row["checkpoint"]) / "config.yaml").read_text())
+        init = cfg["train"]["init_from"]
+        if init not in starts:
+            starts[init] = _start_point(init, cfg)
+        points = [(0, *starts[init])]
+        points += [(r["step"], r["val_loss"], r["forgetting/val_loss_a"]) for r in _eval_rows(Path(row["out_dir"]))]
+        out.append({"lr": row["params"]["optim.lr"], "points": points})
+    return out
+
+
 def finetune_sweep(checkpoint: str, data_b: str, val_a: str, lrs: list[float], steps: int, out_dir: str,
                    eval_every: int, overrides: list[str] = (), eval_batches: int = 8) -> list[dict]:
-    """Fine-tune `checkpoint` on prepared folder `data_b` once per learning rate.
+    """Fine-tune `checkpoint` on prepared folder `data_b` once per learning rate, each run in
+    `<out_dir>/optim.lr=<lr>` (a one-stage pipeline: a rerun skips finished runs).
 
     The model and seq_len come from the checkpoint's config.yaml; `overrides` are more dotted
-    keys (batch size, schedule, ...). Returns one dict per lr: {"lr", "points": [(step,
-    fine-tune val loss on B, pretraining val loss on A)]}, step 0 being the checkpoint itself."""
-    from llmcore.config.load import load_run_config
+    keys (batch size, schedule, ...). Returns `forgetting_runs` of the sweep."""
+    from llmcore.pipeline.run import run_pipeline  # the trainer: only when a sweep runs
     from llmcore.train import checkpoint as ckpt_mod
-    from llmcore.train.loop import Trainer
 
     ckpt = ckpt_mod.resolve(checkpoint)
     raw = yaml.safe_load((ckpt / "config.yaml").read_text())
     inherited = [f"model.{k}={v}" for k, v in raw["model"].items() if v is not None]
-    inherited.append(f"data.seq_len={raw['data']['seq_len']}")
-    runs = []
-    for lr in lrs:
-        out = Path(out_dir) / f"lr{lr:g}"
-        cfg = load_run_config(None, [
-            *inherited, f"train.init_from={ckpt}", f"data.path={data_b}", f"data.tokenizer={ckpt / 'tokenizer'}",
-            f"train.out_dir={out}", f"optim.lr={lr}", f"train.max_steps={steps}", f"train.eval_every={eval_every}",
-            f"train.eval_batches={eval_batches}", "train.progress=false", "train.keep_last=1",
-            "recipes=[forgetting]", f"forgetting.val_path={val_a}", f"forgetting.eval_batches={eval_batches}",
-            *overrides])
-        trainer = Trainer(cfg)
-        start = trainer.evaluate()  # the checkpoint before any fine-tuning step
-        points = [(0, start["val_loss"], start["forgetting/val_loss_a"])]
-        trainer.fit()
-        points += [(r["step"], r["val_loss"], r["forgetting/val_loss_a"]) for r in _eval_rows(out)]
-        runs.append({"lr": lr, "points": points})
-    return runs
+    inherited += [f"data.seq_len={raw['data']['seq_len']}", f"train.init_from={ckpt}",
+                  f"data.tokenizer={ckpt / 'tokenizer'}"]
+    stage = finetune_stage("finetune", data_b, val_a, lrs, steps, eval_every, overrides=[*inherited, *overrides],
+                           eval_batches=eval_batches)
+    stage.out_dir = "."
+    return forgetting_runs(run_pipeline(Pipeline(out_dir=out_dir, stages=[stage]), print_summary=False))
+
+
+def _start_point(init: str, cfg: dict) -> tuple[float, float]:
+    """(B loss, A loss) of checkpoint `init`, on the windows the run's evaluations score."""
+    from llmcore import load
+    from llmcore.eval.loss import validation_loss
+
+    model, _ = load(init)
+    seq_len, batch = cfg["data"]["seq_len"], cfg["train"]["micro_batch_size"]
+    b = validation_loss(model, cfg["data"]["val_path"] or cfg["data"]["path"], seq_len, batch,
+                        cfg["train"]["eval_batches"])["loss"]
+    a = validation_loss(model, cfg["forgetting"]["val_path"], seq_len, batch, cfg["forgetting"]["eval_batches"])
+    return b, a["loss"]
 
 
 def _eval_rows(out_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
-    return [r for r in rows if "forgetting/val_loss_a" in r]
+    """The run's evaluations by step; a step evaluated twice (a resumed run repeats the steps
+    after its last checkpoint) keeps its last record."""
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line]
+    by_step = {r["step"]: r for r in rows if "forgetting/val_loss_a" in r}
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

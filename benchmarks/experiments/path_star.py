@@ -17,7 +17,9 @@ sized for the < 25 min CPU budget of 18 runs on a shared 2-core machine; the pap
     python -m benchmarks.experiments.path_star --seeds 0 --steps 50 --lengths 3   # a smoke run
 
 Writes <out>/results.json (every run) and prints the markdown table that goes into
-benchmarks/EXPERIMENTS.md.
+benchmarks/EXPERIMENTS.md. All runs are one pipeline (`llmcore.pipeline`): a rerun skips the
+finished runs (only re-scoring them), resumes an interrupted one, and <out>/summary.csv has every
+run's final losses.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def build_data(root: Path, a) -> dict:
     return data
 
 
-def overrides(data: dict, length: int, seed: int, out: Path, a) -> list[str]:
+def overrides(data: dict, length: int, a) -> list[str]:
     d = data["lengths"][length]
     return [
         "data.format=sft", f"data.path={d['train']}", f"data.val_path={d['val']}",
@@ -90,7 +92,7 @@ def overrides(data: dict, length: int, seed: int, out: Path, a) -> list[str]:
         f"model.n_heads={a.heads}", f"model.n_kv_heads={a.heads}", f"model.ffn_hidden={int(2.75 * a.d_model)}",
         f"model.vocab_size={data['vocab']}", f"model.max_seq_len={d['seq_len']}",
         f"train.max_steps={a.steps}", f"train.global_batch_size={a.batch}", f"train.micro_batch_size={a.batch}",
-        f"train.seed={seed}", f"train.out_dir={out}", "train.progress=false", "train.log_every=50",
+        "train.progress=false", "train.log_every=50",
         "train.eval_batches=2", "train.keep_last=1", "train.precision=fp32",
         f"optim.lr={a.lr}", "optim.weight_decay=0.1", f"schedule.kind={a.schedule}",
         f"schedule.warmup_steps={max(1, a.steps // 20)}",
@@ -98,12 +100,25 @@ def overrides(data: dict, length: int, seed: int, out: Path, a) -> list[str]:
     ]
 
 
-def run(opts: list[str]) -> dict:
-    import recipes  # noqa: F401  (registers the recipes without an installed entry point)
-    from llmcore.config.load import load_run_config
-    from llmcore.train.loop import Trainer
+def study_pipeline(root: Path, data: dict, seeds: list[int], methods: list[str], a):
+    """Per path length: the reverse LM (seed 0, when FSP-RevLM is studied), then one stage per
+    method swept over the seeds; runs in `<out>/L<length>/<method>/train.seed=<seed>`.
+    Returns (the pipeline, stage name -> (length, method))."""
+    from llmcore.pipeline.spec import Pipeline, Stage, Sweep
 
-    return Trainer(load_run_config(None, opts)).fit()
+    stages, cells = [], {}
+    for length in a.lengths:
+        revlm = f"L{length}-revlm"
+        if "fsp_revlm" in methods:
+            stages.append(Stage(name=revlm, out_dir=f"L{length}/revlm", overrides=_trim(
+                overrides(data, length, a), "ntp") + ["train.seed=0", "data.reverse=true"]))
+        for method in methods:
+            name = f"L{length}-{method}"
+            cells[name] = (length, method)
+            stages.append(Stage(name=name, out_dir=f"L{length}/{method}", sweep=Sweep("train.seed", seeds),
+                                overrides=_trim(overrides(data, length, a), method) + METHODS[method],
+                                inputs={"future_summary.revlm_checkpoint": revlm} if method == "fsp_revlm" else {}))
+    return Pipeline(out_dir=str(root), stages=stages), cells
 
 
 def score(ckpt: str, test: str) -> dict:
@@ -139,6 +154,9 @@ def table(results: list[dict], lengths: list[int], methods: list[str]) -> str:
 
 
 def main(argv=None) -> None:
+    import recipes  # noqa: F401  (registers the recipes without an installed entry point)
+    from llmcore.pipeline.run import run_pipeline
+
     a = parse_args(argv)
     if a.table:
         saved = json.loads(Path(a.table).read_text())
@@ -151,27 +169,22 @@ def main(argv=None) -> None:
     root = Path(a.out)
     t0 = time.time()
     data = build_data(root / "data", a)
+    spec, cells = study_pipeline(root, data, seeds, methods, a)
+    rows = run_pipeline(spec, print_summary=False)
+    if rows[-1]["status"] == "stopped":
+        print(f"stopped by a signal in {rows[-1]['out_dir']}: run again to resume")
+        return
     results = []
-    for length in a.lengths:
-        test = data["lengths"][length]["test"]
-        revlm = None
-        if "fsp_revlm" in methods:
-            rdir = root / f"L{length}" / "revlm"
-            run(_trim(overrides(data, length, 0, rdir, a), "ntp") + ["data.reverse=true"])
-            revlm = str(rdir)
-        for method in methods:
-            for seed in seeds:
-                out = root / f"L{length}" / method / f"seed{seed}"
-                t = time.time()
-                opts = _trim(overrides(data, length, seed, out, a), method) + METHODS[method]
-                if method == "fsp_revlm":
-                    opts.append(f"future_summary.revlm_checkpoint={revlm}")
-                fit = run(opts)
-                res = score(str(out), test)
-                row = {"length": length, "method": method, "seed": seed, **res,
-                       "val_loss": fit.get("val_loss"), "train_s": round(time.time() - t, 1)}
-                results.append(row)
-                print(json.dumps(row), flush=True)
+    for fit in rows:
+        if fit["stage"] not in cells:  # a reverse LM: FSP-RevLM's tool, not a result
+            continue
+        length, method = cells[fit["stage"]]
+        t = time.time()
+        res = score(fit["out_dir"], data["lengths"][length]["test"])
+        row = {"length": length, "method": method, "seed": fit["params"]["train.seed"], **res,
+               "val_loss": fit.get("val_loss"), "train_s": round(fit["train_s"] + time.time() - t, 1)}
+        results.append(row)
+        print(json.dumps(row), flush=True)
     (root / "results.json").write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
     print(f"\ndegree {a.degree}, {a.train} training graphs, {a.steps} steps x {a.batch} rows, "
           f"d_model {a.d_model} x {a.layers} layers, seeds {seeds}; {time.time() - t0:.0f} s\n")

@@ -17,8 +17,9 @@ bans `<pause>` everywhere; training is then identical to no recipe at all.
     python -m benchmarks.experiments.pause_grid --seeds 0 --pretrain-steps 100 --finetune-steps 50  # smoke run
 
 Writes <out>/results.json (every cell, seed, accuracy and per-digit accuracy) and prints the
-markdown table that goes into benchmarks/EXPERIMENTS.md. Runs already in <out> resume (a finished
-one is only re-scored): use a fresh --out for a new record.
+markdown table that goes into benchmarks/EXPERIMENTS.md. The 6 runs per seed are one pipeline
+(`llmcore.pipeline`): runs already in <out> resume, a finished one is skipped and only re-scored,
+and <out>/summary.csv has every run's final losses. Use a fresh --out for a new record.
 """
 
 from __future__ import annotations
@@ -92,34 +93,39 @@ def pretrain_steps(kind: str, a) -> int:
     return int(round(a.pretrain_steps * n / (n - num_pauses(a.seq_len, a.fraction))))
 
 
-def run(overrides: list[str]) -> dict:
-    from llmcore.config.load import load_run_config
-    from llmcore.train.loop import Trainer
-
-    return Trainer(load_run_config(None, overrides)).fit()
-
-
-def pretrain(kind: str, seed: int, data: dict, out: Path, a) -> str:
+def pretrain_overrides(kind: str, seed: int, data: dict, a) -> list[str]:
     recipe = ["recipes=[pause]", "pause.mode=pretrain", f"pause.fraction={a.fraction}"] if kind == "pause" else []
-    run(model_overrides(a) + recipe + [
-        f"data.path={data['pretrain']}", f"data.seq_len={a.seq_len}", f"train.out_dir={out}", f"train.seed={seed}",
+    return model_overrides(a) + recipe + [
+        f"data.path={data['pretrain']}", f"data.seq_len={a.seq_len}", f"train.seed={seed}",
         f"train.max_steps={pretrain_steps(kind, a)}", f"train.micro_batch_size={a.batch}",
-        f"train.global_batch_size={a.batch}", f"optim.lr={a.lr}", "schedule.warmup_steps=50"])
-    return str(out)
+        f"train.global_batch_size={a.batch}", f"optim.lr={a.lr}", "schedule.warmup_steps=50"]
 
 
-def finetune(init: str, kind: str, seed: int, data: dict, out: Path, a) -> str:
+def finetune_overrides(kind: str, seed: int, data: dict, a) -> list[str]:
     m = a.pauses if kind == "pause" else 0
     # prompt 2d+2, answer d+1, eos 1, pauses; rows are seq_len + 1 long, so one slot to spare. A
     # shorter row for M = 0 changes nothing: padding comes last and attention is causal.
     seq_len = 3 * a.digits + 4 + m
-    run(model_overrides(a) + [
+    return model_overrides(a) + [
         "recipes=[pause]", "pause.mode=finetune", f"pause.num_tokens={m}", "data.format=sft",
         f"data.path={data['train']}", f"data.val_path={data['val']}", f"data.tokenizer={data['tokenizer']}",
-        f"data.seq_len={seq_len}", f"train.out_dir={out}", f"train.seed={seed}", f"train.init_from={init}",
-        f"train.max_steps={a.finetune_steps}", f"train.micro_batch_size={a.batch}",
-        f"train.global_batch_size={a.batch}", f"optim.lr={a.ft_lr}", "schedule.warmup_steps=20"])
-    return str(out)
+        f"data.seq_len={seq_len}", f"train.seed={seed}", f"train.max_steps={a.finetune_steps}",
+        f"train.micro_batch_size={a.batch}", f"train.global_batch_size={a.batch}", f"optim.lr={a.ft_lr}",
+        "schedule.warmup_steps=20"]
+
+
+def grid_pipeline(root: Path, data: dict, seeds: list[int], a):
+    """Per seed, the two pretraining stages, each followed by its two finetuning stages
+    (`init_from` the pretraining stage); run folders `<out>/s<seed>-pt_<kind>[-ft_<kind>]`."""
+    from llmcore.pipeline.spec import Pipeline, Stage
+
+    stages = []
+    for seed in seeds:
+        for pt in ("standard", "pause"):
+            stages.append(Stage(name=f"s{seed}-pt_{pt}", overrides=pretrain_overrides(pt, seed, data, a)))
+            stages += [Stage(name=f"s{seed}-pt_{pt}-ft_{ft}", init_from=f"s{seed}-pt_{pt}",
+                             overrides=finetune_overrides(ft, seed, data, a)) for ft in ("standard", "pause")]
+    return Pipeline(out_dir=str(root), stages=stages)
 
 
 def score(ckpt: str, data: dict) -> dict:
@@ -150,26 +156,33 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
+    from llmcore.pipeline.run import run_pipeline
+
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = build_data(root, a)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    ran = run_pipeline(grid_pipeline(root, data, seeds, a), print_summary=False)
+    if ran[-1]["status"] == "stopped":
+        print(f"stopped by a signal in {ran[-1]['out_dir']}: run again to resume")
+        return
+    rows = {r["stage"]: r for r in ran}
     results = []
-    for seed in [int(s) for s in a.seeds.split(",")]:
+    for seed in seeds:
         for pt in ("standard", "pause"):
-            t = time.perf_counter()
-            base = pretrain(pt, seed, data, root / f"s{seed}-pt_{pt}", a)
-            print(f"seed {seed} pretrain {pt}: {pretrain_steps(pt, a)} steps, {time.perf_counter() - t:.0f}s",
-                  flush=True)
+            base = rows[f"s{seed}-pt_{pt}"]
+            print(f"seed {seed} pretrain {pt}: {pretrain_steps(pt, a)} steps, {base['train_s']:.0f}s", flush=True)
             for ft in ("standard", "pause"):
                 t = time.perf_counter()
-                ckpt = finetune(base, ft, seed, data, root / f"s{seed}-pt_{pt}-ft_{ft}", a)
-                res = {"seed": seed, "pretrain": pt, "finetune": ft, **score(ckpt, data)}
+                run = rows[f"s{seed}-pt_{pt}-ft_{ft}"]
+                res = {"seed": seed, "pretrain": pt, "finetune": ft, **score(run["out_dir"], data)}
                 results.append(res)
                 print(f"seed {seed} {pt}-pretrain {ft}-finetune: exact match {res['accuracy']:.3f} "
-                      f"digits {res['digit_accuracy']} ({time.perf_counter() - t:.0f}s)", flush=True)
+                      f"digits {res['digit_accuracy']} ({run['train_s'] + time.perf_counter() - t:.0f}s)",
+                      flush=True)
     wall = time.perf_counter() - t0
     (root / "results.json").write_text(json.dumps({"args": vars(a), "wall_s": wall, "results": results}, indent=1))
     print(table(results))

@@ -22,6 +22,8 @@ WSD schedule; SAM only changes the gradient. Each checkpoint is then measured wi
     python -m benchmarks.experiments.sam_forgetting --report-only          # tables again
 
 Writes <out>/results.json and prints the markdown tables that go into benchmarks/EXPERIMENTS.md.
+Every training run is one pipeline (`llmcore.pipeline`): a rerun skips finished runs, resumes
+an interrupted one, and <out>/summary.csv has every run's final losses.
 """
 
 from __future__ import annotations
@@ -113,23 +115,28 @@ def build_data(out: Path) -> tuple[str, str]:
 
 # --- runs --------------------------------------------------------------------------------------
 
-def pretrain(kind: str, seed: int, data_a: str, out: Path, a) -> str:
-    from llmcore.config.load import load_run_config
-    from llmcore.train import checkpoint
-    from llmcore.train.loop import Trainer
+def study_pipeline(out: Path, data_a: str, data_b: str, seeds: list[int], a):
+    """Per seed and optimizer: pretraining on A (`pre_<kind>_s<seed>`), then its fine-tune sweep
+    on B (`ft_<kind>_s<seed>`, one run per learning rate, init_from the pretraining stage)."""
+    from llmcore.pipeline.spec import Pipeline, Stage
+    from recipes.forgetting import finetune_stage
 
-    run = out / f"pre_{kind}_s{seed}"
-    sam = ["recipes=[sam]", f"sam.rho={a.rho}"] if kind == "sam" else []
-    cfg = load_run_config(None, [
-        *MODEL, f"data.path={data_a}", f"data.seq_len={SEQ_LEN}", f"train.out_dir={run}", f"train.seed={seed}",
-        f"train.max_steps={a.pretrain_steps}", f"train.micro_batch_size={BATCH}", f"train.global_batch_size={BATCH}",
-        "train.progress=false", "train.log_every=20", "train.eval_batches=8", "train.keep_last=1",
-        f"optim.lr={a.lr}", "schedule.kind=wsd", "schedule.anneal_fraction=0.2",
-        f"schedule.warmup_steps={max(1, a.pretrain_steps // 12)}", *sam])
-    done = checkpoint.latest(run)
-    if done is None or checkpoint.read_state(done)["step"] < a.pretrain_steps:
-        Trainer(cfg).fit()  # resumes an interrupted run
-    return str(run)
+    stages = []
+    for seed in seeds:
+        for kind in ("adamw", "sam"):
+            sam = ["recipes=[sam]", f"sam.rho={a.rho}"] if kind == "sam" else []
+            stages.append(Stage(name=f"pre_{kind}_s{seed}", overrides=[
+                *MODEL, f"data.path={data_a}", f"data.seq_len={SEQ_LEN}", f"train.seed={seed}",
+                f"train.max_steps={a.pretrain_steps}", f"train.micro_batch_size={BATCH}",
+                f"train.global_batch_size={BATCH}", "train.progress=false", "train.log_every=20",
+                "train.eval_batches=8", "train.keep_last=1", f"optim.lr={a.lr}", "schedule.kind=wsd",
+                "schedule.anneal_fraction=0.2", f"schedule.warmup_steps={max(1, a.pretrain_steps // 12)}", *sam]))
+            stages.append(finetune_stage(
+                f"ft_{kind}_s{seed}", data_b, data_a, [float(x) for x in a.finetune_lrs.split(",")],
+                a.finetune_steps, a.eval_every, init_from=f"pre_{kind}_s{seed}", eval_batches=8,
+                overrides=[*MODEL, f"data.seq_len={SEQ_LEN}", f"train.micro_batch_size={BATCH}",
+                           f"train.global_batch_size={BATCH}", "schedule.kind=constant", "schedule.warmup_steps=4"]))
+    return Pipeline(out_dir=str(out), stages=stages)
 
 
 def weight_edits(ckpt: str, data_a: str, a) -> dict:
@@ -150,16 +157,6 @@ def weight_edits(ckpt: str, data_a: str, a) -> dict:
     return out
 
 
-def finetune(ckpt: str, data_a: str, data_b: str, out: Path, a) -> list[dict]:
-    from recipes.forgetting import finetune_sweep
-
-    shutil.rmtree(out, ignore_errors=True)  # metrics.jsonl appends: start each sweep clean
-    return finetune_sweep(ckpt, data_b, data_a, [float(x) for x in a.finetune_lrs.split(",")], a.finetune_steps,
-                          str(out), a.eval_every, eval_batches=8,
-                          overrides=[f"train.micro_batch_size={BATCH}", f"train.global_batch_size={BATCH}",
-                                     "schedule.kind=constant", "schedule.warmup_steps=4"])
-
-
 def forgetting_at(runs: list[dict], target_b: float) -> float:
     from recipes.forgetting import frontier, pretrain_loss_at
 
@@ -174,6 +171,9 @@ def _ms(xs: list[float]) -> str:
 
 
 def main(argv=None) -> None:
+    from llmcore.pipeline.run import run_pipeline
+    from recipes.forgetting import forgetting_runs
+
     a = parse_args(argv)
     if a.report_only:
         results = json.loads((Path(a.out) / "results.json").read_text())
@@ -185,18 +185,22 @@ def main(argv=None) -> None:
     t0 = time.time()
     data_a, data_b = build_data(out)
     seeds = [int(s) for s in a.seeds.split(",")]
+    # every training run is one pipeline: a rerun skips what finished and resumes what did not
+    rows = run_pipeline(study_pipeline(out, data_a, data_b, seeds, a), print_summary=False)
+    if rows[-1]["status"] == "stopped":
+        print(f"stopped by a signal in {rows[-1]['out_dir']}: run again to resume")
+        return
     results: dict = {"args": vars(a), "runs": {}}
     for seed in seeds:
         for kind in ("adamw", "sam"):
-            t = time.time()
-            ckpt = pretrain(kind, seed, data_a, out, a)
-            pre_s = time.time() - t
-            rec = weight_edits(ckpt, data_a, a)
-            rec["finetune"] = finetune(ckpt, data_a, data_b, out / f"ft_{kind}_s{seed}", a)
-            rec["pretrain_s"] = pre_s
+            (pre,) = [r for r in rows if r["stage"] == f"pre_{kind}_s{seed}"]
+            rec = weight_edits(pre["out_dir"], data_a, a)
+            rec["finetune"] = forgetting_runs([r for r in rows if r["stage"] == f"ft_{kind}_s{seed}"])
+            rec["pretrain_s"] = pre["train_s"]
             results["runs"][f"{kind}_s{seed}"] = rec
             print(f"[{time.time() - t0:6.0f}s] {kind} seed {seed}: val_a {rec['val_a']:.4f} "
-                  f"rtn4 +{rec['rtn4_channel']:.4f} noise +{rec['noise']:.4f} (pretrain {pre_s:.0f}s)", flush=True)
+                  f"rtn4 +{rec['rtn4_channel']:.4f} noise +{rec['noise']:.4f} "
+                  f"(pretrain {rec['pretrain_s']:.0f}s)", flush=True)
     results["wall_s"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print_tables(results, seeds)

@@ -1,4 +1,4 @@
-"""The `llmcore` command: tokenizer train, data prepare, train, eval, generate, export-hf, import-hf.
+"""The `llmcore` command: tokenizer, data, train, pipeline, sweep, eval, generate, export-hf, import-hf.
 
 Settings of a training run live in the typed config (YAML + dotted overrides), not in flags;
 the flags here are for the one-shot tools around it. Any `LlmcoreError` (bad config key,
@@ -67,26 +67,39 @@ def cmd_train(a) -> None:
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, default=float))
 
 
+def cmd_pipeline(a) -> None:
+    """Stages of runs from a pipeline file; `--dry-run` lists the runs and what is on disk."""
+    from llmcore.pipeline.run import load_plan, run_pipeline
+
+    if a.dry_run:
+        for run in load_plan(a.config, a.overrides)[1]:
+            state = {"new": "new", "resume": f"resume at step {run.start_step}", "finished": "finished"}[run.state]
+            sources = "".join(f", {key} <- {src}" for key, src in run.sources.items())
+            print(f"{run.title}: {state} of {run.config.train.max_steps} steps -> {run.out_dir}{sources}")
+        return
+    run_pipeline(a.config, a.overrides)
+
+
 def cmd_sweep(a) -> None:
     """One run per value of a config key (e.g. a peak-LR sweep), each in its own out_dir
-    (`<train.out_dir>/<key>=<value>`, so each resumes independently), then a summary table."""
-    from llmcore.train.loop import Trainer
+    (`<train.out_dir>/<key>=<value>`, so each resumes independently), then a summary table:
+    a one-stage pipeline, so finished runs are skipped on a rerun."""
+    from llmcore.pipeline.run import run_pipeline
+    from llmcore.pipeline.spec import Pipeline, Stage, Sweep
 
     values = _split_csv(a.values)
     if not values:
         raise LlmcoreError("sweep needs --values v1,v2,...")
     base = load_run_config(a.config, a.overrides)
-    rows = []
-    for value in values:
-        out_dir = str(Path(base.train.out_dir) / f"{a.key}={value}")
-        cfg = load_run_config(a.config, a.overrides + [f"{a.key}={value}", f"train.out_dir={out_dir}"])
-        result = Trainer(cfg).fit()
-        rows.append((value, result.get("loss"), result.get("val_loss"), out_dir))
+    # values stay the text typed, so the folders are named as typed (`optim.lr=1e-3`)
+    spec = Pipeline(out_dir=base.train.out_dir, overrides=list(a.overrides),
+                    stages=[Stage(name="sweep", config=a.config or "", out_dir=".", sweep=Sweep(a.key, values))])
+    rows = run_pipeline(spec, print_summary=False)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{a.key:>16}  {'train loss':>10}  {'val loss':>10}  out_dir")
-        for value, loss, val, out_dir in rows:
+        for value, row in zip(values, rows):
             fmt = lambda x: f"{x:10.4f}" if isinstance(x, float) else f"{'-':>10}"  # noqa: E731
-            print(f"{value:>16}  {fmt(loss)}  {fmt(val)}  {out_dir}")
+            print(f"{value:>16}  {fmt(row.get('loss'))}  {fmt(row.get('val_loss'))}  {row['out_dir']}")
 
 
 def cmd_eval(a) -> None:
@@ -180,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     tr.set_defaults(fn=cmd_train)
+
+    pl = sub.add_parser("pipeline", help="stages of runs (init_from a stage), sweeps, grids; skips finished runs")
+    pl.add_argument("--config", required=True, help="pipeline YAML (stages, each with its run config)")
+    pl.add_argument("overrides", nargs="*", help="dotted run-config overrides applied to every stage")
+    pl.add_argument("--dry-run", action="store_true", help="check the pipeline and list its runs; train nothing")
+    pl.set_defaults(fn=cmd_pipeline)
 
     sw = sub.add_parser("sweep", help="train once per value of one config key (e.g. peak LR)")
     sw.add_argument("--config", help="YAML config")

@@ -124,6 +124,15 @@ def from_dict(raw: dict, source: str = "<dict>",
     return cfg.validate()
 
 
+def build_dataclass(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
+    """An instance of dataclass `cls` from a nested dict, with the run config's checks: an
+    unknown key names the key and the nearest valid one, a wrong type names the expected one.
+
+    For other typed YAML files (the pipeline file) so that every file a user writes fails the
+    same way; `prefix` is the dotted path of `raw` inside its file (`stages[1]`)."""
+    return _build(cls, raw, prefix, source)
+
+
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {prefix or 'config'} must be a mapping, got {raw!r}")

@@ -1,0 +1,203 @@
+"""A pipeline's runs, worked out before anything trains: each stage expanded into its variants,
+references between stages turned into checkpoint paths, every run config loaded, and the state of
+each run on disk (new, resume, finished). A mistake in the last stage therefore fails in seconds,
+not after the first stage's hours.
+
+Used by the runner (`llmcore.pipeline.run`) and by `llmcore pipeline --dry-run`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmcore.config.load import load_run_config
+from llmcore.config.schema import Config
+from llmcore.errors import ConfigError
+from llmcore.pipeline.result import RESULT_FILE
+from llmcore.pipeline.spec import Pipeline, Stage, value_text
+from llmcore.train import checkpoint
+
+_REF_RE = re.compile(r"^([^\[\]]+)(?:\[(.*)\])?$")
+
+
+@dataclass
+class Run:
+    """One training run of a pipeline: a stage, or one variant of a swept stage."""
+
+    stage: str
+    """The stage's name."""
+    position: int
+    """The stage's place in the pipeline, from 1."""
+    stages: int
+    """How many stages the pipeline has (for `stage 2/3` in logs)."""
+    variant: str
+    """`key=value[,key2=value2]`; empty for a stage without sweep or grid."""
+    params: dict[str, Any]
+    """The swept keys and this run's values, as the spec gives them."""
+    out_dir: Path
+    """The run's `train.out_dir`."""
+    config: Config
+    """Its resolved run config."""
+    state: str = "new"
+    """new (no checkpoint) | resume (a checkpoint before max_steps) | finished (skipped)."""
+    start_step: int = 0
+    """Step of its latest checkpoint; 0 when new."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Config key -> the run (`stage[variant]`) whose final checkpoint it is set to."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}[{self.variant}]" if self.variant else self.stage
+
+    @property
+    def title(self) -> str:
+        return _title(self.stage, self.position, self.stages, self.variant)
+
+    @property
+    def final_checkpoint(self) -> Path:
+        """Where the run's last checkpoint will be (known before it trains: max_steps fixes it)."""
+        return self.out_dir / checkpoint.ckpt_name(self.config.train.max_steps)
+
+
+def plan(spec: Pipeline, overrides: list[str] | None = None, source: str = "<pipeline>") -> list[Run]:
+    """Every run of `spec` in order, checked; trains nothing.
+
+    A run's overrides, later ones winning: the stage config file, the pipeline's overrides, the
+    stage's, `overrides` (the command line), the variant's values, then `train.out_dir` and the
+    keys set to earlier stages' checkpoints. Raises ConfigError naming the stage and the problem.
+    """
+    spec.validate(source)
+    position = {s.name: i for i, s in enumerate(spec.stages, 1)}
+    by_stage: dict[str, list[Run]] = {}
+    dirs: dict[Path, str] = {}
+    for i, stage in enumerate(spec.stages, 1):
+        refs = _references(stage, source)
+        stage_dir = Path(spec.out_dir) / (stage.out_dir or stage.name)
+        variants = _variants(stage)
+        labels = [label for label, _ in variants]
+        runs = []
+        for label, params in variants:
+            run_dir = stage_dir / _folder(label) if label else stage_dir
+            title = _title(stage.name, i, len(spec.stages), label)
+            sources = {key: _source(stage.name, i, label, labels, what, ref, position, by_stage)
+                       for key, (what, ref) in refs.items()}
+            opts = [*spec.overrides, *stage.overrides, *(overrides or []),
+                    *(f"{k}={value_text(v)}" for k, v in params.items()), f"train.out_dir={run_dir}",
+                    *(f"{key}={src.final_checkpoint}" for key, src in sources.items())]
+            try:
+                cfg = load_run_config(stage.config or None, opts)
+            except ConfigError as e:
+                raise ConfigError(f"{title}: {e}") from None
+            run = Run(stage.name, i, len(spec.stages), label, params, run_dir, cfg,
+                      sources={key: src.name for key, src in sources.items()})
+            if run_dir in dirs:
+                raise ConfigError(f"{title}: its folder {run_dir} is also the folder of {dirs[run_dir]}")
+            dirs[run_dir] = run.name
+            _read_disk_state(run)
+            runs.append(run)
+        by_stage[stage.name] = runs
+    return [run for runs in by_stage.values() for run in runs]
+
+
+def _title(stage: str, position: int, stages: int, variant: str) -> str:
+    return f"stage {position}/{stages} {stage}" + (f" [{variant}]" if variant else "")
+
+
+def _references(stage: Stage, source: str) -> dict[str, tuple[str, str]]:
+    """Config key -> (the spec field naming it, stage reference)."""
+    refs = {key: (f"inputs {key}", ref) for key, ref in stage.inputs.items()}
+    if stage.init_from:
+        if "train.init_from" in refs:
+            raise ConfigError(f"{source}: stage {stage.name!r} sets train.init_from twice (init_from and inputs)")
+        refs["train.init_from"] = ("init_from", stage.init_from)
+    return refs
+
+
+def _variants(stage: Stage) -> list[tuple[str, dict[str, Any]]]:
+    """(label, {key: value}) per run; one unlabelled run for a stage without sweep or grid."""
+    axes = stage.axes()
+    out = []
+    for combo in itertools.product(*(axis.values for axis in axes)):
+        params = dict(zip((axis.key for axis in axes), combo))
+        out.append((",".join(f"{k}={value_text(v)}" for k, v in params.items()), params))
+    return out
+
+
+def _folder(label: str) -> str:
+    # a value may hold a path (a sweep over data.path): one folder per run, never nested ones
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", label)
+
+
+def _source(stage: str, pos: int, label: str, labels: list[str], what: str, ref: str,
+            position: dict[str, int], by_stage: dict[str, list[Run]]) -> Run:
+    """The run whose final checkpoint `ref` (`name` or `name[variant]`) means for run `label`."""
+    where = f"stage {stage!r}: {what} {ref!r}"
+    m = _REF_RE.match(ref)
+    name, want = (m.group(1), m.group(2)) if m else (ref, None)
+    if name not in position:
+        near = difflib.get_close_matches(name, list(position), n=1)
+        raise ConfigError(f"{where} is not a stage of the pipeline" + (f"; did you mean {near[0]!r}?" if near else ""))
+    if position[name] >= pos:
+        which = "itself" if name == stage else f"stage {position[name]}, which comes later"
+        raise ConfigError(f"{where} names {which}: a stage can only use the stages before it")
+    src = by_stage[name]
+    variants = ", ".join(r.name for r in src)
+    if want is not None:
+        if not src[0].variant:
+            raise ConfigError(f"{where}: stage {name!r} is not swept; write {name!r} without a variant")
+        for run in src:
+            if run.variant == want:
+                return run
+        raise ConfigError(f"{where}: stage {name!r} has no variant {want!r}; its variants: {variants}")
+    if len(src) == 1:
+        return src[0]
+    if sorted(labels) == sorted(r.variant for r in src):
+        return next(r for r in src if r.variant == label)  # variant i starts from variant i
+    raise ConfigError(f"{where}: stage {name!r} is swept ({variants}); name one variant, e.g. "
+                      f"{src[0].name!r}, or sweep {stage!r} over the same values to pair the runs")
+
+
+def _read_disk_state(run: Run) -> None:
+    """new / resume / finished from the run's folder; refuses a finished run made by another
+    config (it would be skipped and its stale result reported as this config's)."""
+    ckpt = checkpoint.latest(run.out_dir)
+    if ckpt is None:
+        return
+    step = int(checkpoint.read_state(ckpt)["step"])
+    max_steps = run.config.train.max_steps
+    if step > max_steps:
+        raise ConfigError(f"{run.title}: {ckpt} is at step {step}, past train.max_steps={max_steps}; "
+                          "raise max_steps or give the stage another folder")
+    run.start_step = step
+    if step < max_steps or not (run.out_dir / RESULT_FILE).is_file():
+        run.state = "resume"
+        return
+    diff = _config_diff(yaml.safe_load((ckpt / "config.yaml").read_text()) or {},
+                        yaml.safe_load(run.config.to_yaml()))
+    if diff:
+        raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
+                          "folder or give the pipeline another out_dir to train it again")
+    run.state = "finished"
+
+
+def _config_diff(saved: dict, now: dict, limit: int = 4) -> str:
+    """`key: saved -> now` for the first keys that differ, '' when none do."""
+    a, b = _flat(saved), _flat(now)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    shown = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]]
+    return "; ".join(shown) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out

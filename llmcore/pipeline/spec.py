@@ -1,0 +1,155 @@
+"""The pipeline file: typed dataclasses, loading from YAML and the checks that need no run config.
+
+Used by `llmcore pipeline`, `llmcore sweep` (a one-stage pipeline built in memory) and the
+experiments. A pipeline file reads
+
+    out_dir: runs/pipe
+    overrides: [data.path=runs/data]           # every stage
+    stages:
+      - name: pretrain
+        config: ../recipes/configs/tiny.yaml   # relative to the pipeline file
+        overrides: [train.max_steps=100]
+      - name: finetune
+        config: ../recipes/configs/tiny.yaml
+        init_from: pretrain                    # train.init_from = its final checkpoint
+        sweep: {key: optim.lr, values: [1.0e-3, 3.0e-3]}
+        # or grid: [{key: optim.lr, values: [...]}, {key: train.seed, values: [0, 1]}]
+
+Unknown keys are errors naming the key and the nearest valid one, as in a run config. The
+checks that need the stages' run configs (keys, references between stages) are in `plan`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmcore.config.load import build_dataclass, read_yaml
+from llmcore.errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Sweep:
+    """One config key and its values: one run per value."""
+
+    key: str = ""
+    """Dotted run-config key, e.g. `optim.lr`."""
+    values: list[Any] = field(default_factory=list)
+    """Numbers, strings or booleans; each run gets the override `key=value`."""
+
+
+@dataclass
+class Stage:
+    """A named step of the pipeline: one run, or one run per variant when swept."""
+
+    name: str = ""
+    """Unique; the stage's folder and how later stages name it (letters, digits, `_.-`)."""
+    config: str = ""
+    """Run config YAML; relative to the pipeline file when loaded from one. Empty: the defaults."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted overrides of this stage, after the pipeline's (later ones win)."""
+    init_from: str = ""
+    """An earlier stage whose final checkpoint this one starts from (`train.init_from`):
+    `pretrain`, or one variant of a swept stage, `pretrain[optim.lr=0.001]`. A swept stage named
+    without a variant pairs run by run with a stage swept over the same values."""
+    inputs: dict[str, str] = field(default_factory=dict)
+    """Other config keys set to an earlier stage's final checkpoint, same references as
+    `init_from`: `{distill.teacher: teacher}`, `{future_summary.revlm_checkpoint: revlm}`."""
+    sweep: Sweep | None = None
+    """One run per value of one key."""
+    grid: list[Sweep] = field(default_factory=list)
+    """One run per combination of the values of two (or more) keys, first key outermost."""
+    out_dir: str = ""
+    """This stage's folder relative to the pipeline's out_dir; default its name (`.`: the
+    pipeline's folder itself, as `llmcore sweep` does). Swept runs are `<folder>/<key>=<value>`."""
+
+    def axes(self) -> list[Sweep]:
+        """The swept keys in order: [] for a single run."""
+        return [self.sweep] if self.sweep is not None else list(self.grid)
+
+
+@dataclass
+class Pipeline:
+    """Stages run in order; each run is an ordinary resumable training run."""
+
+    out_dir: str = ""
+    """Folder of every stage's runs and of `summary.csv` (relative to the working directory,
+    like `train.out_dir`)."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotted overrides applied to every stage, before the stage's own."""
+    stages: list[Stage] = field(default_factory=list)
+    """Run in this order; a stage may only name earlier ones."""
+
+    def validate(self, source: str = "<pipeline>") -> Pipeline:
+        """Check what needs no run config: names, sweeps, grids. Raises ConfigError naming it."""
+        if not self.out_dir:
+            raise ConfigError(f"{source}: out_dir is empty: give the folder of the pipeline's runs")
+        if not self.stages:
+            raise ConfigError(f"{source}: stages is empty: a pipeline needs at least one stage")
+        seen: dict[str, int] = {}
+        for i, stage in enumerate(self.stages, 1):
+            if not stage.name:
+                raise ConfigError(f"{source}: stage {i} has no name")
+            if not NAME_RE.match(stage.name):
+                raise ConfigError(f"{source}: stage name {stage.name!r} may hold only letters, digits and _.- "
+                                  "(it is a folder name)")
+            if stage.name in seen:
+                raise ConfigError(f"{source}: duplicate stage name {stage.name!r} (stages {seen[stage.name]} and {i})")
+            seen[stage.name] = i
+            _check_axes(stage, source)
+            if not isinstance(stage.inputs, dict):
+                raise ConfigError(f"{source}: stage {stage.name!r}: inputs must be a mapping of config keys "
+                                  f"to stage names, got {stage.inputs!r}")
+            for key, ref in stage.inputs.items():
+                if not isinstance(key, str) or not isinstance(ref, str) or not ref:
+                    raise ConfigError(f"{source}: stage {stage.name!r}: inputs maps config keys to stage names, "
+                                      f"got {key!r}: {ref!r}")
+        return self
+
+
+def _check_axes(stage: Stage, source: str) -> None:
+    where = f"{source}: stage {stage.name!r}"
+    if stage.sweep is not None and stage.grid:
+        raise ConfigError(f"{where}: give sweep (one key) or grid (several keys), not both")
+    if len(stage.grid) == 1:
+        raise ConfigError(f"{where}: a grid needs two or more keys; use sweep for one")
+    keys = [axis.key for axis in stage.axes()]
+    for axis in stage.axes():
+        if not axis.key:
+            raise ConfigError(f"{where}: a sweep has no key")
+        if not axis.values:
+            raise ConfigError(f"{where}: sweep over {axis.key} has no values")
+        for v in axis.values:
+            if not isinstance(v, (str, int, float)):
+                raise ConfigError(f"{where}: sweep value {v!r} of {axis.key} must be a number, string or bool")
+        texts = [value_text(v) for v in axis.values]
+        if len(set(texts)) < len(texts):
+            raise ConfigError(f"{where}: sweep over {axis.key} repeats a value: {texts}")
+        if keys.count(axis.key) > 1:
+            raise ConfigError(f"{where}: grid lists {axis.key} twice")
+
+
+def value_text(value: Any) -> str:
+    """A sweep value as override text, read back by the config loader as the same value (and
+    shown in variant names): strings as written, `true`/`false`, floats by `repr`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """A pipeline file, every key checked, with stage config paths made relative to the file
+    (so a pipeline runs the same from any working directory)."""
+    p = Path(path)
+    source = str(p)
+    spec = build_dataclass(Pipeline, read_yaml(p), source)
+    for stage in spec.stages:
+        if stage.config and not Path(stage.config).is_absolute():
+            stage.config = str(p.parent / stage.config)
+    return spec.validate(source)
