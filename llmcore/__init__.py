@@ -1,6 +1,7 @@
 """llmcore: a decoder-only LM pretraining stack with research recipes as first-class citizens.
 
-Stable entry points: `llmcore.load(path) -> (model, tokenizer)`; `model(input_ids)` returns
+Stable entry points: `llmcore.load(path) -> (model, tokenizer)`, `llmcore.save(model, tokenizer,
+out_dir, config)`; `model(input_ids)` returns
 hidden states, `model.logits(h)` the logits; `tokenizer.encode/decode`. Heavy submodules are
 imported on use so `import llmcore` stays cheap.
 """
@@ -26,6 +27,16 @@ def load(path: str, device: str | None = None):
     model.load_state_dict(weights)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.eval(), tokenizer
+
+
+def save(model, tokenizer, out_dir: str, config=None, *, overwrite: bool = False):
+    """Write `model` and `tokenizer` as an ordinary checkpoint folder without an engine (after
+    editing weights, e.g. abliteration); `config` is the run Config it belongs to, or None for
+    one that spells out the architecture. `llmcore.load(out_dir)` and `train.init_from=out_dir`
+    read it. A non-empty `out_dir` is refused unless `overwrite`. Returns the folder."""
+    from llmcore.train import checkpoint
+
+    return checkpoint.save_model(model, tokenizer, out_dir, config, overwrite=overwrite)
 
 
 def load_recipes(path: str):

@@ -15,7 +15,6 @@ a literal "\u2581" in the text, which our tokenizer encodes as its UTF-8 bytes a
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Mapping
 
 import sentencepiece as spm
@@ -159,11 +158,6 @@ def _args_from_hf(cfg: dict, theta) -> ModelArgs:
         norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),  # LlamaConfig's default
         doc_mask=True).validate()  # only matters for packed training windows
-
-
-def model_section(args: ModelArgs, preset: str) -> dict:
-    """Our config's `model` section with every architecture field set explicitly."""
-    return {"preset": preset, **dataclasses.asdict(args)}
 
 
 # --- tokenizer -------------------------------------------------------------------------------

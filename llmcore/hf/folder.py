@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -23,10 +22,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from llmcore.config.load import from_dict
 from llmcore.errors import CheckpointError, ConfigError, LlmcoreError
 from llmcore.hf import convert as hf
-from llmcore.model.presets import get_preset, preset_names
+from llmcore.fsutil import check_output_dir, write_dir_atomically
+from llmcore.model.transformer import Transformer
 from llmcore.tokenizer import MODEL_FILE, SPECIALS_FILE, Tokenizer
 from llmcore.train import checkpoint
 
@@ -71,7 +70,7 @@ def export_hf(checkpoint_path: str, out_dir: str, *, max_shard_size: int | str =
     existing non-empty `out_dir` is refused unless `overwrite`.
     """
     ckpt = checkpoint.resolve(checkpoint_path)
-    out = _check_target(out_dir, overwrite)
+    out = check_output_dir(out_dir, overwrite, CheckpointError)
     shard_bytes, cast = parse_size(max_shard_size), parse_dtype(dtype)
     tok_dir = ckpt / "tokenizer"
     if not (tok_dir / MODEL_FILE).is_file():
@@ -108,7 +107,7 @@ def export_hf(checkpoint_path: str, out_dir: str, *, max_shard_size: int | str =
         for name in (MODEL_FILE, SPECIALS_FILE):
             shutil.copyfile(tok_dir / name, tmp / name)
 
-    _atomic_dir(out, write)
+    write_dir_atomically(out, write)
     log.info("export-hf: %s -> %s (%s, %d tensors)", ckpt, out, stored, len(weights))
     return out
 
@@ -167,26 +166,17 @@ def import_hf(model_dir: str, out_dir: str, *, overwrite: bool = False) -> Path:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{cfg_path} is unreadable: {e}") from None
     args = hf.from_hf_config(cfg, str(cfg_path))
-    out = _check_target(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, CheckpointError)
     weights = hf.from_hf(_read_hf_weights(src), args, str(src))
     tokenizer = _hf_tokenizer(src)
     if tokenizer is not None and tokenizer.vocab_size > args.vocab_size:
         raise CheckpointError(f"{src}: tokenizer.model has {tokenizer.vocab_size} tokens but "
                               f"config.json vocab_size is {args.vocab_size}")
-    preset = next((n for n in preset_names() if get_preset(n) == args), "tiny")
-    config = from_dict({"model": hf.model_section(args, preset), "data": {"path": "-"}}, source=str(cfg_path))
-    config.data.path = ""  # the run that starts from this checkpoint names its own data
-
-    def write(tmp: Path) -> None:
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-        (tmp / "config.yaml").write_text(config.to_yaml())
-        (tmp / "state.json").write_text(json.dumps(
-            {"step": 0, "world_size": 1, "backend": "single", "loader": None,
-             "imported_from": str(src.resolve())}, indent=1))
-        if tokenizer is not None:
-            tokenizer.save(str(tmp / "tokenizer"))
-
-    _atomic_dir(out, write)
+    with torch.device("meta"):  # no random init of weights about to be replaced (8B on a CPU)
+        model = Transformer(args)
+    model.load_state_dict(weights, assign=True)  # keeps the folder's dtype
+    out = checkpoint.save_model(model, tokenizer, out_dir, overwrite=overwrite,
+                                extra_state={"imported_from": str(src.resolve())})
     log.info("import-hf: %s -> %s (%d tensors%s)", src, out, len(weights),
              "" if tokenizer is not None else ", no tokenizer")
     return out
@@ -248,37 +238,6 @@ def _control_ids(model_bytes: bytes) -> dict[str, int]:
 
 
 # --- folders ---------------------------------------------------------------------------------
-
-def _check_target(out_dir: str, overwrite: bool) -> Path:
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise CheckpointError(f"output folder {out} exists and is not empty; pass overwrite=True "
-                              "(--overwrite) to replace it")
-    return out
-
-
-def _atomic_dir(out: Path, write) -> None:
-    """Run `write(tmp)` on a fresh folder beside `out`, then move it to `out`; an existing
-    `out` is removed only after the new folder is complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
 
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

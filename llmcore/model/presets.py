@@ -99,3 +99,10 @@ def resolve_model_args(model_cfg, vocab_size: int | None = None) -> ModelArgs:
     if "vocab_size" not in changes and vocab_size is not None:
         changes["vocab_size"] = vocab_size
     return dataclasses.replace(args, **changes).validate()
+
+
+def model_section(args: ModelArgs) -> dict:
+    """A config `model` section that rebuilds `args` exactly: every architecture field set,
+    with the preset `args` equals (else `tiny`, whose fields are all overridden anyway)."""
+    preset = next((n for n in preset_names() if get_preset(n) == args), "tiny")
+    return {"preset": preset, **dataclasses.asdict(args)}

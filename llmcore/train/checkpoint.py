@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmcore.errors import CheckpointError, ConfigError
+from llmcore.fsutil import check_output_dir, write_dir_atomically
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 BEST = "best"
@@ -100,6 +101,40 @@ def save(engine, out_dir: str, step: int, train_state: dict, config_yaml: str,
         prune(out, keep_last)
     engine.barrier()
     return final
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, config=None, *, overwrite: bool = False,
+               extra_state: dict | None = None) -> Path:
+    """Write `model` (a Transformer) and `tokenizer` as an ordinary checkpoint folder at
+    `out_dir`, without an engine or an optimizer: what `llmcore.save` does (weight edits such
+    as abliteration, `import-hf`).
+
+    The folder is a checkpoint at step 0 (`model.safetensors`, `state.json`, `config.yaml`,
+    `tokenizer/` when `tokenizer` is given), so `llmcore.load(out_dir)`, `llmcore eval`,
+    `export-hf` and `train.init_from=out_dir` read it as any other. `config` is the run Config
+    the model belongs to (its recipes and data are kept); None writes one whose `model`
+    section spells out every architecture field. Written atomically; a non-empty `out_dir` is
+    refused without `overwrite`, naming it.
+    """
+    from llmcore.config.load import from_dict
+    from llmcore.model.presets import model_section
+
+    out = check_output_dir(out_dir, overwrite, CheckpointError)
+    if config is None:
+        config = from_dict({"model": model_section(model.args), "data": {"path": "-"}}, source="llmcore.save")
+        config.data.path = ""  # the run that starts from this checkpoint names its own data
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {"step": 0, "world_size": 1, "backend": "single", "loader": None, **(extra_state or {})}
+
+    def write(tmp: Path) -> None:
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "config.yaml").write_text(config.to_yaml())
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        if tokenizer is not None:
+            tokenizer.save(str(tmp / "tokenizer"))
+
+    write_dir_atomically(out, write)
+    return out
 
 
 def _write_latest(out: Path, name: str) -> None:
