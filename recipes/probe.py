@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from llmcore.data import Sample
 from recipes.base import Recipe, register
 
 
@@ -43,7 +44,7 @@ class Probe(Recipe):
         self.calls["bind"] += 1
         self.token_id = tokenizer.token_id(self.TOKEN)
 
-    def transform(self, sample: dict, rng) -> dict:
+    def transform(self, sample: Sample, rng) -> Sample:
         self.calls["transform"] += 1
         return sample
 
