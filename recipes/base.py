@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from llmcore.data.sample import Sample  # noqa: F401  (what transforms take)
 from llmcore.recipe.context import EngineView, LossContext, RunContext, StepContext  # noqa: F401
 from llmcore.recipe.registry import register_recipe as register  # noqa: F401  (the decorator recipes use)
 
@@ -28,8 +29,9 @@ class Recipe:
     Hooks (README's hook table says the same):
     - `special_tokens()` -> names the tokenizer must reserve (e.g. "<pause>").
     - `bind(tokenizer)` -> resolve token ids once the run's tokenizer is loaded.
-    - `transform(sample, rng)` -> rewrite one packed sample on the loader side; `rng` is seeded
-      by the sample's global index, so a resumed run repeats the same rewrite.
+    - `transform(sample: Sample, rng)` -> a rewritten `llmcore.data.Sample` (loader side); its
+      `insert` / `trim` / `reversed` move every per-token field (side-cars too) with its token.
+      `rng` is seeded by the sample's global index, so a resumed run repeats the same rewrite.
     - `ignore_ids()` -> target ids excluded from the next-token loss inside the fused kernel.
     - `frozen_modules(model_args)` -> {name: nn.Module}: frozen models (a teacher, a reverse LM)
       the engine places on the device in the run's dtype, eval mode, never trained or saved;
@@ -82,7 +84,7 @@ class Recipe:
         pass
 
     @_default
-    def transform(self, sample: dict, rng) -> dict:
+    def transform(self, sample: Sample, rng) -> Sample:
         return sample
 
     @_default

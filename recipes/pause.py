@@ -5,8 +5,8 @@ computation) before it must commit to an output. Two training modes and one deco
 
 - `pause.mode: pretrain` -- every packed window gets round(fraction x seq_len) pauses at
   uniformly random positions (consecutive pauses allowed) and is trimmed back to seq_len + 1.
-- `pause.mode: finetune` -- every SFT row (`data.format: sft`, which carries `prompt_len`)
-  gets `num_tokens` pauses right after the prompt; the loss stays on the answer only.
+- `pause.mode: finetune` -- every SFT row (`data.format: sft`, whose samples carry the value
+  `prompt_len`) gets `num_tokens` pauses right after the prompt; the loss stays on the answer only.
 - Decoding: in finetune mode `prepare_prompt` appends the same `num_tokens` pauses to every
   prompt (M_inf = M_ft, as in the paper); in both modes `<pause>` is never sampled.
 
@@ -27,6 +27,9 @@ Choices the paper leaves open, made here:
 - loss_mask of a pretraining pause is True: whether a pause target is scored is decided by
   `ignore_ids` alone, in one place. Finetuning pauses belong to the prompt side (loss_mask
   False), so answer-only loss holds even where `ignore_ids` is not applied.
+- Per-token fields (side-cars such as a teacher's top-k cache) move with their tokens; a pause
+  slot gets each field's fill value (the side-car's own rule, e.g. a per-document score copies
+  the value of the token before it), so no field is shifted against the tokens.
 - Randomness comes only from the `rng` the loader passes (seeded by the sample's global index),
   so a resumed run repeats the same insertions with no state of its own.
 - A finetune row whose answer would be cut by the M pauses is a DataError naming
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmcore.data import Sample
 from llmcore.errors import ConfigError, DataError
 from recipes.base import Recipe, register
 
@@ -89,10 +93,10 @@ class Pause(Recipe):
         return self.pause_id
 
     # --- training --------------------------------------------------------------------------------
-    def transform(self, sample: dict, rng: np.random.Generator) -> dict:
+    def transform(self, sample: Sample, rng: np.random.Generator) -> Sample:
         if self.config.mode == "pretrain":
             return insert_random_pauses(sample, self._id(), self.config.fraction, rng)
-        if "prompt_len" not in sample:
+        if "prompt_len" not in sample.values:
             raise ConfigError("pause.mode=finetune puts pauses after the prompt, so it needs prompt/answer "
                               "rows (data.format=sft); packed windows have no prompt")
         return insert_after_prompt(sample, self._id(), self.config.num_tokens)
@@ -120,52 +124,39 @@ def num_pauses(seq_len: int, fraction: float) -> int:
     return int(math.floor(fraction * seq_len + 0.5))
 
 
-def insert_random_pauses(sample: dict, pause_id: int, fraction: float, rng: np.random.Generator) -> dict:
-    """Pause-pretraining rewrite of one packed window (arrays of length n = seq_len + 1).
+def insert_random_pauses(sample: Sample, pause_id: int, fraction: float, rng: np.random.Generator) -> Sample:
+    """Pause-pretraining rewrite of one packed window (a Sample of n = seq_len + 1 tokens).
 
     k = num_pauses(n - 1, fraction) slots, a uniform random k-subset of the n, become pauses;
-    the remaining slots take tokens[:n - k] in order (the rest is trimmed). doc_ids and
-    loss_mask travel with their tokens; a pause takes the doc id of the real token before it
-    (the first real token's id when it leads the window) and loss_mask True. Other keys of
-    `sample` pass through unchanged. Returns a new dict; `sample` is not modified.
+    the remaining slots take tokens[:n - k] in order (the rest is trimmed). Built as
+    `Sample.insert` then `trim`, so doc_ids, loss_mask and every per-token field travel with
+    their tokens; a pause takes the doc id of the real token before it (the first real token's
+    when it leads the window), loss_mask True, and each field's fill value. Per-sample values
+    and provenance pass through unchanged. Returns a new sample; `sample` is not modified.
     """
-    tokens = np.asarray(sample["tokens"])
-    n = len(tokens)
+    n = len(sample)
     k = num_pauses(n - 1, fraction)
     if k == 0:
         return sample
-    is_pause = np.zeros(n, dtype=bool)
-    is_pause[rng.choice(n, size=k, replace=False)] = True
-    # index of the real token each slot holds or (for a pause) follows; -1 before the first one
-    src = np.cumsum(~is_pause) - 1
-    doc = np.asarray(sample["doc_ids"])[np.maximum(src, 0)]
-    out = dict(sample)
-    out["tokens"] = np.where(is_pause, pause_id, tokens[np.maximum(src, 0)]).astype(tokens.dtype)
-    out["doc_ids"] = doc.astype(np.asarray(sample["doc_ids"]).dtype)
-    out["loss_mask"] = np.where(is_pause, True, np.asarray(sample["loss_mask"])[np.maximum(src, 0)])
-    return out
+    slots = np.sort(rng.choice(n, size=k, replace=False))
+    # a pause in output slot s follows s - (pauses before it) real tokens: insert it there
+    return sample.insert(slots - np.arange(k), pause_id, loss=True).trim(n)
 
 
-def insert_after_prompt(row: dict, pause_id: int, m: int) -> dict:
-    """Pause-finetuning rewrite of one SFT row (arrays of length n, `prompt_len` p).
+def insert_after_prompt(row: Sample, pause_id: int, m: int) -> Sample:
+    """Pause-finetuning rewrite of one SFT row (a Sample of n tokens, `values["prompt_len"]` p).
 
     tokens become prompt + m pauses + answer + eos + padding, trimmed to n; the pauses take the
-    prompt's doc id and, like the prompt, loss_mask False, so the loss stays on the answer and
-    eos (the last pause predicts the answer's first token). DataError if trimming would cut a
-    loss-carrying token. `prompt_len` keeps the real prompt's length.
+    prompt's doc id, each field's fill value and, like the prompt, loss_mask False, so the loss
+    stays on the answer and eos (the last pause predicts the answer's first token). DataError if
+    trimming would cut a loss-carrying token. `prompt_len` keeps the real prompt's length.
     """
     if m == 0:
         return row
-    p, n = int(row["prompt_len"]), len(row["tokens"])
-    mask = np.asarray(row["loss_mask"])
+    p, n = int(row.values["prompt_len"]), len(row)
+    mask = row.loss_mask
     if mask[n - m:].any():
         need = int(np.flatnonzero(mask)[-1]) + m  # the last loss token's index after the shift
         raise DataError(f"pause.num_tokens={m} pauses after a {p}-token prompt push the answer past the row of "
                         f"data.seq_len + 1 = {n} tokens; set data.seq_len >= {need}")
-    doc = np.asarray(row["doc_ids"])
-    out = dict(row)
-    out["tokens"] = np.concatenate([row["tokens"][:p], np.full(m, pause_id, dtype=np.asarray(row["tokens"]).dtype),
-                                    row["tokens"][p:n - m]])
-    out["doc_ids"] = np.concatenate([doc[:p], np.full(m, doc[max(p - 1, 0)], dtype=doc.dtype), doc[p:n - m]])
-    out["loss_mask"] = np.concatenate([mask[:p], np.zeros(m, dtype=bool), mask[p:n - m]])
-    return out
+    return row.insert(np.full(m, p), pause_id, loss=False).trim(n)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 import kernels
+from llmcore.data import Sample
 from recipes.base import LossContext, Recipe, RunContext, StepContext, register
 
 
@@ -61,7 +62,7 @@ class Probe(Recipe):
         self.calls["bind"] += 1
         self.token_id = tokenizer.token_id(self.TOKEN)
 
-    def transform(self, sample: dict, rng) -> dict:
+    def transform(self, sample: Sample, rng) -> Sample:
         self.calls["transform"] += 1
         return sample
 

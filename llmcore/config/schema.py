@@ -75,6 +75,13 @@ class DataConfig:
     """Shard check at open: `size` (cheap, catches truncation) or `full` (sha256 of every shard)."""
     reverse: bool = False
     """Right-to-left windows (for a reverse LM, e.g. FSP-RevLM targets)."""
+    sidecars: list[str] = field(default_factory=list)
+    """tokens: side-cars (written beside the shards, `<path>/sidecars/<name>/`) whose rows for
+    each window join the batch as `batch[name]` [B, T, ...], aligned with `labels`; every
+    source (and the validation folder) must carry each of them."""
+    sft_fields: list[str] = field(default_factory=list)
+    """sft: extra jsonl fields (a number or a fixed-length list of numbers on every line)
+    carried to the batch as `batch[name]` [B, ...]."""
 
 
 @dataclass

@@ -11,43 +11,59 @@ How the stream is defined, so that it is the same for any number of processes:
   (weights normalised), then takes that source's next window;
 - each global batch is samples ``[k*B, (k+1)*B)``; rank r keeps samples r, r + W, r + 2W, ...
   of it (W = world size), but every rank advances every cursor, so ranks never talk;
-- a recipe ``transform(sample, rng)`` gets ``rng = default_rng([seed, g, 7])``: reproducible
-  on resume without any saved state of its own.
+- a recipe ``transform(sample, rng)`` (a ``Sample`` in, a ``Sample`` of the same length out)
+  gets ``rng = default_rng([seed, g, 7])``: reproducible on resume without any saved state of
+  its own;
+- side-car rows are read for exactly the window served, so they need no state either.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import os
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from llmcore.data.collate import to_batch
+from llmcore.data.sample import Sample, checked
 from llmcore.data.shards import TokenShards
+from llmcore.data.sidecar import Sidecar, open_sidecars
 from llmcore.errors import ConfigError, DataError
 
-Transform = Callable[[dict, np.random.Generator], dict]
-_KEYS = ("tokens", "doc_ids", "loss_mask")
+Transform = Callable[[Sample, np.random.Generator], Sample]
 
 
-def to_batch(samples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack samples {tokens, doc_ids, loss_mask: [T+1]} into the model's batch:
-    input_ids [b, T] = tokens[:-1], labels [b, T] = tokens[1:] (-100 where loss_mask[1:] is
-    False), doc_ids [b, T] = doc_ids[:-1]; all int64."""
-    tokens = np.stack([s["tokens"] for s in samples]).astype(np.int64)
-    mask = np.stack([s["loss_mask"] for s in samples]).astype(bool)
-    doc = np.stack([s["doc_ids"] for s in samples]).astype(np.int64)
-    labels = np.where(mask[:, 1:], tokens[:, 1:], -100)
-    return {"input_ids": torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
-            "labels": torch.from_numpy(np.ascontiguousarray(labels)),
-            "doc_ids": torch.from_numpy(np.ascontiguousarray(doc[:, :-1]))}
+def read_window(shards: TokenShards, start: int, n: int, sidecars: list[Sidecar] = (), *,
+                source: str = "", source_index: int = 0) -> Sample:
+    """Tokens ``[start, start + n)`` of ``shards`` as a Sample: document ids (0 for the window's
+    first document), a full loss mask, each side-car's rows of exactly this window as a field
+    (its manifest's fill rule for inserted slots), and provenance of the first token."""
+    doc_index, doc_offset = shards.locate(start)
+    return Sample(tokens=shards.read(start, n), doc_ids=shards.doc_ids(start, n),
+                  loss_mask=np.ones(n, dtype=bool), fields={sc.name: sc.read(start, n) for sc in sidecars},
+                  fills={sc.name: sc.fill for sc in sidecars}, source=source, source_index=source_index,
+                  doc_index=doc_index, doc_offset=doc_offset)
+
+
+def _same_layout(per_source: list[tuple[str, list[Sidecar]]]) -> None:
+    """Side-cars of one name must stack into one tensor across a mixture's sources."""
+    name0, ref = per_source[0]
+    for name, cars in per_source[1:]:
+        for a, b in zip(ref, cars):
+            if (a.kind, a.dtype, a.shape, repr(a.fill)) != (b.kind, b.dtype, b.shape, repr(b.fill)):  # NaN fills
+                raise DataError(f"side-car {a.name!r} differs between sources {name0!r} ({a.kind}, "
+                                f"{a.dtype.name}{list(a.shape)}, fill {a.fill!r}) and {name!r} ({b.kind}, "
+                                f"{b.dtype.name}{list(b.shape)}, fill {b.fill!r})")
 
 
 class _Source:
     """One weighted source: its windows, the current epoch's order and the cursor in it."""
 
     def __init__(self, index: int, name: str, shards: TokenShards, weight: float,
-                 seq_len: int, seed: int):
+                 seq_len: int, seed: int, sidecars: list[Sidecar]):
         self.index, self.name, self.shards, self.weight = index, name, shards, weight
+        self.sidecars = sidecars
         self.seq_len, self.seed = seq_len, seed
         self.num_windows = (shards.num_tokens - 1) // seq_len
         if self.num_windows < 1:
@@ -72,23 +88,25 @@ class _Source:
             self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
         return start
 
-    def sample(self, start: int) -> dict:
-        n = self.seq_len + 1
-        return {"tokens": self.shards.read(start, n), "doc_ids": self.shards.doc_ids(start, n),
-                "loss_mask": np.ones(n, dtype=bool)}
+    def sample(self, start: int) -> Sample:
+        return read_window(self.shards, start, self.seq_len + 1, self.sidecars,
+                           source=self.name, source_index=self.index)
 
 
 class PackedLoader:
     """Deterministic, resumable batches of packed windows from weighted sources.
 
     ``sources``: ``[(name, TokenShards, weight), ...]``. Every ``next_batch()`` returns this
-    rank's ``global_batch_size // world_size`` samples of the next global batch as
-    ``{"input_ids", "labels", "doc_ids"}`` int64 tensors of shape [b, seq_len].
+    rank's ``global_batch_size // world_size`` samples of the next global batch, collated by
+    ``to_batch``: ``input_ids``, ``labels``, ``doc_ids`` [b, seq_len], provenance [b], and one
+    key per side-car. ``sidecars``: names of side-cars every source must carry (opened and
+    checked here, at the shards' verify level); each sample gets their rows of its window.
+    They add nothing to the resume state: a window's rows are a function of its position.
     """
 
     def __init__(self, sources: list[tuple[str, TokenShards, float]], seq_len: int,
                  global_batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 transform: Transform | None = None):
+                 transform: Transform | None = None, sidecars: Sequence[str] = ()):
         if not sources:
             raise ConfigError("the data loader needs at least one source")
         if seq_len < 1 or global_batch_size < 1:
@@ -111,8 +129,12 @@ class PackedLoader:
         self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
         self.rank, self.world_size, self.transform = rank, world_size, transform
         self.batch_size = global_batch_size // world_size
-        self._sources = [_Source(i, n, s, float(w), seq_len, seed)
+        cars = [(n, open_sidecars(s, sidecars)) for n, s, _ in sources]
+        if sidecars:
+            _same_layout(cars)
+        self._sources = [_Source(i, n, s, float(w), seq_len, seed, cars[i][1])
                          for i, (n, s, w) in enumerate(sources)]
+        self.source_names = names  # batch["source_index"] indexes this list
         self._cdf = np.cumsum(weights) / weights.sum()
         self._rng = np.random.Generator(np.random.PCG64([seed, 0x6D6978]))  # "mix" stream
         self.samples = 0  # global samples consumed (all ranks)
@@ -123,7 +145,7 @@ class PackedLoader:
         return np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self._cdf) - 1)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """This rank's part of the next global batch: input_ids, labels, doc_ids [b, T]."""
+        """This rank's part of the next global batch (keys: ``to_batch``)."""
         picks = self._pick(self.global_batch_size)
         samples = []
         for j, k in enumerate(picks):
@@ -139,15 +161,8 @@ class PackedLoader:
         self.samples += self.global_batch_size
         return to_batch(samples)
 
-    def _apply(self, sample: dict, rng: np.random.Generator, src: _Source) -> dict:
-        out = self.transform(sample, rng)
-        n = self.seq_len + 1
-        if not isinstance(out, dict) or any(len(np.asarray(out.get(k, ()))) != n for k in _KEYS):
-            got = ({k: np.shape(out.get(k)) for k in _KEYS} if isinstance(out, dict)
-                   else type(out).__name__)
-            raise ValueError(f"transform {self.transform!r} must return {_KEYS} of length {n} "
-                             f"each; got {got} (source {src.name!r})")
-        return out
+    def _apply(self, sample: Sample, rng: np.random.Generator, src: _Source) -> Sample:
+        return checked(self.transform, self.transform(sample, rng), self.seq_len + 1, src.name)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
@@ -207,20 +222,22 @@ class PackedLoader:
 
 def eval_batches(shards: TokenShards, seq_len: int, batch_size: int,
                  max_batches: int | None = None,
-                 transform: Callable[[dict], dict] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                 transform: Callable[[Sample], Sample] | None = None,
+                 sidecars: Sequence[str] = ()) -> Iterator[dict[str, torch.Tensor]]:
     """Sequential non-overlapping windows ``[i*T, i*T + T + 1)`` of ``shards`` in batches of
-    ``batch_size`` (the last one may be smaller), same dict as ``PackedLoader.next_batch``.
-    ``transform(sample)`` rewrites each window first (e.g. reversal for a right-to-left LM)."""
+    ``batch_size`` (the last one may be smaller), same keys as ``PackedLoader.next_batch``.
+    ``transform(sample)`` rewrites each window first (e.g. reversal for a right-to-left LM);
+    ``sidecars`` as in ``PackedLoader``."""
+    cars = open_sidecars(shards, sidecars)
+    name = os.path.basename(shards.path)
     n_windows = max(0, (shards.num_tokens - 1) // seq_len)
-    batch: list[dict] = []
+    batch: list[Sample] = []
     made = 0
     for i in range(n_windows):
         if max_batches is not None and made >= max_batches:
             return
-        start, n = i * seq_len, seq_len + 1
-        sample = {"tokens": shards.read(start, n), "doc_ids": shards.doc_ids(start, n),
-                  "loss_mask": np.ones(n, dtype=bool)}
-        batch.append(transform(sample) if transform is not None else sample)
+        sample = read_window(shards, i * seq_len, seq_len + 1, cars, source=name)
+        batch.append(checked(transform, transform(sample), seq_len + 1, name) if transform is not None else sample)
         if len(batch) == batch_size:
             yield to_batch(batch)
             made, batch = made + 1, []

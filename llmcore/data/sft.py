@@ -1,36 +1,46 @@
 """Supervised fine-tuning data: prompt/answer jsonl, loss on the answer only.
 
 Used by the trainer when `data.format: sft` (pause-finetuning, task fine-tunes, the
-forgetting harness). Each example becomes one row of seq_len + 1 tokens:
+forgetting harness). Each example becomes one `Sample` of seq_len + 1 tokens:
 `prompt + answer + eos`, right-padded with `pad`; `loss_mask` is True on the answer and eos
-(target side) only. Rows carry `prompt_len` so recipe transforms can act at the boundary
-(e.g. append pauses after the prompt). The loader has PackedLoader's interface: the global
-batch is the same for any world size, rank r takes rows r, r+W, ...; resumable; a transform
-gets `rng = default_rng([seed, global_index, 7])`.
+(target side) only. Its per-sample values hold `prompt_len` (so recipe transforms can act at
+the boundary, e.g. append pauses after the prompt) and the extra jsonl fields named in
+`data.sft_fields` (numbers or fixed-length number lists: int64 when every line's are integers,
+else float32); provenance is the file and the example's ordinal in it. Batches come from the
+same `to_batch` as packed data, so `batch["prompt_len"]` and each extra field are [b, ...].
+The loader has PackedLoader's interface: the global batch is the same for any world size,
+rank r takes rows r, r+W, ...; resumable; a transform gets
+`rng = default_rng([seed, global_index, 7])`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from llmcore.data.collate import check_extra_names, to_batch
+from llmcore.data.sample import Sample, checked
 from llmcore.errors import ConfigError, DataError
 
 
-def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[dict]:
+def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "answer",
+               fields: Sequence[str] = ()) -> list[dict]:
     """The {"prompt", "answer"} pairs of a JSON-lines file; blank lines are skipped.
 
-    Used by SFT training and by exact-match evaluation. DataError naming the file and line
-    number for a missing file, a line that is not a JSON object, or one without both fields.
+    Used by SFT training and by exact-match evaluation. With ``fields``, each pair also has
+    ``values``: {field: its number(s) as numpy} (see the module docstring for the dtypes).
+    DataError naming the file and line number for a missing file, a line that is not a JSON
+    object, one without every field, or an extra field that is not a number or a list of as
+    many numbers as on the first line.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"task file {p} does not exist")
-    tasks = []
+    tasks, raw = [], []
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -41,17 +51,46 @@ def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "ans
                 raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in (prompt_field, answer_field) if k not in row]
+            missing = [k for k in (prompt_field, answer_field, *fields) if k not in row]
             if missing:
                 raise DataError(f"{p}:{lineno}: missing field(s) {missing} (has {sorted(row)})")
             tasks.append({"prompt": str(row[prompt_field]), "answer": str(row[answer_field])})
+            raw.append((lineno, [row[k] for k in fields]))
     if not tasks:
         raise DataError(f"task file {p} holds no examples")
+    for j, name in enumerate(fields):
+        column = _numbers(p, name, [(lineno, vals[j]) for lineno, vals in raw])
+        for task, v in zip(tasks, column):
+            task.setdefault("values", {})[name] = v
     return tasks
 
 
-def encode_examples(examples: list[dict], tokenizer, seq_len: int, where: str) -> list[dict]:
-    """Token rows of length seq_len + 1 (see module docstring)."""
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _numbers(p: Path, name: str, cells: list[tuple[int, object]]) -> np.ndarray:
+    """One extra field of every line as an array [lines, ...]: int64 if all integers, else
+    float32 (a JSON number has no dtype; float32 is what a training target is used as)."""
+    first = cells[0][1]
+    if _is_number(first):
+        width, want = None, "a number (as on the first line)"
+    elif isinstance(first, list) and all(_is_number(x) for x in first):
+        width, want = len(first), f"a list of {len(first)} numbers (as on the first line)"
+    else:
+        width, want = -1, "a number or a list of numbers"
+    for lineno, v in cells:
+        ok = (_is_number(v) if width is None else
+              isinstance(v, list) and len(v) == width and all(_is_number(x) for x in v))
+        if not ok:
+            raise DataError(f"{p}:{lineno}: field {name!r} is {json.dumps(v)[:60]}, expected {want}")
+    values = [v for _, v in cells]
+    exact = all(isinstance(x, int) for v in values for x in (v if isinstance(v, list) else [v]))
+    return np.asarray(values, dtype=np.int64 if exact else np.float32)
+
+
+def encode_examples(examples: list[dict], tokenizer, seq_len: int, where: str) -> list[Sample]:
+    """One Sample of length seq_len + 1 per example (see module docstring)."""
     n = seq_len + 1
     rows = []
     for i, ex in enumerate(examples):
@@ -66,17 +105,16 @@ def encode_examples(examples: list[dict], tokenizer, seq_len: int, where: str) -
         mask[len(p_ids):len(ids)] = True
         doc = np.zeros(n, dtype=np.int64)
         doc[len(ids):] = 1  # padding is its own document
-        rows.append({"tokens": tokens, "doc_ids": doc, "loss_mask": mask, "prompt_len": len(p_ids)})
+        values = {"prompt_len": len(p_ids), **ex.get("values", {})}
+        rows.append(Sample(tokens=tokens, doc_ids=doc, loss_mask=mask, values=values, source=where,
+                           doc_index=i))
     return rows
 
 
-def rows_to_batch(rows: list[dict]) -> dict[str, torch.Tensor]:
-    tokens = np.stack([r["tokens"] for r in rows])
-    mask = np.stack([r["loss_mask"] for r in rows])
-    doc = np.stack([r["doc_ids"] for r in rows])
-    return {"input_ids": torch.from_numpy(np.ascontiguousarray(tokens[:, :-1])),
-            "labels": torch.from_numpy(np.ascontiguousarray(np.where(mask[:, 1:], tokens[:, 1:], -100))),
-            "doc_ids": torch.from_numpy(np.ascontiguousarray(doc[:, :-1]))}
+def _check_fields(fields: Sequence[str]) -> None:
+    check_extra_names(fields, "data.sft_fields")
+    if "prompt_len" in fields:
+        raise ConfigError("data.sft_fields: 'prompt_len' is the SFT rows' own value (the prompt's length)")
 
 
 class SFTLoader:
@@ -84,13 +122,14 @@ class SFTLoader:
 
     def __init__(self, path: str, tokenizer, seq_len: int, global_batch_size: int, *, seed: int,
                  rank: int = 0, world_size: int = 1, transform: Callable | None = None,
-                 prompt_field: str = "prompt", answer_field: str = "answer"):
+                 prompt_field: str = "prompt", answer_field: str = "answer", fields: Sequence[str] = ()):
         if global_batch_size % world_size:
             raise ConfigError(f"global batch {global_batch_size} is not divisible by world size {world_size}")
         self.path, self.seq_len, self.seed = path, seq_len, seed
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
         self.transform = transform
-        self.rows = encode_examples(read_tasks(path, prompt_field, answer_field), tokenizer, seq_len, path)
+        _check_fields(fields)
+        self.rows = encode_examples(read_tasks(path, prompt_field, answer_field, fields), tokenizer, seq_len, path)
         self.samples = 0
         self._perm_epoch, self._perm = -1, None
 
@@ -105,12 +144,13 @@ class SFTLoader:
         rows = []
         for j in range(self.rank, self.global_batch_size, self.world_size):
             g = self.samples + j
-            row = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.rows[self._row_index(g)].items()}
+            row = self.rows[self._row_index(g)].copy()  # a transform may write in place
             if self.transform is not None:
-                row = self.transform(row, np.random.default_rng([self.seed, g, 7]))
+                row = checked(self.transform, self.transform(row, np.random.default_rng([self.seed, g, 7])),
+                              self.seq_len + 1, self.path)
             rows.append(row)
         self.samples += self.global_batch_size
-        return rows_to_batch(rows)
+        return to_batch(rows)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
@@ -133,12 +173,15 @@ class SFTLoader:
 
 def sft_eval_batches(path: str, tokenizer, seq_len: int, batch_size: int, max_batches: int | None = None,
                      transform: Callable | None = None, seed: int = 0,
-                     prompt_field: str = "prompt", answer_field: str = "answer") -> Iterator[dict]:
+                     prompt_field: str = "prompt", answer_field: str = "answer",
+                     fields: Sequence[str] = ()) -> Iterator[dict]:
     """The examples of `path` in file order, batched; `transform` applied as in training."""
-    rows = encode_examples(read_tasks(path, prompt_field, answer_field), tokenizer, seq_len, path)
+    _check_fields(fields)
+    rows = encode_examples(read_tasks(path, prompt_field, answer_field, fields), tokenizer, seq_len, path)
     if transform is not None:
-        rows = [transform(r, np.random.default_rng([seed, i, 13])) for i, r in enumerate(rows)]
+        rows = [checked(transform, transform(r, np.random.default_rng([seed, i, 13])), seq_len + 1, path)
+                for i, r in enumerate(rows)]
     for b, start in enumerate(range(0, len(rows), batch_size)):
         if max_batches is not None and b >= max_batches:
             return
-        yield rows_to_batch(rows[start:start + batch_size])
+        yield to_batch(rows[start:start + batch_size])

@@ -4,7 +4,9 @@ Used by the packed loader (``llmcore.data.loader``) and evaluation. A split is a
 raw token shards (``.bin``, uint16 or uint32, memory-mapped) with a document index each
 (``.docs.npy``: start offset of every document in its shard); shards are addressed as one
 stream of ``num_tokens`` tokens. Every way a folder can be wrong -- missing, truncated,
-corrupt, made with another tokenizer -- is a ``DataError`` naming the file.
+corrupt, made with another tokenizer -- is a ``DataError`` naming the file. Side-cars
+(``llmcore.data.sidecar``) are read against an open ``TokenShards``: ``pieces`` maps a
+window to shard files for both, so tokens and side-car rows can never disagree on it.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class TokenShards:
         if verify not in ("size", "full"):
             raise ValueError(f"verify must be 'size' or 'full', not {verify!r}")
         self.path = os.path.abspath(path)
-        self.split = split
+        self.split, self.verify = split, verify  # side-cars opened on these shards check as much
         self.manifest = read_manifest(self.path)
         mpath = os.path.join(self.path, MANIFEST)
         tok = self.manifest.get("tokenizer", {})
@@ -81,10 +83,11 @@ class TokenShards:
         splits = self.manifest.get("splits", {})
         if split not in splits:
             raise DataError(f"{mpath} has no split {split!r} (has {sorted(splits)})")
+        self.entries: list[dict] = list(splits[split]["shards"])  # manifest entry of each shard
         self._files: list[str] = []
         self._maps: list[np.memmap] = []
         sizes, doc_starts = [0], []
-        for entry in splits[split]["shards"]:
+        for entry in self.entries:
             file = os.path.join(self.path, entry["file"])
             n, ndocs = int(entry["num_tokens"]), int(entry["num_docs"])
             self._check_file(file, n, entry, verify)
@@ -96,6 +99,8 @@ class TokenShards:
         self._starts = np.asarray(sizes, dtype=np.int64)  # global offset of each shard
         self._doc_starts = (np.concatenate(doc_starts) if doc_starts
                             else np.zeros(0, dtype=np.int64))
+        # global ordinal of each shard's first document (documents never span shards)
+        self._doc_base = np.cumsum([0] + [int(e["num_docs"]) for e in self.entries])
         self.num_tokens = int(self._starts[-1])
         self.num_docs = len(self._doc_starts)
         if self.num_tokens != int(splits[split]["num_tokens"]):
@@ -149,26 +154,36 @@ class TokenShards:
             raise IndexError(f"window [{start}, {start + length}) is outside the "
                              f"{self.num_tokens} tokens of {self.path} split {self.split!r}")
 
+    def pieces(self, start: int, length: int) -> list[tuple[int, int, int, int]]:
+        """How ``[start, start + length)`` lies on the shards: ``(shard k, offset in shard k,
+        count, offset in the window)`` per shard touched, in order. The one place that maps
+        stream positions to shard files; side-car readers use it too."""
+        self._bounds(start, length)
+        out = []
+        pos, k = start, int(np.searchsorted(self._starts, start, side="right")) - 1
+        while pos < start + length:
+            lo = pos - int(self._starts[k])
+            take = min(start + length - pos, int(self._starts[k + 1]) - pos)
+            out.append((k, lo, take, pos - start))
+            pos += take
+            k += 1
+        return out
+
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens ``[start, start + length)`` of the stream -> int64 [length].
 
         May cross shard boundaries. DataError when a token id is outside the vocabulary
         (a corrupt shard), naming the shard and the offset in it.
         """
-        self._bounds(start, length)
+        pieces = self.pieces(start, length)
         out = np.empty(length, dtype=np.int64)
-        pos, k = start, int(np.searchsorted(self._starts, start, side="right")) - 1
-        while pos < start + length:
-            lo = pos - int(self._starts[k])
-            take = min(start + length - pos, int(self._starts[k + 1]) - pos)
+        for k, lo, take, off in pieces:
             piece = self._maps[k][lo:lo + take]
-            out[pos - start:pos - start + take] = piece
+            out[off:off + take] = piece
             if take and int(piece.max()) >= self.vocab_size:
                 bad = lo + int(np.argmax(piece >= self.vocab_size))
                 raise DataError(f"shard {self._files[k]} is corrupt: token {int(piece[bad - lo])} "
                                 f"at offset {bad} is >= vocab_size {self.vocab_size}")
-            pos += take
-            k += 1
         return out
 
     def check_window(self, start: int, length: int, chunk: int = 1 << 24) -> None:
@@ -177,10 +192,26 @@ class TokenShards:
         for s in range(start, start + length, chunk):
             self.read(s, min(chunk, start + length - s))
 
+    def doc_index(self, start: int, length: int) -> np.ndarray:
+        """Document ordinal within the split of every token of ``[start, start + length)``
+        -> int64 [length] (not renumbered: the same document has the same ordinal anywhere)."""
+        self._bounds(start, length)
+        pos = np.arange(start, start + length, dtype=np.int64)
+        return np.searchsorted(self._doc_starts, pos, side="right") - 1
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """(document ordinal within the split, offset within that document) of token ``pos``."""
+        self._bounds(pos, 1)
+        doc = int(np.searchsorted(self._doc_starts, pos, side="right")) - 1
+        return doc, pos - int(self._doc_starts[doc])
+
+    def shard_span(self, k: int) -> tuple[int, int, int, int]:
+        """Shard ``k`` in the stream: (first token, tokens, first document ordinal, documents)."""
+        return (int(self._starts[k]), int(self._starts[k + 1] - self._starts[k]),
+                int(self._doc_base[k]), int(self._doc_base[k + 1] - self._doc_base[k]))
+
     def doc_ids(self, start: int, length: int) -> np.ndarray:
         """Document ordinal of every token of ``[start, start + length)`` -> int64 [length],
         renumbered so the window's first document is 0 (tokens of one document share an id)."""
-        self._bounds(start, length)
-        pos = np.arange(start, start + length, dtype=np.int64)
-        ids = np.searchsorted(self._doc_starts, pos, side="right") - 1
+        ids = self.doc_index(start, length)
         return ids - ids[0] if length else ids

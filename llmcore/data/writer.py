@@ -7,6 +7,9 @@ trainer test needs no ``datasets`` run). The format is what ``TokenShards`` read
     <out>/manifest.json
     <out>/<split>/shard_00000.bin        raw uint16 (vocab < 65536) or uint32 tokens
     <out>/<split>/shard_00000.docs.npy   int64 start offset of each document in the shard
+
+Side-cars are added later, beside these, by ``llmcore.data.sidecar_writer`` (``<out>/sidecars/``);
+rewriting a folder drops them, as it must: they were made from the old shards.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ import numpy as np
 
 from llmcore.config.schema import Config
 from llmcore.data.loader import PackedLoader, eval_batches
+from llmcore.data.sample import Sample
 from llmcore.data.sft import SFTLoader, sft_eval_batches
 from llmcore.data.shards import TokenShards
 
-_SEQUENCE_KEYS = ("tokens", "doc_ids", "loss_mask")
 
 
 def tokenizer_dir(cfg: Config) -> str:
@@ -34,8 +34,8 @@ def sample_transform(reverse: bool, recipe_transform: Callable | None) -> Callab
     if not reverse:
         return recipe_transform
 
-    def fn(sample: dict, rng) -> dict:
-        sample = {k: (v[::-1].copy() if k in _SEQUENCE_KEYS else v) for k, v in sample.items()}
+    def fn(sample: Sample, rng) -> Sample:
+        sample = sample.reversed()  # every per-token field too
         return recipe_transform(sample, rng) if recipe_transform is not None else sample
     return fn
 
@@ -46,11 +46,11 @@ def train_loader(cfg: Config, tokenizer, rank: int, world_size: int, transform: 
     common = dict(seed=t.seed, rank=rank, world_size=world_size, transform=transform)
     if d.format == "sft":
         return SFTLoader(d.path, tokenizer, d.seq_len, t.global_batch_size, prompt_field=d.prompt_field,
-                         answer_field=d.answer_field, **common)
+                         answer_field=d.answer_field, fields=d.sft_fields, **common)
     specs = [(s.name or Path(s.path).name, s.path, s.weight) for s in d.sources] or [(Path(d.path).name, d.path, 1.0)]
     sources = [(name, TokenShards(path, "train", expected_tokenizer_hash=tokenizer.hash, verify=d.verify), w)
                for name, path, w in specs]
-    return PackedLoader(sources, d.seq_len, t.global_batch_size, **common)
+    return PackedLoader(sources, d.seq_len, t.global_batch_size, sidecars=d.sidecars, **common)
 
 
 def default_eval_path(cfg: Config) -> str:
@@ -69,10 +69,11 @@ def eval_set_batches(cfg: Config, tokenizer, path: str, n: int, transform: Calla
         return []
     if d.format == "sft":
         return list(sft_eval_batches(path, tokenizer, d.seq_len, mb, n, transform=transform, seed=seed,
-                                     prompt_field=d.prompt_field, answer_field=d.answer_field))
+                                     prompt_field=d.prompt_field, answer_field=d.answer_field,
+                                     fields=d.sft_fields))
     shards = TokenShards(path, "val", expected_tokenizer_hash=tokenizer.hash, verify=d.verify)
     per_window = None
     if transform is not None:
         index = itertools.count()  # window i gets the same rng in every evaluation
         per_window = lambda s: transform(s, np.random.default_rng([seed, next(index), 13]))  # noqa: E731
-    return list(eval_batches(shards, d.seq_len, mb, n, transform=per_window))
+    return list(eval_batches(shards, d.seq_len, mb, n, transform=per_window, sidecars=d.sidecars))

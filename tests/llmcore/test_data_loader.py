@@ -54,12 +54,11 @@ def equal(a, b):
 
 def pause_transform(sample, rng):
     """Mask the loss of a random prefix and replace the first token by a random id."""
-    out = dict(sample)
-    out["tokens"] = sample["tokens"].copy()
-    out["tokens"][0] = rng.integers(4, VOCAB)
+    out = sample.copy()
+    out.tokens[0] = rng.integers(4, VOCAB)
     mask = np.ones(T + 1, dtype=bool)
     mask[: rng.integers(2, T)] = False
-    out["loss_mask"] = mask
+    out.loss_mask = mask
     return out
 
 
@@ -69,11 +68,16 @@ def test_batch_is_windows_of_the_sources(big, small):
              **{k: (small, v) for k, v in windows_of(small).items()}}
     for _ in range(3):
         batch = next(loader)
-        assert set(batch) == {"input_ids", "labels", "doc_ids"}
-        assert all(v.shape == (B, T) and v.dtype == torch.long for v in batch.values())
-        for row, doc in zip(full_rows(batch), batch["doc_ids"]):
+        assert set(batch) == {"input_ids", "labels", "doc_ids", "source_index", "doc_index", "doc_offset"}
+        assert all(batch[k].shape == (B, T) and batch[k].dtype == torch.long
+                   for k in ("input_ids", "labels", "doc_ids"))
+        assert all(batch[k].shape == (B,) and batch[k].dtype == torch.long
+                   for k in ("source_index", "doc_index", "doc_offset"))
+        for b, (row, doc) in enumerate(zip(full_rows(batch), batch["doc_ids"])):
             src, start = index[row]  # every sample is one aligned window of one source
             assert torch.equal(doc, torch.from_numpy(src.doc_ids(start, T + 1)[:-1]))
+            assert loader.source_names[int(batch["source_index"][b])] == ("big" if src is big else "small")
+            assert (int(batch["doc_index"][b]), int(batch["doc_offset"][b])) == src.locate(start)
 
 
 def test_doc_ids_follow_eos(big):
@@ -171,7 +175,7 @@ def test_transform_is_reproducible_and_masks_labels(big):
     assert torch.equal(a["labels"][~masked], plain["labels"][~masked])
 
     def bad(sample, rng):
-        return dict(sample, tokens=sample["tokens"][:-1])
+        return sample.trim(T)
 
     # sample g of the global stream gets rng = default_rng([seed, g, 7]), nothing else
     draws = []

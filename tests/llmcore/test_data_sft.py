@@ -94,3 +94,45 @@ def test_reverse_windows(prepared, tmp_path):
     # Reversed window r = tokens[::-1]: inputs r[:-1] are the forward labels flipped.
     assert torch.equal(rev["input_ids"], fwd["labels"].flip(1))
     assert torch.equal(rev["labels"], fwd["input_ids"].flip(1))
+
+
+def test_extra_fields_reach_the_batch(tmp_path, tok):
+    from llmcore.data.sft import sft_eval_batches
+
+    rows = [{"prompt": f"Count: {i}", "answer": f" {i + 1}", "harm": i, "w": i / 4, "vec": [i, i + 0.5]}
+            for i in range(6)]
+    path = str(write_jsonl(tmp_path / "x.jsonl", rows))
+    fields = ["harm", "w", "vec"]
+    batch = SFTLoader(path, tok, 16, 6, seed=1, fields=fields).next_batch()
+    assert batch["harm"].dtype == torch.int64 and batch["harm"].shape == (6,)
+    assert batch["w"].dtype == torch.float32 and batch["vec"].shape == (6, 2)
+    # doc_index is the example's ordinal in the file: each row carries its own line's values
+    i = batch["doc_index"]
+    assert sorted(i.tolist()) == list(range(6)) and (batch["source_index"] == 0).all()
+    assert torch.equal(batch["harm"], i) and torch.equal(batch["w"], i.float() / 4)
+    assert torch.equal(batch["vec"], torch.stack([i.float(), i.float() + 0.5], 1))
+    for r in range(6):
+        p = tok.encode(rows[int(i[r])]["prompt"])
+        assert batch["input_ids"][r, :len(p)].tolist() == p and int(batch["prompt_len"][r]) == len(p)
+    half = SFTLoader(path, tok, 16, 6, seed=1, rank=1, world_size=2, fields=fields).next_batch()
+    assert all(torch.equal(half[k], batch[k][1::2]) for k in batch)
+    (ev,) = sft_eval_batches(path, tok, 16, 8, fields=fields)
+    assert ev["harm"].tolist() == list(range(6)) and ev["doc_index"].tolist() == list(range(6))
+
+
+def test_extra_field_errors_name_file_line_and_field(tmp_path, tok):
+    good = {"prompt": "a", "answer": "b", "harm": 1, "vec": [1, 2]}
+    cases = [({"prompt": "a", "answer": "b", "vec": [1, 2]}, r"x.jsonl:4: missing field\(s\) \['harm'\]"),
+             (dict(good, harm="high"), r"x.jsonl:4: field 'harm' is \"high\", expected a number"),
+             (dict(good, harm=True), r"x.jsonl:4: field 'harm' is true, expected a number"),
+             (dict(good, vec=[1, 2, 3]), r"x.jsonl:4: field 'vec' is \[1, 2, 3\], expected a list of 2 numbers")]
+    for bad, match in cases:
+        path = write_jsonl(tmp_path / "x.jsonl", [good, good])
+        path.write_text(path.read_text() + "\n" + json.dumps(bad) + "\n")  # blank line 3 is skipped, still counted
+        with pytest.raises(DataError, match=match):
+            SFTLoader(str(path), tok, 16, 1, seed=0, fields=["harm", "vec"])
+    path = write_jsonl(tmp_path / "y.jsonl", [good])
+    with pytest.raises(ConfigError, match=r"data.sft_fields: field name 'labels' collides"):
+        SFTLoader(str(path), tok, 16, 1, seed=0, fields=["labels"])
+    with pytest.raises(ConfigError, match="prompt_len"):
+        SFTLoader(str(path), tok, 16, 1, seed=0, fields=["prompt_len"])

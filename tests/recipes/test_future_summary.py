@@ -27,6 +27,7 @@ from llmcore.model.args import ModelArgs
 from llmcore.model.transformer import Transformer
 from llmcore.recipe.context import LossContext
 from llmcore.train import checkpoint
+from llmcore.data.sample import Sample
 from llmcore.train.inputs import sample_transform
 from llmcore.train.loop import Trainer
 from recipes.future_summary import FutureSummary, targets, tfidf
@@ -118,7 +119,7 @@ def test_revlm_target_is_the_state_that_predicts_x_t_plus_1():
                 torch.testing.assert_close(g[b, t], alone, atol=1e-5, rtol=1e-5)
     # ... and in a data.reverse=true batch, the position holding x_{t+2} has label x_{t+1}
     x = np.arange(100, 113)  # x_0 .. x_T, T = 12
-    fwd = {"tokens": x, "doc_ids": np.zeros(13, dtype=np.int64), "loss_mask": np.ones(13, dtype=bool)}
+    fwd = Sample(tokens=x, doc_ids=np.zeros(13, dtype=np.int64), loss_mask=np.ones(13, dtype=bool))
     rb = to_batch([sample_transform(True, None)(fwd, None)])
     for t in range(T - 2):
         p = int((rb["input_ids"][0] == x[t + 2]).nonzero())

@@ -5,6 +5,7 @@ document ids, resume), loss masking through `ignore_ids`, the finetuning rewrite
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from safetensors.torch import load_file
 import llmcore
 from llmcore.cli.main import main
 from llmcore.config.load import load_run_config
-from llmcore.data import PackedLoader, TokenShards, to_batch
-from llmcore.data.sft import encode_examples, rows_to_batch
+from llmcore.data import FILL_PREVIOUS, PackedLoader, Sample, TokenShards, to_batch
+from llmcore.data.sft import encode_examples
 from llmcore.errors import ConfigError, DataError
 from llmcore.generate.sampling import generate
 from llmcore.model.args import ModelArgs
@@ -37,7 +38,7 @@ def window(n=65, seed=0):
     rng = np.random.default_rng(seed)
     doc = np.repeat([0, 1, 2], [20, 25, n - 45])
     mask = rng.random(n) < 0.8
-    return {"tokens": np.arange(100, 100 + n, dtype=np.int64), "doc_ids": doc, "loss_mask": mask}
+    return Sample(tokens=np.arange(100, 100 + n, dtype=np.int64), doc_ids=doc, loss_mask=mask)
 
 
 def recipe(mode="pretrain", **kw):
@@ -63,26 +64,26 @@ def test_pretrain_inserts_k_pauses_keeps_order_and_trims_to_seq_len_plus_one():
     n, k = 65, num_pauses(64, 0.1)
     for seed in range(20):
         out = recipe().transform(s, np.random.default_rng(seed))
-        assert all(len(out[key]) == n for key in ("tokens", "doc_ids", "loss_mask"))
-        pause = out["tokens"] == PAUSE
+        assert all(len(getattr(out, key)) == n for key in ("tokens", "doc_ids", "loss_mask"))
+        pause = out.tokens == PAUSE
         assert pause.sum() == k
         # the real tokens are the window's first n - k, in order, with their own doc id and mask
-        np.testing.assert_array_equal(out["tokens"][~pause], s["tokens"][:n - k])
-        np.testing.assert_array_equal(out["doc_ids"][~pause], s["doc_ids"][:n - k])
-        np.testing.assert_array_equal(out["loss_mask"][~pause], s["loss_mask"][:n - k])
-        assert out["loss_mask"][pause].all()
+        np.testing.assert_array_equal(out.tokens[~pause], s.tokens[:n - k])
+        np.testing.assert_array_equal(out.doc_ids[~pause], s.doc_ids[:n - k])
+        np.testing.assert_array_equal(out.loss_mask[~pause], s.loss_mask[:n - k])
+        assert out.loss_mask[pause].all()
         # a pause takes the doc id of the real token before it (the first real token's if none)
         for i in np.flatnonzero(pause):
             before = [j for j in range(i) if not pause[j]]
-            assert out["doc_ids"][i] == (out["doc_ids"][before[-1]] if before else s["doc_ids"][0])
-    np.testing.assert_array_equal(s["tokens"], np.arange(100, 165))  # the input is untouched
+            assert out.doc_ids[i] == (out.doc_ids[before[-1]] if before else s.doc_ids[0])
+    np.testing.assert_array_equal(s.tokens, np.arange(100, 165))  # the input is untouched
 
 
 def test_pause_positions_are_uniform_and_may_be_consecutive():
     n, k, draws = 65, 6, 3000
     counts, consecutive = np.zeros(n), 0
     for seed in range(draws):
-        pause = recipe().transform(window(), np.random.default_rng(seed))["tokens"] == PAUSE
+        pause = recipe().transform(window(), np.random.default_rng(seed)).tokens == PAUSE
         counts += pause
         consecutive += bool((pause[1:] & pause[:-1]).any())
     freq = counts / draws
@@ -96,8 +97,8 @@ def test_same_rng_seed_gives_same_insertions_and_other_seeds_differ():
     a = recipe().transform(window(), np.random.default_rng([3, 17, 7]))
     b = recipe().transform(window(), np.random.default_rng([3, 17, 7]))
     c = recipe().transform(window(), np.random.default_rng([3, 18, 7]))
-    assert all(np.array_equal(a[key], b[key]) for key in a)
-    assert not np.array_equal(a["tokens"], c["tokens"])
+    assert all(np.array_equal(a.per_token()[key], b.per_token()[key]) for key in a.per_token())
+    assert not np.array_equal(a.tokens, c.tokens)
 
 
 def test_fraction_zero_returns_the_sample_unchanged():
@@ -126,6 +127,54 @@ def test_loader_resume_reproduces_the_insertions(prepared, tok):
     assert all(int((torch.cat([b["input_ids"], b["labels"][:, -1:]], 1) == pid).sum()) == 4 * 3 for b in batches)
 
 
+def with_fields(s):
+    """`s` plus per-token fields: its positions (fill -1), a [n, 2] pair (fill 0) and a
+    per-document value that an inserted token copies from the token before it."""
+    pos = np.arange(len(s))
+    return Sample(s.tokens, s.doc_ids, s.loss_mask, values=dict(s.values),
+                  fields={"pos": pos, "pair": np.stack([pos + 1, -pos - 1], 1), "docval": s.doc_ids * 10 + 5},
+                  fills={"pos": -1, "docval": FILL_PREVIOUS}, source="w", doc_index=3, doc_offset=2)
+
+
+def test_pretrain_pauses_move_every_field_with_its_token():
+    s = with_fields(window())
+    for seed in range(20):
+        out = recipe().transform(s, np.random.default_rng(seed))
+        plain = recipe().transform(window(), np.random.default_rng(seed))
+        np.testing.assert_array_equal(out.tokens, plain.tokens)  # fields change no token
+        pause = out.tokens == PAUSE
+        pos = out.fields["pos"]
+        # each real token still carries its own position, pair and document value
+        np.testing.assert_array_equal(out.tokens[~pause], s.tokens[pos[~pause]])
+        np.testing.assert_array_equal(out.fields["pair"][~pause], s.fields["pair"][pos[~pause]])
+        np.testing.assert_array_equal(out.fields["docval"], out.doc_ids * 10 + 5)
+        # the pauses hold the fill values
+        assert (pos[pause] == -1).all() and (out.fields["pair"][pause] == 0).all()
+        assert (out.source, out.doc_index, out.doc_offset) == ("w", 3, 2)
+
+
+def test_pretrain_pauses_keep_sidecar_rows_with_their_labels(prepared, tok, tmp_path):
+    from llmcore.data import write_sidecar
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+
+    def positions(shards, k):
+        start, n, _, _ = shards.shard_span(k)
+        return np.arange(start, start + n)
+
+    write_sidecar(str(data), "pos", positions, kind="token", dtype=np.int64, fill=-1)
+    shards = TokenShards(str(data), "train")
+    r = Pause(Pause.Config())
+    r.bind(tok)
+    batch = PackedLoader([("d", shards, 1.0)], 32, 4, seed=5, transform=r.transform, sidecars=["pos"]).next_batch()
+    pid = tok.token_id("<pause>")
+    pos, labels = batch["pos"], batch["labels"]
+    real = labels != pid
+    assert (~real).any() and (pos[~real] == -1).all()
+    assert torch.equal(labels[real], torch.from_numpy(shards.read(0, shards.num_tokens))[pos[real]])
+
+
 # --- loss masking ------------------------------------------------------------------------------
 
 def test_labels_followed_by_pause_are_ignored_and_no_others():
@@ -133,13 +182,13 @@ def test_labels_followed_by_pause_are_ignored_and_no_others():
     samples = []
     for seed in range(3):
         s = window(seed=seed)
-        s["loss_mask"] = np.ones(65, dtype=bool)
+        s.loss_mask = np.ones(65, dtype=bool)
         samples.append(r.transform(s, np.random.default_rng(seed)))
     batch = to_batch(samples)
     labels, inputs = batch["labels"], batch["input_ids"]
     ignore = torch.tensor(r.ignore_ids())
     kept = labels != PAUSE
-    pause_targets = sum(int((s["tokens"][1:] == PAUSE).sum()) for s in samples)
+    pause_targets = sum(int((s.tokens[1:] == PAUSE).sum()) for s in samples)
     assert pause_targets > 0 and count_loss_tokens(labels, ignore) == int(kept.sum()) == labels.numel() - pause_targets
     # a pause position's own output (predicting the next real token) keeps its loss
     assert ((inputs == PAUSE) & kept).any()
@@ -156,23 +205,40 @@ def test_labels_followed_by_pause_are_ignored_and_no_others():
 
 def test_finetune_puts_m_pauses_after_the_prompt_and_keeps_answer_only_loss(tok):
     (row,) = encode_examples([{"prompt": "Count: 1 2", "answer": " 3 4."}], tok, 40, "t")
-    p, m = row["prompt_len"], 5
+    p, m = row.values["prompt_len"], 5
     r = Pause(Pause.Config(mode="finetune", num_tokens=m))
     r.bind(tok)
     pid = tok.token_id("<pause>")
     out = r.transform(row, np.random.default_rng(0))
     answer = tok.encode(" 3 4.") + [tok.eos_id]
-    assert len(out["tokens"]) == 41 and out["prompt_len"] == p
-    assert out["tokens"][:p].tolist() == tok.encode("Count: 1 2")
-    assert out["tokens"][p:p + m].tolist() == [pid] * m
-    assert out["tokens"][p + m:p + m + len(answer)].tolist() == answer
-    assert (out["tokens"][p + m + len(answer):] == tok.pad_id).all()
-    assert out["doc_ids"][:p + m + len(answer)].tolist() == [0] * (p + m + len(answer))
-    labels = rows_to_batch([out])["labels"][0]
+    assert len(out.tokens) == 41 and out.values["prompt_len"] == p
+    assert out.tokens[:p].tolist() == tok.encode("Count: 1 2")
+    assert out.tokens[p:p + m].tolist() == [pid] * m
+    assert out.tokens[p + m:p + m + len(answer)].tolist() == answer
+    assert (out.tokens[p + m + len(answer):] == tok.pad_id).all()
+    assert out.doc_ids[:p + m + len(answer)].tolist() == [0] * (p + m + len(answer))
+    labels = to_batch([out])["labels"][0]
     ignore = torch.tensor(r.ignore_ids())
     scored = [int(x) for x in labels if x != -100 and x != pid]
     assert scored == answer and count_loss_tokens(labels, ignore) == len(answer)
     assert int(labels[p + m - 1]) == answer[0]  # the last pause predicts the answer's first token
+
+
+def test_finetune_pauses_move_fields_and_keep_values(tok):
+    (row,) = encode_examples([{"prompt": "Count: 1 2", "answer": " 3 4.", "values": {"harm": np.int64(4)}}],
+                             tok, 40, "t")
+    row = with_fields(row)
+    p, m = row.values["prompt_len"], 5
+    r = Pause(Pause.Config(mode="finetune", num_tokens=m))
+    r.bind(tok)
+    out = r.transform(row, np.random.default_rng(0))
+    pos = out.fields["pos"]
+    assert pos[:p].tolist() == list(range(p)) and (pos[p:p + m] == -1).all()
+    assert pos[p + m:].tolist() == list(range(p, 41 - m))
+    assert (out.fields["docval"][p:p + m] == row.fields["docval"][p - 1]).all()
+    assert out.values == {"prompt_len": p, "harm": 4}
+    batch = to_batch([out])
+    assert batch["harm"].tolist() == [4] and torch.equal(batch["pos"][0], torch.from_numpy(pos[1:]))
 
 
 def test_finetune_errors_name_the_setting(tok):

@@ -1,0 +1,186 @@
+"""Side-car arrays beside token shards: their layout, manifest and reader.
+
+A side-car is an array aligned with a prepared split, written after ``prepare`` by whoever
+computes it (``llmcore.data.sidecar_writer``: a teacher's top-k cache, a harm classifier's
+scores) and read by the loaders for exactly the window they serve. Two kinds:
+
+- ``token``: one row per token of the shard, ``[num_tokens, *shape]`` (e.g. [n, 50] uint16 ids);
+- ``doc``: one row per document of the shard, ``[num_docs, *shape]`` (e.g. [d] float16 score);
+  the loader exposes it per token (each token gets its document's row).
+
+Layout, one folder per side-car so that side-cars written by different commands never touch
+each other's files or manifest::
+
+    <data>/sidecars/<name>/sidecar.json            manifest (below)
+    <data>/sidecars/<name>/<split>/shard_00000.npy  one .npy per shard (header: dtype, shape)
+
+``sidecar.json``: ``format``, ``name``, ``kind``, ``dtype``, ``shape`` (trailing dims),
+``fill`` (what a slot inserted by a transform gets: a number or ``"previous"``),
+``tokenizer_hash``, ``made_from`` (the writer's identity of its inputs, e.g. the teacher),
+and per split ``shards``: one entry per token shard -- ``file``, ``rows``, ``bytes``,
+``sha256`` of the .npy, and ``shard`` / ``shard_sha256``: the token shard it aligns with and
+that shard's sha256 from the data manifest -- or null while not yet written.
+
+Every mismatch is a ``DataError`` naming the side-car, the shard and what is wrong: unknown
+name (listing those present), incomplete, made from other shards, truncated, wrong length,
+checksum (``verify="full"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from llmcore.data.collate import check_extra_names
+from llmcore.data.shards import TokenShards, sha256_file
+from llmcore.errors import DataError
+
+SIDECAR_FORMAT = "llmcore-sidecar-v1"
+SIDECAR_DIR = "sidecars"
+SIDECAR_MANIFEST = "sidecar.json"
+KINDS = ("token", "doc")
+
+
+def sidecar_dir(data_path: str, name: str) -> str:
+    return os.path.join(os.path.abspath(data_path), SIDECAR_DIR, name)
+
+
+def available_sidecars(data_path: str) -> list[str]:
+    """Names of the side-cars of a prepared folder (those with a manifest), sorted."""
+    root = os.path.join(os.path.abspath(data_path), SIDECAR_DIR)
+    if not os.path.isdir(root):
+        return []
+    return sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, SIDECAR_MANIFEST)))
+
+
+def read_sidecar_manifest(data_path: str, name: str) -> dict:
+    """The parsed ``sidecar.json`` of side-car ``name`` (DataError if absent or wrong)."""
+    path = os.path.join(sidecar_dir(data_path, name), SIDECAR_MANIFEST)
+    if not os.path.isfile(path):
+        raise DataError(f"side-car {name!r} does not exist in {os.path.abspath(data_path)} (available: "
+                        f"{available_sidecars(data_path) or 'none'})")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except ValueError as e:
+        raise DataError(f"side-car {name!r}: {path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise DataError(f"side-car {name!r}: {path} is not a {SIDECAR_FORMAT} manifest")
+    return meta
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def open_npy(file: str, what: str) -> np.memmap:
+    """Memory-map a .npy file after checking its header against its size (``what`` names it
+    in errors). A short file is reported as truncated, not left to fail on some later read."""
+    if not os.path.isfile(file):
+        raise DataError(f"{what}: {file} is missing")
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{what}: {file} has no readable .npy header (truncated or corrupt): {e}") from e
+    if fortran or dtype.hasobject:
+        raise DataError(f"{what}: {file} is not a C-ordered plain array")
+    want = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = os.path.getsize(file)
+    if size != want:
+        raise DataError(f"{what}: {file} has {size} bytes, its header {dtype.name}{list(shape)} needs {want}: "
+                        f"{'truncated' if size < want else 'trailing bytes'}; rewrite the side-car")
+    if want == offset:  # np.memmap refuses empty maps
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+
+
+class Sidecar:
+    """Side-car ``name`` of the split ``shards`` holds, checked against those shards on open.
+
+    ``verify`` defaults to the shards' own level: ``"size"`` checks headers, lengths and the
+    shard identity; ``"full"`` also the sha256 of every file. ``read(start, length)`` returns
+    the rows of ``[start, start + length)`` as ``[length, *shape]`` of ``dtype``, one row per
+    token (a ``doc`` side-car repeats its document's row on each of its tokens).
+    """
+
+    def __init__(self, shards: TokenShards, name: str, verify: str | None = None):
+        check_extra_names([name], "side-car name")
+        self.shards, self.name = shards, name
+        verify = verify or shards.verify
+        meta = read_sidecar_manifest(shards.path, name)
+        where = f"side-car {name!r} of {shards.path}"
+        if meta.get("kind") not in KINDS:
+            raise DataError(f"{where}: kind {meta.get('kind')!r} is not one of {KINDS}")
+        self.kind, self.fill, self.made_from = meta["kind"], meta.get("fill", 0), meta.get("made_from")
+        self.dtype, self.shape = np.dtype(meta["dtype"]), tuple(int(d) for d in meta.get("shape", ()))
+        if meta.get("tokenizer_hash") != shards.tokenizer_hash:
+            raise DataError(f"{where} was made from data of tokenizer {meta.get('tokenizer_hash')}, these "
+                            f"shards are of {shards.tokenizer_hash}: recompute it for this folder")
+        split = meta.get("splits", {}).get(shards.split)
+        if split is None:
+            raise DataError(f"{where} has no split {shards.split!r} (has {sorted(meta.get('splits', {}))})")
+        entries = split["shards"]
+        if len(entries) != len(shards.entries):
+            raise DataError(f"{where} split {shards.split!r} was made from {len(entries)} shards, the folder "
+                            f"has {len(shards.entries)}: made from different shards; recompute it")
+        missing = [k for k, e in enumerate(entries) if e is None]
+        if missing:
+            raise DataError(f"{where} split {shards.split!r} is incomplete: shards {missing} of "
+                            f"{len(entries)} not written (rerun its writer: it resumes)")
+        self._maps = []
+        for e, shard in zip(entries, shards.entries):
+            what = f"{where}, shard {shard['file']}"
+            if e.get("shard") != shard["file"] or e.get("shard_sha256") != shard.get("sha256"):
+                raise DataError(f"{what}: made from different shards (side-car aligned with {e.get('shard')} "
+                                f"sha256 {e.get('shard_sha256')}, the data manifest has sha256 "
+                                f"{shard.get('sha256')}); recompute the side-car")
+            file = os.path.join(sidecar_dir(shards.path, name), e["file"])
+            arr = open_npy(file, what)
+            rows = int(shard["num_tokens"] if self.kind == "token" else shard["num_docs"])
+            unit = "tokens" if self.kind == "token" else "documents"
+            if arr.shape[:1] != (rows,):
+                raise DataError(f"{what}: {file} has {arr.shape[0] if arr.ndim else 0} rows, the shard has "
+                                f"{rows} {unit}: length mismatch; recompute the side-car")
+            if arr.shape[1:] != self.shape or arr.dtype != self.dtype:
+                raise DataError(f"{what}: {file} holds {arr.dtype.name}{list(arr.shape)}, the manifest says "
+                                f"{self.dtype.name}[{rows}, {', '.join(map(str, self.shape))}]")
+            if verify == "full" and sha256_file(file) != e.get("sha256"):
+                raise DataError(f"{what}: {file} fails its sha256 check (corrupt); recompute the side-car")
+            self._maps.append(arr)
+
+    def __repr__(self) -> str:
+        return (f"Sidecar({self.name!r}, kind={self.kind!r}, {self.dtype.name}{list(self.shape)}, "
+                f"split={self.shards.split!r})")
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Rows of tokens ``[start, start + length)`` -> [length, *shape] (reads only them)."""
+        out = np.empty((length, *self.shape), dtype=self.dtype)
+        for k, lo, take, off in self.shards.pieces(start, length):
+            if self.kind == "token":
+                out[off:off + take] = self._maps[k][lo:lo + take]
+            else:
+                first_token, _, first_doc, _ = self.shards.shard_span(k)
+                local = self.shards.doc_index(first_token + lo, take) - first_doc
+                out[off:off + take] = self._maps[k][local]
+        return out
+
+
+def open_sidecars(shards: TokenShards, names, where: str = "data.sidecars") -> list[Sidecar]:
+    """The named side-cars of ``shards`` (checked on open); names must be unique."""
+    names = list(names)
+    check_extra_names(names, where)
+    if len(set(names)) != len(names):
+        raise DataError(f"{where} names a side-car twice: {names}")
+    return [Sidecar(shards, n) for n in names]
