@@ -161,3 +161,20 @@ class Probe(Recipe):
         self.calls["fan_out"] += 1
         return [(prompt_ids, k - k // 2, "plain"), ([self.token_id] + prompt_ids, k // 2, "probe")]
 
+
+
+def add_command(parser) -> None:
+    """probe: the probe recipe's test command (`llmcore probe echo --text X`)."""
+    actions = parser.add_subparsers(dest="action", required=True)
+    echo = actions.add_parser("echo", help="print the text, or fail with an LlmcoreError on --fail")
+    echo.add_argument("--text", required=True)
+    echo.add_argument("--fail", action="store_true")
+    echo.set_defaults(fn=_echo)
+
+
+def _echo(args) -> None:
+    from llmcore.errors import DataError
+
+    if args.fail:
+        raise DataError(f"probe echo: asked to fail on {args.text!r}")
+    print(f"probe says {args.text}")

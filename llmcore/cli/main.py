@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from llmcore.cli.commands import add_recipe_commands
 from llmcore.config.load import load_run_config
 from llmcore.errors import LlmcoreError
 
@@ -240,11 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--out", required=True)
     im.add_argument("--overwrite", action="store_true")
     im.set_defaults(fn=cmd_import_hf)
+    add_recipe_commands(sub, builtin=set(sub.choices))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except LlmcoreError as e:  # a recipe command that cannot be loaded
+        print(f"llmcore: error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         args.fn(args)
     except LlmcoreError as e:
