@@ -10,6 +10,7 @@ to the baseline; `replace_ntp: true` computes the `ntp` term itself, exactly as 
 from __future__ import annotations
 
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,12 @@ class Probe(Recipe):
         """Return the `ntp` term from `loss` (the same fused cross-entropy llmcore computes)."""
         stop_at_step: int = 0
         """Ask the run to stop after this step (0: never), through `ctx.request_stop`."""
+        echo: bool = False
+        """The transform adds a per-token field `probe_echo`: a copy of the tokens."""
+        check_fields: list[str] = dataclasses.field(default_factory=list)
+        """Batch fields that must equal the labels wherever a label takes a loss (`probe_echo`,
+        or a side-car of the token ids): mismatches are counted over every rank and logged as
+        `probe/field_mismatch` (with `probe/field_checked`)."""
 
     def __init__(self, config=None):
         super().__init__(config or self.Config())
@@ -48,6 +55,7 @@ class Probe(Recipe):
         """Steps this run has taken with the probe, resumed runs included (its checkpointed state)."""
         self.pruned: list[list[int]] = []  # sequences its beam selector dropped
         self.last_ctx: dict = {}
+        self._field_counts = torch.zeros(2, dtype=torch.float64)  # mismatches, checked, this step
         """What the last callback's RunContext said about the run (for tests)."""
 
     @property
@@ -64,6 +72,9 @@ class Probe(Recipe):
 
     def transform(self, sample: Sample, rng) -> Sample:
         self.calls["transform"] += 1
+        if self.config.echo:
+            sample = sample.copy()
+            sample.fields["probe_echo"] = sample.tokens.copy()
         return sample
 
     def ignore_ids(self) -> list[int]:
@@ -84,6 +95,12 @@ class Probe(Recipe):
                                    frozen.weight.device.type)
         with torch.no_grad():
             self.last_ctx["frozen_out"] = frozen(ctx.hidden).float().shape  # (B, T, 1): it runs
+        labels = ctx.batch["labels"]
+        for name in self.config.check_fields:
+            keep = labels != -100
+            got = ctx.batch[name].to(labels.device).long()
+            self._field_counts += torch.tensor([float((got[keep] != labels[keep]).sum()), float(keep.sum())],
+                                               dtype=torch.float64)
         z = ctx.modules[self.name](ctx.hidden).float()  # (B, T, 1)
         out = {"aux": (self.config.loss_weight * z.pow(2).sum(), z.numel())}
         if self.config.replace_ntp:
@@ -113,7 +130,24 @@ class Probe(Recipe):
         self.steps_seen += 1
         if self.config.stop_at_step and ctx.step >= self.config.stop_at_step:
             ctx.request_stop(f"probe: stop at step {self.config.stop_at_step}")
-        return {"probe/steps_seen": self.steps_seen}
+        out = {"probe/steps_seen": self.steps_seen, "probe/frozen_ok": self._frozen_ok(ctx)}
+        if self.config.check_fields:
+            counts = ctx.engine.all_reduce_sum(self._field_counts.to(ctx.device))
+            out.update({"probe/field_mismatch": int(counts[0]), "probe/field_checked": int(counts[1])})
+            self._field_counts = torch.zeros(2, dtype=torch.float64)
+        return out
+
+    def _frozen_ok(self, ctx: RunContext) -> int:
+        """1 when the frozen module is whole, in eval mode, gradient-free, on this rank's device
+        and identical on every rank (replicated, never sharded or trained): a collective."""
+        m = ctx.frozen["probe_frozen"]
+        w = m.weight
+        ok = (not m.training and not w.requires_grad and w.grad is None and w.device.type == ctx.device.type
+              and tuple(w.shape) == (1, ctx.model_args.d_model))
+        total = torch.tensor([float(w.double().sum()), float(ok)], dtype=torch.float64, device=ctx.device)
+        mine = float(w.double().sum())
+        ctx.engine.all_reduce_sum(total)
+        return int(total[1] == ctx.world_size and abs(float(total[0]) - ctx.world_size * mine) <= 1e-9 * (1 + abs(mine)))
 
     def on_eval(self, ctx: RunContext, metrics: dict):
         self.calls["on_eval"] += 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_configs import RECIPE_RUN, tiny_config
+from run_configs import RECIPE_RUN, tiny_config, with_id_sidecar
 from safetensors.torch import load_file
 
 from llmcore.errors import ConfigError
@@ -202,3 +202,14 @@ def test_hook_table_base_class_and_code_agree():
     table = readme[readme.index("| hook |"):].split("\n\n")[0]
     rows = [re.findall(r"`(\w+)", line.split("|")[1]) for line in table.splitlines()[2:]]
     assert [name for row in rows for name in row] == list(HOOKS)
+
+
+def test_extra_fields_and_side_cars_reach_the_loss_aligned_with_labels(prepared, tmp_path, baseline):
+    data = with_id_sidecar(prepared, tmp_path / "data")
+    out = tmp_path / "fields"
+    Trainer(cfg(data, out, "recipes=[probe]", "probe.echo=true", "probe.check_fields=[probe_echo, ids]",
+                "data.sidecars=[ids]")).fit()
+    rows = [r for r in metrics(out) if "probe/field_checked" in r]
+    assert len(rows) == 4 and all(r["probe/field_mismatch"] == 0 for r in rows)
+    assert all(r["probe/field_checked"] == 2 * r["loss_tokens"] for r in rows)  # two fields, every target
+    assert losses(out) == losses(baseline)  # carrying fields changes nothing else
