@@ -97,7 +97,7 @@ class Probe(Recipe):
             self.last_ctx["frozen_out"] = frozen(ctx.hidden).float().shape  # (B, T, 1): it runs
         labels = ctx.batch["labels"]
         for name in self.config.check_fields:
-            keep = labels != -100
+            keep = kernels.loss_target_mask(labels, ignore_ids=ctx.ignore_ids)
             got = ctx.batch[name].to(labels.device).long()
             self._field_counts += torch.tensor([float((got[keep] != labels[keep]).sum()), float(keep.sum())],
                                                dtype=torch.float64)

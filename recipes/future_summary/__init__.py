@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels import loss_target_mask
 from kernels.future_summary import NORMS, future_summary_loss
 from llmcore.errors import ConfigError
 from recipes.base import Recipe, RunContext, register
@@ -147,9 +148,7 @@ class FutureSummary(Recipe):
                 mtp_weight=w, ignore_ids=ctx.ignore_ids)
             return _pieces([f"x{k + 2}" for k in range(c.n_heads)], loss, sums, counts)
         out = heads.parallel(h, cos, sin, attn_doc)[0]  # (B, T, d)
-        rows = labels != -100
-        if ctx.ignore_ids is not None and ctx.ignore_ids.numel():
-            rows &= ~torch.isin(labels, ctx.ignore_ids)
+        rows = loss_target_mask(labels, ignore_ids=ctx.ignore_ids)  # the rows NTP scores
         if c.kind == "fsp_bce":
             bag, complete = targets.future_bag(ids, doc, c.tau, ctx.ignore_ids)
             if c.full_horizon:
