@@ -33,14 +33,21 @@ def read_manifest(path: str) -> dict:
     if not os.path.isfile(mpath):
         raise DataError(f"{mpath} is missing: {path} is not a prepared data folder "
                         "(make it with `llmcore data prepare`)")
+    return read_format_json(mpath, FORMAT)
+
+
+def read_format_json(path: str, fmt: str, what: str = "") -> dict:
+    """A JSON manifest whose `format` must be `fmt` (the data manifest, a side-car's);
+    DataError naming `what` and the file when it is not valid JSON or of another format."""
+    prefix = f"{what}: " if what else ""
     try:
-        with open(mpath) as f:
+        with open(path) as f:
             manifest = json.load(f)
     except ValueError as e:
-        raise DataError(f"{mpath} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{prefix}{path} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise DataError(f"{mpath} has format {got!r}, expected {FORMAT!r}")
+        raise DataError(f"{prefix}{path} has format {got!r}, expected {fmt!r}")
     return manifest
 
 

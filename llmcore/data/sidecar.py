@@ -34,7 +34,7 @@ import os
 import numpy as np
 
 from llmcore.data.collate import check_extra_names
-from llmcore.data.shards import TokenShards, sha256_file
+from llmcore.data.shards import TokenShards, read_format_json, sha256_file
 from llmcore.errors import DataError
 
 SIDECAR_FORMAT = "llmcore-sidecar-v1"
@@ -61,14 +61,7 @@ def read_sidecar_manifest(data_path: str, name: str) -> dict:
     if not os.path.isfile(path):
         raise DataError(f"side-car {name!r} does not exist in {os.path.abspath(data_path)} (available: "
                         f"{available_sidecars(data_path) or 'none'})")
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except ValueError as e:
-        raise DataError(f"side-car {name!r}: {path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise DataError(f"side-car {name!r}: {path} is not a {SIDECAR_FORMAT} manifest")
-    return meta
+    return read_format_json(path, SIDECAR_FORMAT, f"side-car {name!r}")
 
 
 def write_json_atomic(path: str, obj: dict) -> None:
