@@ -24,9 +24,12 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 # on every micro-batch (loss 4e-2 off).
 LOSS_REL = 1e-5
 # SAM with rho=0.5 (large on purpose: without the perturbation the curve moves by ~20%) over 3
-# steps; measured <= 1.5e-5 for loss, gradient norm and ascent norm. Over more steps the
-# perturbed pass amplifies rounding chaotically (2e-3 by step 5 on every engine, DDP included).
-SAM_REL = 1e-4
+# steps; measured <= 1.5e-5 for loss, gradient norm and ascent norm on one machine, but on
+# another CPU (same code, before and after the recipe-platform change, identical numbers) the
+# ZeRO-3 ascent norm of step 3, where it jumps from 3.7 to 15.9, differs by 1.66e-4. Over more
+# steps the perturbed pass amplifies rounding chaotically (2e-3 by step 5 on every engine, DDP
+# included). A wrong norm or shard is off by a factor (the rank average: 0.5x), far above this.
+SAM_REL = 3e-4
 SAM_STEPS = ("train.max_steps=3",)
 SAM = ("recipes=[mp_sam]", "mp_sam.rho=0.5")
 SAM_KEYS = ("loss", "grad_norm", "sam_ascent_norm")
