@@ -20,7 +20,7 @@ import yaml
 from llmcore.config.load import load_run_config
 from llmcore.config.schema import Config
 from llmcore.errors import ConfigError
-from llmcore.pipeline.result import RESULT_FILE
+from llmcore.pipeline.result import RESULT_FILE, read_result
 from llmcore.pipeline.spec import Pipeline, Stage, value_text
 from llmcore.train import checkpoint
 
@@ -62,8 +62,16 @@ class Run:
 
     @property
     def final_checkpoint(self) -> Path:
-        """Where the run's last checkpoint will be (known before it trains: max_steps fixes it)."""
-        return self.out_dir / checkpoint.ckpt_name(self.config.train.max_steps)
+        """What a later stage starts from, known before this run trains: its best checkpoint
+        (`out_dir/best`) when it keeps one, `out_dir/latest` when it may stop early (the step
+        is not known in advance), else the checkpoint at max_steps (so a changed length of this
+        run changes the dependent run's config, and a finished dependent run is refused)."""
+        t = self.config.train
+        if t.keep_best_on:
+            return self.out_dir / checkpoint.BEST
+        if t.early_stop_patience:
+            return self.out_dir / "latest"
+        return self.out_dir / checkpoint.ckpt_name(t.max_steps)
 
 
 def plan(spec: Pipeline, overrides: list[str] | None = None, source: str = "<pipeline>") -> list[Run]:
@@ -176,7 +184,7 @@ def _read_disk_state(run: Run) -> None:
         raise ConfigError(f"{run.title}: {ckpt} is at step {step}, past train.max_steps={max_steps}; "
                           "raise max_steps or give the stage another folder")
     run.start_step = step
-    if step < max_steps or not (run.out_dir / RESULT_FILE).is_file():
+    if not (run.out_dir / RESULT_FILE).is_file() or (step < max_steps and not _stopped_early_at(run, step)):
         run.state = "resume"
         return
     diff = _config_diff(yaml.safe_load((ckpt / "config.yaml").read_text()) or {},
@@ -185,6 +193,13 @@ def _read_disk_state(run: Run) -> None:
         raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
                           "folder or give the pipeline another out_dir to train it again")
     run.state = "finished"
+
+
+def _stopped_early_at(run: Run, step: int) -> bool:
+    """True when the run's result records an early stop (a callback's) at this very step: it
+    finished before max_steps, and resuming it would train past the point it stopped at."""
+    saved = read_result(run.out_dir)
+    return bool(saved.get("stopped_early")) and int(saved["step"]) == step
 
 
 def _config_diff(saved: dict, now: dict, limit: int = 4) -> str:

@@ -91,7 +91,8 @@ def _run_one(run: Run, main: bool) -> dict:
         return make_row(run, "stopped", result["step"], result["checkpoint"], metrics)
     if main:
         write_result(run.out_dir, {"stage": run.stage, "variant": run.variant, "step": result["step"],
-                                   "checkpoint": result["checkpoint"], "metrics": metrics})
+                                   "checkpoint": result["checkpoint"], "metrics": metrics,
+                                   "stopped_early": result.get("stopped_early", "")})
         log.info("%s: finished at step %d%s%s (%.0f s)", run.title, result["step"],
                  f", loss {metrics['loss']:.4f}" if "loss" in metrics else "",
                  f", val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else "", metrics["train_s"])

@@ -118,6 +118,11 @@ class Trainer:
         elif self.cfg.train.init_from:
             src = checkpoint.resolve(self.cfg.train.init_from)
             weights = checkpoint.load_weights(src)
+            own_aux = set(self.engine.module.aux.keys())
+            dropped = sorted({k.split(".")[1] for k in weights if k.startswith("aux.")} - own_aux)
+            if dropped:  # heads of recipes this run does not use (an MTP pretrain, then plain SFT)
+                log.info("init_from %s: not loading the aux heads of %s (not in this run's recipes)", src, dropped)
+                weights = {k: v for k, v in weights.items() if not (k.startswith("aux.") and k.split(".")[1] in dropped)}
             missing, unexpected = self.engine.load_full_state_dict(weights, strict=False)
             trunk_missing = [k for k in missing if k.startswith("model.")]
             if trunk_missing or unexpected:

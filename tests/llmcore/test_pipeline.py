@@ -242,3 +242,25 @@ def test_cli_names_a_pipeline_mistake_in_one_line(prepared, tmp_path, capsys):
     path = write_pipeline(tmp_path, prepared, [PRE, {"name": "pretrain"}])
     assert main(["pipeline", "--config", path]) == 2
     assert "duplicate stage name 'pretrain' (stages 1 and 2)" in capsys.readouterr().err
+
+
+def test_an_early_stopped_stage_is_finished_and_its_best_checkpoint_starts_the_next(prepared, tmp_path, count_fits):
+    """Early exposure's stage 2: early stopping with a kept best checkpoint. A rerun must not
+    resume the stopped run (it would train past where it stopped), and the next stage starts
+    from the best checkpoint, whose step is not known before the run trains."""
+    path = write_pipeline(tmp_path, prepared, [
+        {"name": "post", "overrides": ["train.max_steps=8", "recipes=[probe]", "probe.stop_at_step=3",
+                                       "train.eval_every=1", "train.keep_best_on=val"]},
+        {"name": "ft", "init_from": "post", "overrides": ["optim.lr=0.0", "train.max_steps=1"]},
+    ])
+    rows = run_pipeline(path, print_summary=False)
+    runs = tmp_path / "runs"
+    assert rows[0]["step"] == 3 and count_fits == [str(runs / "post"), str(runs / "ft")]
+    best = (runs / "post" / "best").read_text().strip()
+    saved = yaml.safe_load((runs / "ft" / "ckpt-000001" / "config.yaml").read_text())
+    assert saved["train"]["init_from"] == str(runs / "post" / "best")
+    start = load_file(str(runs / "post" / best / "model.safetensors"))
+    assert all((start[k] == v).all() for k, v in weights(runs / "ft").items())  # lr 0: still the best
+    count_fits.clear()
+    rows = run_pipeline(path, print_summary=False)
+    assert count_fits == [] and [r["status"] for r in rows] == ["skipped", "skipped"]
