@@ -1,6 +1,7 @@
 """Attention: the Triton flash attention (interpreted on CPU) and the SDPA path vs a float64
 naive softmax, output and dq, dk, dv; GQA, ragged lengths, padded head dims, decoding with
-fewer queries than keys, and document masking (packed == each document alone)."""
+fewer queries than keys (with documents: the last Tq rows of the full sequence), and document
+masking (packed == each document alone)."""
 
 import pytest
 import torch
@@ -122,6 +123,49 @@ def test_triton_and_torch_agree_on_a_reused_document_id(use_triton):
                        device=DEVICE)
     compare_op(NAMES, _call(kernels.flash_attention, True, ids),
                _call(attention_naive, True, ids), _qkv(1, 20, 20, 2, 1, 16), torch.float32)
+
+
+def _last_rows_of_full(causal, doc_ids):
+    """Reference for Tq < Tk that does not rely on how a mask aligns fewer queries: attention
+    of all Tk positions (zero queries in front of the real ones), keeping the last Tq rows."""
+    def ref(q, k, v):
+        pad = q.new_zeros(q.shape[0], k.shape[1] - q.shape[1], *q.shape[2:])
+        return attention_naive(torch.cat([pad, q], dim=1), k, v, causal, doc_ids)[:, -q.shape[1]:]
+    return ref
+
+
+# (B, Tq, Tk, H, Hkv, D, document lengths, causal): the last Tq positions span a document
+# boundary and hold other documents than the first Tq
+DECODE_DOCS = [
+    pytest.param((2, 9, 45, 4, 2, 32, [20, 19, 6], True), id="B2-Tq9-Tk45-H4-KV2-D32-causal"),
+    pytest.param((1, 7, 37, 2, 1, 16, [11, 21, 5], False), id="B1-Tq7-Tk37-H2-KV1-D16-full"),
+    pytest.param((1, 32, 64, 2, 1, 32, [40, 17, 7], True), id="B1-Tq32-Tk64-H2-KV1-D32-causal-even"),
+]
+
+
+@pytest.mark.parametrize("shape", DECODE_DOCS)
+def test_naive_reference_takes_the_last_doc_ids_when_decoding(shape):
+    b, t_q, t_k, h, h_kv, d, lengths, causal = shape
+    docs = _docs(b, lengths)
+    compare_op(NAMES, _call(attention_naive, causal, docs), _last_rows_of_full(causal, docs),
+               _qkv(b, t_q, t_k, h, h_kv, d, seed=4), torch.float64)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", DECODE_DOCS)
+def test_triton_decode_with_documents_matches_the_full_sequence(use_triton, shape):
+    b, t_q, t_k, h, h_kv, d, lengths, causal = shape
+    docs = _docs(b, lengths)
+    compare_op(NAMES, _call(kernels.flash_attention, causal, docs), _last_rows_of_full(causal, docs),
+               _qkv(b, t_q, t_k, h, h_kv, d, seed=4), torch.float32)
+
+
+@pytest.mark.parametrize("shape", DECODE_DOCS)
+def test_torch_decode_with_documents_matches_the_full_sequence(use_torch, shape):
+    b, t_q, t_k, h, h_kv, d, lengths, causal = shape
+    docs = _docs(b, lengths)
+    compare_op(NAMES, _call(kernels.flash_attention, causal, docs), _last_rows_of_full(causal, docs),
+               _qkv(b, t_q, t_k, h, h_kv, d, seed=4), torch.float64)
 
 
 @pytest.mark.parametrize("shape", [pytest.param(s.values[0], id=s.id) for s in SHAPES[:2]])

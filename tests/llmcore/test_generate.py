@@ -78,6 +78,25 @@ def test_top_k_and_top_p_restrict_the_support():
     assert abs((drawn == 0).float().mean().item() - 0.5) < 0.05
 
 
+def test_temperature_is_applied_before_top_p():
+    # p = (0.5, 0.3, 0.15, 0.05). At temperature 2 the probabilities are (0.379, 0.294, 0.208,
+    # 0.120): the mass before token 2 is 0.673 < 0.75, so tokens 0, 1, 2 survive top_p=0.75
+    # (at temperature 1 only 0 and 1 would). At temperature 0.5 they are (0.685, 0.247,
+    # 0.062, 0.007): top_p=0.6 keeps token 0 alone (at temperature 1, 0 and 1).
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=torch.float64)
+    logits = torch.log(p).float().repeat(4001, 1)
+    g = torch.Generator().manual_seed(5)
+    hot = sample(logits, 2.0, top_p=0.75, generator=g)
+    assert set(hot.tolist()) == {0, 1, 2}
+    kept = p[0, :3].sqrt() / p[0, :3].sqrt().sum()  # the tempered distribution over the kept set
+    freq = torch.bincount(hot, minlength=4)[:3].double() / hot.numel()
+    assert (freq - kept).abs().max() < 0.03, (freq, kept)  # sd ~0.007
+    assert set(sample(logits, 0.5, top_p=0.6, generator=g).tolist()) == {0}
+    # with top-k first: temperature 3 leaves (0.398, 0.335, 0.267) over the 3 largest, mass
+    # 0.733 < 0.8 before token 2 (at temperature 1: 0.842, and token 2 would go)
+    assert set(sample(logits, 3.0, top_k=3, top_p=0.8, generator=g).tolist()) == {0, 1, 2}
+
+
 def test_banning_processor_is_never_sampled(model):
     prompts = prompts_of([3, 6, 2, 5])
     free = generate(model, prompts, 30, temperature=2.0, seed=0)

@@ -1,12 +1,15 @@
-"""The trainer end to end on the `tiny` preset: learning, exact resume, accumulation, signals,
-recipe hooks, checkpoint errors."""
+"""The trainer end to end on the `tiny` preset: learning, exact resume (weights and the torch,
+numpy and python generators), accumulation (also with unequal loss-token counts per
+micro-batch), signals, recipe hooks, checkpoint errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 
+import numpy as np
 import pytest
 import torch
 from run_configs import tiny_config
@@ -98,6 +101,82 @@ def test_gradient_accumulation_matches_one_big_batch(prepared, tmp_path):
     wa, wb = trunk(tmp_path / "big"), trunk(tmp_path / "small")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+class RecordGrads(Recipe):
+    """Keeps every micro-batch's loss-token count and the gradients the closure leaves."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.counts, self.grads, self.stats = [], {}, None
+
+    def loss(self, ctx):
+        self.counts.append(int(ctx.batch["n_loss_tokens"]))
+        return {}
+
+    def optimizer_step(self, ctx, closure):
+        self.stats = closure()
+        self.grads = {name: p.grad.detach().clone() for name, p in ctx.engine.local_params()}
+        ctx.finish_step()
+        return self.stats
+
+
+def test_accumulation_with_unequal_loss_tokens_gives_the_big_batch_gradients(prepared, tmp_path):
+    # SFT rows padded to seq_len: answers of 1 to 11 words, so each micro-batch of 2 rows has
+    # its own count of loss tokens; every one must still be divided by the step's total
+    rows = [{"prompt": f"Count: {i}", "answer": "".join(f" {i + j}" for j in range(1 + (7 * i) % 11)) + "."}
+            for i in range(30)]
+    jsonl = tmp_path / "sft.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft = ("data.format=sft", f"data.path={jsonl}", f"data.val_path={jsonl}", "data.seq_len=40",
+           f"data.tokenizer={prepared / 'tokenizer'}", "train.max_steps=1", "train.global_batch_size=6",
+           "recipes=[record_grads]")
+    runs = {}
+    with temporary_recipe("record_grads", RecordGrads):
+        for mb in (6, 2):
+            trainer = Trainer(make_cfg(prepared, tmp_path / f"mb{mb}", *sft, f"train.micro_batch_size={mb}"))
+            trainer.fit()
+            runs[mb] = trainer.recipes.recipes[0]
+    big, small = runs[6], runs[2]
+    assert len(big.counts) == 1 and len(small.counts) == 3 and sum(small.counts) == big.counts[0]
+    assert len(set(small.counts)) == 3, small.counts  # three different counts
+    assert small.stats["loss"] == pytest.approx(big.stats["loss"], rel=1e-5)
+    assert big.grads.keys() == small.grads.keys() and len(big.grads) > 0
+    for name in big.grads:
+        torch.testing.assert_close(small.grads[name], big.grads[name], rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+class StirRngAndStop(Recipe):
+    """Draws from the torch, numpy and python generators after every step (as dropout or a
+    sampling recipe would), and sends SIGUSR1 after step 3."""
+
+    def on_step_end(self, ctx, metrics):
+        torch.rand(ctx.step + 2)
+        np.random.rand(ctx.step + 3)
+        random.random()
+        if ctx.step == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def draw_each_generator():
+    return {"torch": torch.rand(7).tolist(), "numpy": np.random.rand(7).tolist(),
+            "python": [random.random() for _ in range(7)]}
+
+
+def test_resume_restores_torch_numpy_and_python_rng(prepared, tmp_path):
+    out = tmp_path / "r"
+    with temporary_recipe("stir_rng", StirRngAndStop):
+        first = Trainer(make_cfg(prepared, out, "train.max_steps=6", "recipes=[stir_rng]")).fit()
+    assert first["stopped_by_signal"] and checkpoint.resolve(out).name == "ckpt-000003"
+    uninterrupted = draw_each_generator()  # what the generators give next had the run gone on
+    # another process: every generator elsewhere (torch's also re-seeded by the Trainer)
+    torch.manual_seed(11), np.random.seed(12), random.seed(13)
+    resumed = Trainer(make_cfg(prepared, out, "train.max_steps=6"))
+    assert resumed.step == 3
+    after_resume = draw_each_generator()
+    for name in ("torch", "numpy", "python"):
+        assert after_resume[name] == uninterrupted[name], name
 
 
 def test_probe_recipe_hooks_called_and_weight_zero_is_bit_identical(prepared, tmp_path):

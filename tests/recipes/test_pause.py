@@ -224,6 +224,24 @@ def test_finetune_puts_m_pauses_after_the_prompt_and_keeps_answer_only_loss(tok)
     assert int(labels[p + m - 1]) == answer[0]  # the last pause predicts the answer's first token
 
 
+def test_finetune_pauses_are_not_loss_targets_even_without_ignore_ids(tok):
+    (row,) = encode_examples([{"prompt": "The kernel reads", "answer": " the file twice."}], tok, 37, "t")
+    p, m = row.values["prompt_len"], 3
+    r = Pause(Pause.Config(mode="finetune", num_tokens=m))
+    r.bind(tok)
+    out = r.transform(row, np.random.default_rng(0))
+    answer = tok.encode(" the file twice.") + [tok.eos_id]
+    pid = tok.token_id("<pause>")
+    assert out.tokens[p:p + m].tolist() == [pid] * m
+    # the mask itself: prompt and pauses False, answer and eos True, padding False
+    expected = [False] * (p + m) + [True] * len(answer) + [False] * (38 - p - m - len(answer))
+    assert out.loss_mask.tolist() == expected
+    # so the answer-only loss holds without the kernel's ignore_ids
+    labels = to_batch([out])["labels"][0]
+    assert count_loss_tokens(labels, None) == len(answer)
+    assert labels[labels != -100].tolist() == answer
+
+
 def test_finetune_pauses_move_fields_and_keep_values(tok):
     (row,) = encode_examples([{"prompt": "Count: 1 2", "answer": " 3 4.", "values": {"harm": np.int64(4)}}],
                              tok, 40, "t")
