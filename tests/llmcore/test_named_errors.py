@@ -94,3 +94,71 @@ def test_resume_that_changes_no_shape_still_loads(prepared, run, tmp_path):
     shutil.copytree(run, out)
     trainer = Trainer(tiny_config(prepared, out, *RECIPE_RUN, "train.max_steps=2", "model.max_seq_len=512"))
     assert trainer.step == 1
+
+
+# --- import-hf --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hf_dir(run, tmp_path_factory):
+    from llmcore.hf.folder import export_hf
+
+    return export_hf(str(run), str(tmp_path_factory.mktemp("hf") / "hf"))
+
+
+def import_with(hf_dir, tmp_path, config):
+    from llmcore.hf.folder import import_hf
+
+    src = tmp_path / "src"
+    shutil.copytree(hf_dir, src)
+    (src / "config.json").write_text(json.dumps(config))
+    return src, lambda: import_hf(str(src), str(tmp_path / "imp"))
+
+
+@pytest.mark.parametrize("config, kind", [([1, 2], "list"), ("llama", "str"), (None, "NoneType")])
+def test_import_hf_config_json_that_is_not_an_object_is_named(hf_dir, tmp_path, config, kind):
+    src, do = import_with(hf_dir, tmp_path, config)
+    with pytest.raises(CheckpointError, match=rf"{src / 'config.json'} is not a model config: expected a JSON "
+                                              rf"object, got a JSON {kind}"):
+        do()
+    assert not (tmp_path / "imp").exists()
+
+
+@pytest.mark.parametrize("rope_parameters, rope_scaling, key, rope_type", [
+    ({"rope_type": "default", "rope_theta": 10000.0}, {"rope_type": "linear", "factor": 4.0}, "rope_scaling", "linear"),
+    ({"rope_type": "default", "rope_theta": 10000.0}, {"type": "dynamic", "factor": 2.0}, "rope_scaling", "dynamic"),
+    ({"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}, None, "rope_parameters", "yarn"),
+    ({"rope_type": "default"}, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0}, "rope_scaling", "llama3"),
+])
+def test_import_hf_refuses_scaled_rope_from_either_key(hf_dir, tmp_path, rope_parameters, rope_scaling, key, rope_type):
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg.update(rope_parameters=rope_parameters, rope_scaling=rope_scaling)
+    _, do = import_with(hf_dir, tmp_path, cfg)
+    with pytest.raises(CheckpointError, match=rf"rope type={rope_type!r} is not supported by llmcore's model "
+                                              rf"\(supported: \['default'\]\): {key} asks for scaled RoPE"):
+        do()
+    assert not (tmp_path / "imp").exists()
+    transformers = pytest.importorskip("transformers")
+    # what transformers makes of the same config.json: the scaled type we refused
+    assert transformers.LlamaConfig.from_dict(cfg).rope_parameters["rope_type"] == rope_type
+
+
+def test_import_hf_reads_rope_theta_where_transformers_does(hf_dir, tmp_path):
+    """A non-empty rope_scaling wins over rope_parameters, its theta from the top-level key."""
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg.update(rope_theta=20000.0, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+               rope_scaling={"rope_type": "default"})
+    _, do = import_with(hf_dir, tmp_path, cfg)
+    do()
+    model, _ = llmcore.load(str(tmp_path / "imp"), device="cpu")
+    assert model.args.rope_theta == 20000.0
+    transformers = pytest.importorskip("transformers")
+    assert transformers.LlamaConfig.from_dict(cfg).rope_parameters["rope_theta"] == 20000.0
+
+
+def test_import_hf_rope_key_of_another_type_is_named(hf_dir, tmp_path):
+    cfg = dict(json.loads((hf_dir / "config.json").read_text()), rope_scaling="linear")
+    src, do = import_with(hf_dir, tmp_path, cfg)
+    with pytest.raises(CheckpointError, match=rf"{src / 'config.json'}: rope_scaling must be an object or null, "
+                                              "got 'linear'"):
+        do()
