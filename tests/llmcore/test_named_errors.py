@@ -162,3 +162,127 @@ def test_import_hf_rope_key_of_another_type_is_named(hf_dir, tmp_path):
     with pytest.raises(CheckpointError, match=rf"{src / 'config.json'}: rope_scaling must be an object or null, "
                                               "got 'linear'"):
         do()
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def edit_manifest(prepared, tmp_path, edit):
+    dst = tmp_path / "data"
+    shutil.copytree(prepared, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    edit(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda m: m["tokenizer"].pop("vocab_size"), "tokenizer.vocab_size"),
+    (lambda m: m.pop("tokenizer"), "tokenizer"),
+    (lambda m: m.pop("splits"), "splits"),
+    (lambda m: m["splits"]["train"].pop("shards"), "splits.train.shards"),
+    (lambda m: m["splits"]["val"].pop("num_tokens"), "splits.val.num_tokens"),
+    (lambda m: m["splits"]["train"]["shards"][0].pop("docs_file"), "splits.train.shards[0].docs_file"),
+    (lambda m: m["splits"]["train"]["shards"][0].pop("num_docs"), "splits.train.shards[0].num_docs"),
+])
+def test_data_manifest_missing_a_key_names_the_key_and_file(prepared, tmp_path, edit, key):
+    from llmcore.data.shards import TokenShards
+    from llmcore.errors import DataError
+
+    dst = edit_manifest(prepared, tmp_path, edit)
+    with pytest.raises(DataError) as e:
+        TokenShards(str(dst), "train")
+    assert f"{dst / 'manifest.json'}: key {key!r} is missing (has [" in str(e.value)
+    assert "re-run `llmcore data prepare`" in str(e.value)
+
+
+def test_data_manifest_key_of_a_wrong_type_is_named(prepared, tmp_path):
+    from llmcore.data.shards import TokenShards
+    from llmcore.errors import DataError
+
+    dst = edit_manifest(prepared, tmp_path, lambda m: m["splits"]["train"]["shards"][0].update(num_tokens="12"))
+    with pytest.raises(DataError, match=r"manifest.json: splits.train.shards\[0\].num_tokens must be int, got '12'"):
+        TokenShards(str(dst), "train")
+
+
+def test_sidecar_manifest_missing_a_key_is_named(prepared, tmp_path):
+    from run_configs import with_id_sidecar
+
+    from llmcore.data.shards import TokenShards
+    from llmcore.data.sidecar import Sidecar
+    from llmcore.errors import DataError
+
+    dst = with_id_sidecar(prepared, tmp_path / "data")
+    path = dst / "sidecars" / "ids" / "sidecar.json"
+    meta = json.loads(path.read_text())
+    del meta["splits"]["train"]["shards"][0]["file"]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"{path}: key 'splits.train.shards\[0\].file' is missing"):
+        Sidecar(TokenShards(str(dst), "train"), "ids")
+
+
+LATIN1 = "caf\xe9 ol\xe9".encode("latin-1")  # invalid UTF-8 at byte 3 of its line
+
+
+@pytest.mark.parametrize("name, body", [
+    ("bad.txt", b"first line\n\nsecond " + LATIN1 + b"\n"),
+    ("bad.jsonl", b'{"text": "ok"}\n{"text": "' + LATIN1 + b'"}\n'),
+])
+def test_invalid_utf8_input_to_prepare_names_file_line_and_byte(prepared, tmp_path, name, body):
+    from llmcore.data.prepare import prepare
+    from llmcore.errors import DataError
+
+    src = tmp_path / name
+    src.write_bytes(body)
+    line = body[:body.index(LATIN1)].count(b"\n") + 1
+    offset = body.index(LATIN1) + 3
+    with pytest.raises(DataError, match=rf"{src}: invalid UTF-8 at line {line} \(byte offset {offset}, "
+                                        r"b'\\xe9': invalid continuation byte\)"):
+        prepare([str(src)], str(prepared / "tokenizer"), str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_utf8_in_a_gz_input_to_the_tokenizer_is_named(tmp_path):
+    import gzip
+
+    from llmcore.errors import DataError
+    from llmcore.tokenizer import Tokenizer
+
+    src = tmp_path / "bad.txt.gz"
+    src.write_bytes(gzip.compress(b"a\nb\n" + LATIN1 + b"\n"))
+    with pytest.raises(DataError, match=rf"{src}: invalid UTF-8 at line 3 \(byte offset 7,"):
+        Tokenizer.train([str(src)], str(tmp_path / "tok"), 300)
+
+
+def test_invalid_utf8_in_sft_jsonl_names_file_and_line(tmp_path):
+    from llmcore.data.sft import read_tasks
+    from llmcore.errors import DataError
+
+    src = tmp_path / "t.jsonl"
+    src.write_bytes(b'{"prompt": "1+1=", "answer": "2"}\n{"prompt": "' + LATIN1 + b'", "answer": "x"}\n')
+    with pytest.raises(DataError, match=rf"{src}: invalid UTF-8 at line 2 \(byte offset 49,"):
+        read_tasks(str(src))
+
+
+@pytest.mark.parametrize("row, key, shown", [
+    ({"prompt": "1+1=", "answer": None}, "answer", "null"),
+    ({"prompt": None, "answer": "2"}, "prompt", "null"),
+    ({"prompt": "1+1=", "answer": ["2"]}, "answer", '["2"]'),
+    ({"prompt": "1+1=", "answer": True}, "answer", "true"),
+])
+def test_sft_null_or_non_text_fields_are_refused_by_line(tmp_path, row, key, shown):
+    from llmcore.data.sft import read_tasks
+    from llmcore.errors import DataError
+
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps({"prompt": "2+2=", "answer": "4"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError) as e:
+        read_tasks(str(src))
+    assert str(e.value) == f"{src}:2: field {key!r} is {shown}, expected a string (or a number)"
+
+
+def test_sft_numbers_stay_text_as_before(tmp_path):
+    from llmcore.data.sft import read_tasks
+
+    src = tmp_path / "t.jsonl"
+    src.write_text('{"prompt": "2+2=", "answer": 4}\n')
+    assert read_tasks(str(src)) == [{"prompt": "2+2=", "answer": "4"}]
