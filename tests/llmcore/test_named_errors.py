@@ -13,6 +13,7 @@ import torch
 from run_configs import RECIPE_RUN, tiny_config
 
 import llmcore
+import llmcore.errors
 from llmcore.cli.main import main
 from llmcore.errors import CheckpointError
 from llmcore.train.loop import Trainer
@@ -286,3 +287,44 @@ def test_sft_numbers_stay_text_as_before(tmp_path):
     src = tmp_path / "t.jsonl"
     src.write_text('{"prompt": "2+2=", "answer": 4}\n')
     assert read_tasks(str(src)) == [{"prompt": "2+2=", "answer": "4"}]
+
+
+# --- generation and evaluation limits ---------------------------------------------------------
+
+def test_max_new_tokens_beyond_the_context_is_named(run, capsys):
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "x", "--max-new-tokens", "1024"]) == 2
+    assert ("max_new_tokens=1024 exceeds the model's context: max_seq_len=1024 leaves room for at most 1023 "
+            "new tokens after a one-token prompt (use --max-new-tokens 1023 or less)") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.5"])
+def test_temperature_nan_or_infinite_is_refused(run, capsys, value):
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "x", "--max-new-tokens", "2",
+                 "--temperature", value]) == 2
+    assert (f"temperature must be a finite number >= 0 (0 = greedy, e.g. 0.8), got {float(value)}"
+            in capsys.readouterr().err)
+
+
+def test_a_prompt_beyond_the_context_is_refused_or_truncated_on_request(run, caplog):
+    from llmcore.generate.beam import beam_search
+    from llmcore.generate.sampling import generate
+
+    model, tok = llmcore.load(str(run), device="cpu")
+    prompt = [int(t) for t in torch.randint(3, 300, (1000,), generator=torch.Generator().manual_seed(0))]
+    with pytest.raises(llmcore.errors.ConfigError) as e:
+        generate(model, [[5, 6], prompt], 30, temperature=0.0)
+    assert str(e.value) == ("prompt 1 has 1000 tokens: with max_new_tokens=30 it needs 1030 positions, beyond "
+                            "the model's max_seq_len=1024; shorten it to 994 tokens, lower max_new_tokens to 24, "
+                            "or truncate prompts (--truncate-prompts keeps the last 994 tokens)")
+    with pytest.raises(llmcore.errors.ConfigError, match="prompt 0 has 1000 tokens"):
+        beam_search(model, prompt, beam_width=2, max_new_tokens=30)
+    with caplog.at_level("WARNING"):
+        cut = generate(model, [prompt], 30, temperature=0.0, truncate_prompts=True)
+    assert "prompt 0: 1000 tokens + max_new_tokens 30 exceed max_seq_len 1024; keeping its last 994" in caplog.text
+    assert cut == generate(model, [prompt[-994:]], 30, temperature=0.0)
+
+
+def test_eval_seq_len_beyond_max_seq_len_is_refused(prepared, run, capsys):
+    assert main(["eval", "--checkpoint", str(run), "--data", str(prepared), "--seq-len", "1500"]) == 2
+    assert ("seq_len=1500 exceeds the model's max_seq_len=1024 (positions it was never trained on); "
+            "use --seq-len 1024 or less") in capsys.readouterr().err
