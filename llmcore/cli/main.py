@@ -137,7 +137,8 @@ def cmd_generate(a) -> None:
     model, tok = llmcore.load(a.checkpoint)
     prompts = a.prompt or [line.rstrip("\n") for line in sys.stdin]
     outs = generate_text(model, tok, prompts, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
-                         top_k=a.top_k, top_p=a.top_p, seed=a.seed, recipes=llmcore.load_recipes(a.checkpoint))
+                         top_k=a.top_k, top_p=a.top_p, seed=a.seed, recipes=llmcore.load_recipes(a.checkpoint),
+                         truncate_prompts=a.truncate_prompts)
     for p, o in zip(prompts, outs):
         print(p + o)
 
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--truncate-prompts", action="store_true",
+                   help="keep the last tokens of a prompt too long for max_seq_len with --max-new-tokens "
+                        "(with a warning) instead of refusing it")
     g.set_defaults(fn=cmd_generate)
 
     ex = sub.add_parser("export-hf", help="write a Hugging Face LlamaForCausalLM folder")

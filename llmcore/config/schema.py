@@ -205,6 +205,7 @@ class Config:
             raise ConfigError(
                 f"train.global_batch_size={self.train.global_batch_size} is not a multiple of "
                 f"train.micro_batch_size={self.train.micro_batch_size}")
+        _check_numbers(self)
         if not 0.0 <= self.schedule.anneal_fraction <= 1.0:
             raise ConfigError(f"schedule.anneal_fraction must be in [0, 1], got {self.schedule.anneal_fraction}")
         for name in self.eval.sets:
@@ -230,6 +231,37 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# key -> (lowest allowed, lowest included?, highest allowed, highest included?, nearest valid value
+# to suggest); a NaN fails every comparison, so it is refused with the same message
+_RANGES = {
+    "optim.lr": (0.0, True, None, True, "e.g. 3e-4"),
+    "optim.weight_decay": (0.0, True, None, True, "0 disables it"),
+    "optim.beta1": (0.0, True, 1.0, False, "e.g. 0.9"),
+    "optim.beta2": (0.0, True, 1.0, False, "e.g. 0.95"),
+    "optim.eps": (0.0, False, None, True, "e.g. 1e-8"),
+    "optim.grad_clip": (0.0, True, None, True, "0 disables clipping"),
+    "schedule.warmup_steps": (0, True, None, True, "0 for no warmup"),
+    "schedule.min_lr_ratio": (0.0, True, 1.0, True, "e.g. 0.1"),
+    "train.log_every": (1, True, None, True, "1 logs every step"),
+    "train.save_every": (0, True, None, True, "0 saves only at the end"),
+    "train.eval_every": (0, True, None, True, "0 evaluates only at the end"),
+    "train.keep_last": (0, True, None, True, "0 keeps every checkpoint"),
+    "train.z_loss": (0.0, True, None, True, "0 disables it"),
+}
+
+
+def _check_numbers(cfg: "Config") -> None:
+    """Each number of `_RANGES` inside its range (and not NaN): ConfigError naming the key,
+    the range and a valid value."""
+    for key, (lo, lo_in, hi, hi_in, hint) in _RANGES.items():
+        v = _get(cfg, key)
+        ok = (v >= lo if lo_in else v > lo) and (hi is None or (v <= hi if hi_in else v < hi))
+        if not ok:
+            left, right = "[" if lo_in else "(", "]" if hi_in else ")"
+            span = f"{left}{lo}, {hi}{right}" if hi is not None else (f">= {lo}" if lo_in else f"> {lo}")
+            raise ConfigError(f"{key}={v} is out of range: must be {span} ({hint})")
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

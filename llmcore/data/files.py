@@ -9,6 +9,7 @@ holding such files (searched recursively, in sorted order so runs are reproducib
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import json
@@ -72,6 +73,31 @@ def resolve_inputs(inputs: Sequence[str] | str) -> list[tuple[str, str]]:
     return found
 
 
+def check_utf8(path: str, chunk: int = 1 << 24) -> None:
+    """DataError naming the file, line and byte offset of the first invalid UTF-8 sequence
+    (offsets of a ``.gz`` file count its decompressed text). Streams the file once."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    offset, lines = 0, 1
+    with opener(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:
+                # e.object is the decoder's held-back tail of the last block (an unfinished
+                # character, never a newline) followed by this block
+                bad = offset - (len(e.object) - len(block)) + e.start
+                line = lines + e.object[:e.start].count(b"\n")
+                raise DataError(f"{path}: invalid UTF-8 at line {line} (byte offset {bad}, "
+                                f"{e.object[e.start:e.end]!r}: {e.reason}); inputs must be UTF-8 text "
+                                "(convert it, e.g. `iconv -f latin1 -t utf-8`)") from None
+            if not block:
+                return
+            offset += len(block)
+            lines += block.count(b"\n")
+
+
 def _open_text(path: str) -> io.TextIOBase:
     # newline="" keeps "\r\n" as written: the tokenizer must see the text exactly as stored.
     if path.lower().endswith(".gz"):
@@ -103,6 +129,14 @@ def iter_texts(path: str, builder: str, *, text_field: str = "text",
     """
     if sample_by not in SAMPLE_BY:
         raise DataError(f"sample_by={sample_by!r} is not one of {SAMPLE_BY}")
+    try:
+        yield from _iter_texts(path, builder, text_field, sample_by)
+    except UnicodeDecodeError:
+        check_utf8(path)  # names the line and byte
+        raise
+
+
+def _iter_texts(path: str, builder: str, text_field: str, sample_by: str) -> Iterator[str]:
     if builder == "text":
         with _open_text(path) as f:
             if sample_by == "line":

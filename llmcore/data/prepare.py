@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from llmcore.data.files import SAMPLE_BY, resolve_inputs
+from llmcore.data.files import SAMPLE_BY, check_utf8, resolve_inputs
 from llmcore.data.writer import ShardWriter, dtype_for, finish_folder, make_manifest, start_folder, tokenizer_info
 from llmcore.errors import ConfigError, DataError
 from llmcore.tokenizer import Tokenizer
@@ -45,6 +45,9 @@ def prepare(inputs: list[str], tokenizer: Tokenizer | str, out_dir: str, *,
     if shard_tokens < 1 or num_proc < 1:
         raise ConfigError(f"shard_tokens={shard_tokens} and num_proc={num_proc} must be >= 1")
     files = resolve_inputs(inputs)
+    for path, builder in files:  # datasets reads bad bytes of json as U+FFFD, of text as a traceback
+        if builder in ("text", "json"):
+            check_utf8(path)
     out_dir, tmp = start_folder(out_dir, overwrite)
     try:
         dtype = dtype_for(tok.vocab_size)

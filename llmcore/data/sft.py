@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from llmcore.data.collate import check_extra_names, to_batch
+from llmcore.data.files import check_utf8
 from llmcore.data.sample import Sample, checked
 from llmcore.errors import ConfigError, DataError
 
@@ -33,13 +34,40 @@ def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "ans
 
     Used by SFT training and by exact-match evaluation. With ``fields``, each pair also has
     ``values``: {field: its number(s) as numpy} (see the module docstring for the dtypes).
-    DataError naming the file and line number for a missing file, a line that is not a JSON
-    object, one without every field, or an extra field that is not a number or a list of as
-    many numbers as on the first line.
+    DataError naming the file and line number for a missing file, invalid UTF-8, a line that is
+    not a JSON object, one without every field, a prompt or answer that is not a string or a
+    number (null, true, a list: never trained as the text "None"), or an extra field that is
+    not a number or a list of as many numbers as on the first line.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"task file {p} does not exist")
+    try:
+        tasks, raw = _read_rows(p, prompt_field, answer_field, fields)
+    except UnicodeDecodeError:
+        check_utf8(str(p))  # names the line and byte
+        raise
+    if not tasks:
+        raise DataError(f"task file {p} holds no examples")
+    for j, name in enumerate(fields):
+        column = _numbers(p, name, [(lineno, vals[j]) for lineno, vals in raw])
+        for task, v in zip(tasks, column):
+            task.setdefault("values", {})[name] = v
+    return tasks
+
+
+def _text(p: Path, lineno: int, row: dict, key: str) -> str:
+    """A prompt or answer cell as text: a JSON string, or a number (as `str` writes it)."""
+    value = row[key]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{p}:{lineno}: field {key!r} is {json.dumps(value)[:60]}, expected a string "
+                    "(or a number)")
+
+
+def _read_rows(p: Path, prompt_field: str, answer_field: str, fields: Sequence[str]) -> tuple[list, list]:
     tasks, raw = [], []
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -54,15 +82,10 @@ def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "ans
             missing = [k for k in (prompt_field, answer_field, *fields) if k not in row]
             if missing:
                 raise DataError(f"{p}:{lineno}: missing field(s) {missing} (has {sorted(row)})")
-            tasks.append({"prompt": str(row[prompt_field]), "answer": str(row[answer_field])})
+            tasks.append({"prompt": _text(p, lineno, row, prompt_field),
+                          "answer": _text(p, lineno, row, answer_field)})
             raw.append((lineno, [row[k] for k in fields]))
-    if not tasks:
-        raise DataError(f"task file {p} holds no examples")
-    for j, name in enumerate(fields):
-        column = _numbers(p, name, [(lineno, vals[j]) for lineno, vals in raw])
-        for task, v in zip(tasks, column):
-            task.setdefault("values", {})[name] = v
-    return tasks
+    return tasks, raw
 
 
 def _is_number(x) -> bool:

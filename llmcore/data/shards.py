@@ -33,7 +33,41 @@ def read_manifest(path: str) -> dict:
     if not os.path.isfile(mpath):
         raise DataError(f"{mpath} is missing: {path} is not a prepared data folder "
                         "(make it with `llmcore data prepare`)")
-    return read_format_json(mpath, FORMAT)
+    manifest = read_format_json(mpath, FORMAT)
+    check_manifest_keys(manifest, mpath)
+    return manifest
+
+
+_SHARD_KEYS = {"file": str, "docs_file": str, "num_tokens": int, "num_docs": int}
+
+
+def check_manifest_keys(manifest: dict, mpath: str) -> None:
+    """DataError naming the first missing or mistyped key of a data manifest (dotted, e.g.
+    `splits.train.shards[0].num_docs`), so a hand-edited or truncated manifest is refused
+    before any shard is opened."""
+    def need(obj: dict, key: str, tp: type, where: str):
+        if key not in obj:
+            raise DataError(f"{mpath}: key {where + key!r} is missing (has {sorted(obj)}); "
+                            "re-run `llmcore data prepare`")
+        value = obj[key]
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise DataError(f"{mpath}: {where + key} must be {tp.__name__}, got {value!r}; "
+                            "re-run `llmcore data prepare`")
+        return value
+
+    need(need(manifest, "tokenizer", dict, ""), "vocab_size", int, "tokenizer.")
+    need(manifest, "dtype", str, "")
+    for split, entry in need(manifest, "splits", dict, "").items():
+        where = f"splits.{split}."
+        if not isinstance(entry, dict):
+            raise DataError(f"{mpath}: {where[:-1]} must be dict, got {entry!r}; re-run `llmcore data prepare`")
+        need(entry, "num_tokens", int, where)
+        for i, shard in enumerate(need(entry, "shards", list, where)):
+            at = f"{where}shards[{i}]"
+            if not isinstance(shard, dict):
+                raise DataError(f"{mpath}: {at} must be dict, got {shard!r}; re-run `llmcore data prepare`")
+            for key, tp in _SHARD_KEYS.items():
+                need(shard, key, tp, at + ".")
 
 
 def read_format_json(path: str, fmt: str, what: str = "") -> dict:

@@ -99,6 +99,22 @@ def open_npy(file: str, what: str) -> np.memmap:
     return np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
 
 
+def _check_keys(meta: dict, split: str, folder: str) -> None:
+    """DataError naming the first key of a side-car manifest the reader needs that is missing."""
+    path = os.path.join(folder, SIDECAR_MANIFEST)
+    where = [("dtype", meta)]
+    part = meta.get("splits", {}).get(split) if isinstance(meta.get("splits"), dict) else None
+    if isinstance(part, dict):
+        where.append((f"splits.{split}.shards", part))
+        entries = part.get("shards")
+        if isinstance(entries, list):
+            where += [(f"splits.{split}.shards[{i}].file", e) for i, e in enumerate(entries) if isinstance(e, dict)]
+    for dotted, obj in where:
+        key = dotted.rsplit(".", 1)[-1]
+        if key not in obj:
+            raise DataError(f"{path}: key {dotted!r} is missing (has {sorted(obj)}); rewrite the side-car")
+
+
 class Sidecar:
     """Side-car ``name`` of the split ``shards`` holds, checked against those shards on open.
 
@@ -116,6 +132,7 @@ class Sidecar:
         where = f"side-car {name!r} of {shards.path}"
         if meta.get("kind") not in KINDS:
             raise DataError(f"{where}: kind {meta.get('kind')!r} is not one of {KINDS}")
+        _check_keys(meta, shards.split, sidecar_dir(shards.path, name))
         self.kind, self.fill, self.made_from = meta["kind"], meta.get("fill", 0), meta.get("made_from")
         self.dtype, self.shape = np.dtype(meta["dtype"]), tuple(int(d) for d in meta.get("shape", ()))
         if meta.get("tokenizer_hash") != shards.tokenizer_hash:

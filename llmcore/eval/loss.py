@@ -17,7 +17,7 @@ import torch
 import kernels
 from llmcore.data.loader import eval_batches
 from llmcore.data.shards import TokenShards
-from llmcore.errors import DataError
+from llmcore.errors import ConfigError, DataError
 
 
 def loss_over_batches(score: Callable[[dict], tuple[torch.Tensor, int]], batches: Sequence[dict], *,
@@ -57,9 +57,16 @@ def validation_loss(model, shards: TokenShards | str, seq_len: int, batch_size: 
     of `seq_len` (+1 for the last label) come from `llmcore.data.loader.eval_batches`.
     `ignore_ids` are target ids that take no loss (e.g. a recipe's `<pause>`), as in training.
     Returns {"loss": nats per token, "ppl": exp(loss), "tokens": number of scored targets}.
+    A `seq_len` beyond the model's `max_seq_len` is a ConfigError.
     """
     if isinstance(shards, (str, os.PathLike)):
         shards = TokenShards(str(shards), "val")
+    if shards.num_tokens - 1 < seq_len:
+        raise _no_window(shards, seq_len)
+    limit = getattr(getattr(model, "args", None), "max_seq_len", None)
+    if limit is not None and seq_len > limit:
+        raise ConfigError(f"seq_len={seq_len} exceeds the model's max_seq_len={limit} (positions it was "
+                          f"never trained on); use --seq-len {limit} or less")
     device = next(model.parameters()).device
     ignore = None if not ignore_ids else torch.tensor(list(ignore_ids), dtype=torch.long, device=device)
 
@@ -72,6 +79,10 @@ def validation_loss(model, shards: TokenShards | str, seq_len: int, batch_size: 
 
     out = loss_over_batches(score, eval_batches(shards, seq_len, batch_size, max_batches), device=device)
     if out["tokens"] == 0:
-        raise DataError(f"{shards.path} split {shards.split!r} has {shards.num_tokens} tokens: "
-                        f"not one window of seq_len={seq_len} to evaluate")
+        raise _no_window(shards, seq_len)
     return out
+
+
+def _no_window(shards: TokenShards, seq_len: int) -> DataError:
+    return DataError(f"{shards.path} split {shards.split!r} has {shards.num_tokens} tokens: "
+                     f"not one window of seq_len={seq_len} to evaluate")

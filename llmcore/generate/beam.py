@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from llmcore.errors import ConfigError
-from llmcore.generate.sampling import LogitsProcessor, decode_step, prefill
+from llmcore.generate.sampling import LogitsProcessor, decode_step, fit_context, prefill
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,7 @@ def beam_search(model, prompt_ids: Sequence[int], *, beam_width: int, max_new_to
         raise ConfigError("the prompt is empty: give at least one token (e.g. eos)")
     if max_new_tokens == 0:
         return [([], 0.0)]
+    fit_context([list(prompt_ids)], max_new_tokens, getattr(getattr(model, "args", None), "max_seq_len", None))
     device = next(model.parameters()).device
     W, T = beam_width, len(prompt_ids)
     total = T + max_new_tokens

@@ -12,11 +12,15 @@ for the end-of-sequence check, and only when an `eos_id` is given.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Callable, Sequence
 
 import torch
 
 from llmcore.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # fn(logits (B, V) fp32, ids (B, t) prompt + generated so far, left pads included) -> logits
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,8 +76,8 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
 def _check_args(prompts, max_new_tokens, temperature, top_k, top_p) -> None:
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy, e.g. 0.8), got {temperature}")
     if top_k < 0:
         raise ConfigError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
@@ -82,6 +86,38 @@ def _check_args(prompts, max_new_tokens, temperature, top_k, top_p) -> None:
         if len(p) == 0:
             raise ConfigError(f"prompt {i} is empty: give at least one token (e.g. eos, the "
                               "document separator the model was trained with)")
+
+
+def fit_context(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int | None,
+                truncate_prompts: bool = False) -> list[list[int]]:
+    """The prompts, checked to fit the model's context with `max_new_tokens` after them.
+
+    The model was trained on positions below `max_seq_len` (None: no limit known). A
+    `max_new_tokens` that leaves no room for a one-token prompt is a ConfigError; a prompt
+    too long for it is a ConfigError naming the prompt, or with `truncate_prompts` keeps its
+    last tokens (the ones nearest the continuation), with a warning.
+    """
+    if max_seq_len is None:
+        return prompts
+    if max_new_tokens >= max_seq_len:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} exceeds the model's context: max_seq_len="
+                          f"{max_seq_len} leaves room for at most {max_seq_len - 1} new tokens after a "
+                          f"one-token prompt (use --max-new-tokens {max_seq_len - 1} or less)")
+    room = max_seq_len - max_new_tokens
+    out = []
+    for i, p in enumerate(prompts):
+        if len(p) > room:
+            if not truncate_prompts:
+                raise ConfigError(
+                    f"prompt {i} has {len(p)} tokens: with max_new_tokens={max_new_tokens} it needs "
+                    f"{len(p) + max_new_tokens} positions, beyond the model's max_seq_len={max_seq_len}; "
+                    f"shorten it to {room} tokens, lower max_new_tokens to {max(max_seq_len - len(p), 0)}"
+                    f", or truncate prompts (--truncate-prompts keeps the last {room} tokens)")
+            log.warning("prompt %d: %d tokens + max_new_tokens %d exceed max_seq_len %d; keeping its "
+                        "last %d tokens", i, len(p), max_new_tokens, max_seq_len, room)
+            p = p[len(p) - room:]
+        out.append(p)
+    return out
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
@@ -100,15 +136,18 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
              logits_processors: Sequence[LogitsProcessor] = (), seed: int | None = None,
-             pad_id: int = 0) -> list[list[int]]:
+             pad_id: int = 0, truncate_prompts: bool = False) -> list[list[int]]:
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens.
 
     Returns the new tokens only, one list per prompt; a row that produced `eos_id` stops
     there (the eos is its last element). Each logits processor maps fp32 logits (B, V) and
     the ids so far (B, t; left pads hold `pad_id`) to new logits, in order, before sampling.
     `seed` fixes the sampling noise (a private torch.Generator); None uses torch's global RNG.
+    Prompt plus new tokens must fit the model's `max_seq_len` (`fit_context`: a ConfigError,
+    or with `truncate_prompts` a prompt keeps its last tokens, with a warning).
     """
     _check_args(prompts, max_new_tokens, temperature, top_k, top_p)
+    prompts = fit_context(prompts, max_new_tokens, _max_seq_len(model), truncate_prompts)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
     device = next(model.parameters()).device
@@ -152,11 +191,15 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     return out
 
 
+def _max_seq_len(model) -> int | None:
+    return getattr(getattr(model, "args", None), "max_seq_len", None)
+
+
 def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int = 64, *,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   seed: int | None = None, recipes=None,
                   logits_processors: Sequence[LogitsProcessor] = (),
-                  stop_at_eos: bool = True) -> list[str]:
+                  stop_at_eos: bool = True, truncate_prompts: bool = False) -> list[str]:
     """Text in, generated text out (the continuation only, without the eos).
 
     Prompts are encoded without bos (training documents are separated by eos, not opened by
@@ -173,5 +216,6 @@ def generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int = 64
     eos = tokenizer.eos_id
     new = generate(model, encoded, max_new_tokens, temperature=temperature, top_k=top_k,
                    top_p=top_p, eos_id=eos if stop_at_eos else None,
-                   logits_processors=processors, seed=seed, pad_id=tokenizer.pad_id)
+                   logits_processors=processors, seed=seed, pad_id=tokenizer.pad_id,
+                   truncate_prompts=truncate_prompts)
     return [tokenizer.decode([t for t in row if t != eos]) for row in new]

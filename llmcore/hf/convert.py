@@ -126,13 +126,11 @@ def from_hf_config(cfg: dict, where: str) -> ModelArgs:
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(cfg.get(key), int):
             raise CheckpointError(f"{where}: {key} is missing or not an integer ({cfg.get(key)!r})")
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    rope = _rope(cfg, where)
     unsupported = {
         "hidden_act": (cfg.get("hidden_act", "silu"), ("silu", "swish")),
         "attention_bias": (cfg.get("attention_bias", False), (False,)),
         "mlp_bias": (cfg.get("mlp_bias", False), (False,)),
-        "rope type": (rope_type, ("default",)),
     }
     for key, (value, ok) in unsupported.items():
         if value not in ok:
@@ -147,6 +145,30 @@ def from_hf_config(cfg: dict, where: str) -> ModelArgs:
         return _args_from_hf(cfg, theta)
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
+
+
+def _rope(cfg: dict, where: str) -> dict:
+    """The RoPE dict transformers applies, refused unless it is plain (unscaled) RoPE.
+
+    transformers 5 reads `rope_scaling` when it is set and non-empty, else `rope_parameters`
+    (its `rope_theta` defaulting to the top-level one); 4.x reads `rope_scaling` only. So a
+    scaled type in either key (linear, dynamic, yarn, llama3, longrope, ...) changes what
+    some transformers computes, and llmcore's model has plain RoPE only: every rope type but
+    `default` is refused, from either key, naming the key."""
+    found = {}
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{where}: {key} must be an object or null, got {value!r}")
+        rope_type = value.get("rope_type", value.get("type", "default"))
+        if rope_type != "default":
+            raise CheckpointError(f"{where}: rope type={rope_type!r} is not supported by llmcore's model "
+                                  f"(supported: ['default']): {key} asks for scaled RoPE, which transformers "
+                                  "applies to this folder")
+        found[key] = value
+    return found.get("rope_scaling") or found.get("rope_parameters") or {}
 
 
 def _args_from_hf(cfg: dict, theta) -> ModelArgs:

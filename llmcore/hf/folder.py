@@ -165,6 +165,9 @@ def import_hf(model_dir: str, out_dir: str, *, overwrite: bool = False) -> Path:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{cfg_path} is unreadable: {e}") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path} is not a model config: expected a JSON object, got a JSON "
+                              f"{type(cfg).__name__}")
     args = hf.from_hf_config(cfg, str(cfg_path))
     check_output_dir(out_dir, overwrite, CheckpointError)
     weights = hf.from_hf(_read_hf_weights(src), args, str(src))

@@ -166,9 +166,14 @@ def mark_best(out_dir: str | os.PathLike, ckpt: Path) -> None:
 
 def read_state(ckpt: Path) -> dict:
     try:
-        return json.loads((ckpt / "state.json").read_text())
+        state = json.loads((ckpt / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{ckpt / 'state.json'} is unreadable: {e}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
+        got = repr(state.get("step")) if isinstance(state, dict) else f"a JSON {type(state).__name__}"
+        raise CheckpointError(f"{ckpt / 'state.json'} has no integer `step` (got {got}): incomplete or "
+                              "not written by llmcore")
+    return state
 
 
 def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -217,11 +222,15 @@ def load_rng(ckpt: Path, rank: int) -> None:
 
 def _saved_config(ckpt: Path) -> dict:
     path = ckpt / "config.yaml"
+    import yaml
+
     try:
-        import yaml
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, ValueError) as e:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError) as e:
         raise CheckpointError(f"{path} is missing or unreadable: {e}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not a run config (a YAML mapping), got {type(raw).__name__}")
+    return raw
 
 
 def model_args(ckpt: Path, vocab_size: int | None):

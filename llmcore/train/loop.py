@@ -29,6 +29,7 @@ from llmcore.recipe.context import EngineView, RunContext, RunState, StepContext
 from llmcore.recipe.recipe_set import RecipeSet
 from llmcore.tokenizer import Tokenizer
 from llmcore.train import checkpoint, inputs
+from llmcore.train.architecture import check_architecture
 from llmcore.train.callbacks import BestTracker, eval_metric_key
 from llmcore.train.losses import ntp_loss
 from llmcore.train.metrics import MetricsWriter, log, progress_bar, setup_logging
@@ -105,6 +106,7 @@ class Trainer:
         if ckpt is not None:
             state = checkpoint.read_state(ckpt)
             checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
+            check_architecture(ckpt, self.model_args, self.cfg.model.preset)
             self.engine.load_full_state_dict(checkpoint.load_weights(ckpt))
             self.engine.load_optimizer(str(ckpt))
             if state.get("loader"):
@@ -117,6 +119,7 @@ class Trainer:
             log.info("resumed from %s at step %d", ckpt, self.step)
         elif self.cfg.train.init_from:
             src = checkpoint.resolve(self.cfg.train.init_from)
+            check_architecture(src, self.model_args, self.cfg.model.preset, action="initialise")
             weights = checkpoint.load_weights(src)
             own_aux = set(self.engine.module.aux.keys())
             dropped = sorted({k.split(".")[1] for k in weights if k.startswith("aux.")} - own_aux)

@@ -106,3 +106,30 @@ def test_base_errors_name_the_files(tmp_path):
 def test_every_shipped_config_loads(name):
     cfg = load_run_config(CONFIGS / name)
     assert cfg.train.max_steps > 0 and cfg.model.preset
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-1e-3", "optim.lr=-0.001 is out of range: must be >= 0.0 (e.g. 3e-4)"),
+    ("optim.lr=nan", "optim.lr=nan is out of range: must be >= 0.0 (e.g. 3e-4)"),
+    ("optim.lr=.nan", "optim.lr=nan is out of range"),
+    ("optim.beta1=1.0", "optim.beta1=1.0 is out of range: must be [0.0, 1.0) (e.g. 0.9)"),
+    ("optim.beta2=-0.1", "optim.beta2=-0.1 is out of range: must be [0.0, 1.0) (e.g. 0.95)"),
+    ("optim.beta2=nan", "optim.beta2=nan is out of range: must be [0.0, 1.0)"),
+    ("train.log_every=0", "train.log_every=0 is out of range: must be >= 1 (1 logs every step)"),
+    ("train.save_every=-1", "train.save_every=-1 is out of range: must be >= 0 (0 saves only at the end)"),
+    ("schedule.warmup_steps=-5", "schedule.warmup_steps=-5 is out of range: must be >= 0 (0 for no warmup)"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 is out of range: must be >= 0.0 (0 disables it)"),
+    ("optim.grad_clip=-1", "optim.grad_clip=-1.0 is out of range: must be >= 0.0 (0 disables clipping)"),
+    ("optim.eps=0", "optim.eps=0.0 is out of range: must be > 0.0"),
+])
+def test_numbers_out_of_range_are_refused_by_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.path=d", override])
+    assert message in str(e.value)
+
+
+def test_numbers_at_their_bounds_are_accepted():
+    cfg = load_config(None, ["data.path=d", "optim.lr=0", "optim.beta1=0", "optim.beta2=0.999",
+                             "train.log_every=1", "train.save_every=0", "schedule.warmup_steps=0",
+                             "optim.weight_decay=0", "optim.grad_clip=0"])
+    assert cfg.optim.beta2 == 0.999 and cfg.train.log_every == 1
