@@ -141,10 +141,10 @@ class Trainer:
     def _restore(self) -> None:
         ckpt = checkpoint.latest(self.out_dir)
         if ckpt is not None:
-            state = checkpoint.read_state(ckpt)  # JSON: safe to read before the manifest check
-            checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
             self.engine.check_optimizer_files(str(ckpt))  # a missing partition: the engine's own error, all ranks
-            self._verify(ckpt)
+            self._verify(ckpt)  # before any file is read
+            state = checkpoint.read_state(ckpt)
+            checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
             changed = config_change.check(checkpoint._saved_config(ckpt), self.cfg, str(ckpt))
             if changed and self.engine.is_main:
                 log.warning("resuming %s with a changed config (train.allow_config_change): %s", ckpt,
