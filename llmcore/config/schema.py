@@ -71,8 +71,10 @@ class DataConfig:
     tokenizer: str = ""
     """Tokenizer folder; default: `<path>/tokenizer` (written there by `data prepare`)."""
     seq_len: int = 256
-    verify: str = "size"
-    """Shard check at open: `size` (cheap, catches truncation) or `full` (sha256 of every shard)."""
+    verify: str = "lazy"
+    """Shard checks: `size` (at open: byte sizes, document indexes), `lazy` (also each shard's
+    sha256, once, the first time a window reads it: catches in-vocabulary corruption for one pass
+    over the data), `full` (sha256 and every token id at open)."""
     reverse: bool = False
     """Right-to-left windows (for a reverse LM, e.g. FSP-RevLM targets)."""
     sidecars: list[str] = field(default_factory=list)
@@ -146,6 +148,12 @@ class TrainConfig:
     pointing at it. Empty: no best checkpoint."""
     early_stop_patience: int = 0
     """Stop after this many evaluations in a row without a better `keep_best_on` loss (0: never)."""
+    max_nonfinite_steps: int = 10
+    """Abort (without saving) after this many consecutive steps with a non-finite gradient norm
+    (0: never): a run of them means broken weights or data, not a spike."""
+    allow_config_change: bool = False
+    """Resume even though model, data, optim or the batch sizes differ from the checkpoint's
+    config (refused by default, naming the keys)."""
 
 
 @dataclass
@@ -188,7 +196,7 @@ class Config:
         _one_of("schedule.kind", self.schedule.kind, ("cosine", "wsd", "constant"))
         _one_of("engine.backend", self.engine.backend, ("single", "ddp", "deepspeed"))
         _one_of("train.precision", self.train.precision, ("auto", "fp32", "bf16"))
-        _one_of("data.verify", self.data.verify, ("size", "full"))
+        _one_of("data.verify", self.data.verify, ("size", "lazy", "full"))
         _one_of("data.format", self.data.format, ("tokens", "sft"))
         if self.data.format == "sft" and (self.data.sources or not self.data.tokenizer):
             raise ConfigError("data.format=sft reads one jsonl (data.path) and needs data.tokenizer; "

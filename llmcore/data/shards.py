@@ -97,15 +97,18 @@ class TokenShards:
     """One split of a prepared data folder, as a single token stream.
 
     ``verify="size"`` checks every shard's byte size and document index on open (cheap);
-    ``"full"`` also checks sha256 and that every token id is below ``vocab_size``.
+    ``"lazy"`` also checks each shard's sha256 once, the first time a read touches it (the
+    cost of one extra pass over the data, spread over the first epoch, and only for shards
+    the run reads; corruption that keeps ids in the vocabulary is caught only this way);
+    ``"full"`` checks sha256 and that every token id is below ``vocab_size`` at open.
     ``expected_tokenizer_hash`` (the run's ``Tokenizer.hash``) rejects data made with another
     tokenizer.
     """
 
     def __init__(self, path: str, split: str = "train", *,
                  expected_tokenizer_hash: str | None = None, verify: str = "size"):
-        if verify not in ("size", "full"):
-            raise ValueError(f"verify must be 'size' or 'full', not {verify!r}")
+        if verify not in ("size", "lazy", "full"):
+            raise ValueError(f"verify must be 'size', 'lazy' or 'full', not {verify!r}")
         self.path = os.path.abspath(path)
         self.split, self.verify = split, verify  # side-cars opened on these shards check as much
         self.manifest = read_manifest(self.path)
@@ -127,6 +130,7 @@ class TokenShards:
         self.entries: list[dict] = list(splits[split]["shards"])  # manifest entry of each shard
         self._files: list[str] = []
         self._maps: list[np.memmap] = []
+        self._unchecked: set[int] = set(range(len(self.entries))) if verify == "lazy" else set()
         sizes, doc_starts = [0], []
         for entry in self.entries:
             file = os.path.join(self.path, entry["file"])
@@ -160,7 +164,12 @@ class TokenShards:
                             "prepare`")
         if n == 0:
             raise DataError(f"shard {file} is empty")
-        if verify == "full" and sha256_file(file) != entry.get("sha256"):
+        if verify == "full":
+            self._check_sha256(file, entry)
+
+    @staticmethod
+    def _check_sha256(file: str, entry: dict) -> None:
+        if sha256_file(file) != entry.get("sha256"):
             raise DataError(f"shard {file} fails its sha256 check (corrupt); re-run "
                             "`llmcore data prepare`")
 
@@ -219,6 +228,9 @@ class TokenShards:
         pieces = self.pieces(start, length)
         out = np.empty(length, dtype=np.int64)
         for k, lo, take, off in pieces:
+            if k in self._unchecked:
+                self._check_sha256(self._files[k], self.entries[k])
+                self._unchecked.discard(k)
             piece = self._maps[k][lo:lo + take]
             out[off:off + take] = piece
             if take and int(piece.max()) >= self.vocab_size:

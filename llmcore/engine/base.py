@@ -137,3 +137,8 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def load_optimizer(self, ckpt_dir: str) -> None: ...
+
+    def check_optimizer_files(self, ckpt_dir: str) -> None:
+        """Raise CheckpointError, naming them, when this engine's optimizer files are missing
+        (on every rank, before anything is read); engines whose load names a missing file
+        itself need not override it."""

@@ -14,6 +14,7 @@ import torch.nn as nn
 from llmcore.config.schema import Config
 from llmcore.engine.base import Engine
 from llmcore.engine.train_module import TrainModule
+from llmcore.errors import CheckpointError
 from llmcore.train.optim import build_optimizer
 
 
@@ -59,4 +60,9 @@ class SingleEngine(Engine):
 
     def load_optimizer(self, ckpt_dir: str) -> None:
         path = os.path.join(ckpt_dir, "optimizer.pt")
-        self.optimizer.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        try:  # weights only: an optimizer state is tensors and numbers, and nothing else is unpickled
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a tensors-only optimizer state and was not unpickled "
+                                  f"(missing, truncated or modified): {str(e).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(state)

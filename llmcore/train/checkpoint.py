@@ -2,29 +2,38 @@
 
 Layout of `out_dir/ckpt-000100/`: `model.safetensors` (trunk, HF-style names), `aux.safetensors`
 (recipe modules, when any), `optimizer.pt` (or the engine's own files), `state.json` (step,
-loader state, world size), `rng-rank<r>.pt`, `config.yaml`, `tokenizer/`. A directory is
-written as `ckpt-N.tmp` and renamed when complete, then `out_dir/latest` (a one-line text
-file) is replaced atomically, then old checkpoints beyond `keep_last` are pruned. A crash
-therefore never leaves `latest` pointing at a partial checkpoint.
+loader state, world size), `rng-rank<r>.pt` (tensors only), `config.yaml`, `tokenizer/`, and
+`manifest.json` (size and sha256 of every other file, `llmcore.train.manifest`).
+
+The invariant a save keeps: a folder named `ckpt-N` is always complete, and `latest` always
+names a loadable one. A checkpoint is written as `ckpt-N.tmp`, hashed and fsynced, then renamed.
+Re-saving an existing step moves the old folder aside to `ckpt-N.old` first (`resolve` reads
+it while `ckpt-N` is absent) and deletes it only once the new one is in place. Then `latest`
+(a one-line file) is replaced atomically, then old checkpoints beyond `keep_last` are pruned:
+never the one `latest` or `best` names, each renamed to `ckpt-N.trash` before it is deleted.
+Leftovers of a crash at any point are tidied by `llmcore.train.leftovers` at the next start.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from llmcore.errors import CheckpointError, ConfigError
 from llmcore.fsutil import check_output_dir, write_dir_atomically
+from llmcore.train import manifest, rng_state
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+ASIDE = ".old"
+"""Suffix of the previous copy of a step being re-saved (complete; read while `ckpt-N` is absent)."""
+TRASH = ".trash"
+"""Suffix of a checkpoint being pruned (renamed first, so a half-deleted folder is never `ckpt-N`)."""
 BEST = "best"
 """The file naming the checkpoint with the best `train.keep_best_on` loss (kept from pruning)."""
 
@@ -44,6 +53,8 @@ def resolve(path: str | os.PathLike) -> Path:
         pointer = p / "latest"
     if pointer is not None:
         target = p / pointer.read_text().strip()
+        if not target.is_dir() and (p / (target.name + ASIDE)).is_dir():
+            target = p / (target.name + ASIDE)  # a re-save of this step was interrupted mid-swap
         if not target.is_dir():
             raise CheckpointError(f"{pointer} points at {target.name}, which does not exist")
         return target
@@ -91,16 +102,31 @@ def save(engine, out_dir: str, step: int, train_state: dict, config_yaml: str,
         if tokenizer_dir:
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
     engine.save_optimizer(str(tmp))
-    torch.save(rng_state(), tmp / f"rng-rank{engine.rank}.pt")
+    torch.save(rng_state.capture(), tmp / f"rng-rank{engine.rank}.pt")
     engine.barrier()
     if engine.is_main:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        manifest.write(tmp)  # every rank's files are in: hash and fsync them all
+        _install(out, tmp, final)
         _write_latest(out, final.name)
         prune(out, keep_last)
     engine.barrier()
     return final
+
+
+def _install(out: Path, tmp: Path, final: Path) -> None:
+    """Rename the complete `tmp` to `final`. An existing `final` (a re-save of its step) is moved
+    aside first and deleted only after the new one is in place, so at every instant either
+    `final` or `final.old` is a complete checkpoint for `latest` to name."""
+    aside = out / (final.name + ASIDE)
+    if final.exists():
+        if aside.exists():
+            shutil.rmtree(aside)  # an older aside: `final` is complete, so it is garbage
+        os.replace(final, aside)
+        manifest.fsync_dir(out)
+    os.replace(tmp, final)
+    manifest.fsync_dir(out)
+    if aside.exists():
+        shutil.rmtree(aside)
 
 
 def save_model(model, tokenizer, out_dir: str | os.PathLike, config=None, *, overwrite: bool = False,
@@ -132,6 +158,7 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, config=None, *, ove
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         if tokenizer is not None:
             tokenizer.save(str(tmp / "tokenizer"))
+        manifest.write(tmp)
 
     write_dir_atomically(out, write)
     return out
@@ -143,20 +170,44 @@ def _write_latest(out: Path, name: str) -> None:
 
 def _write_pointer(out: Path, pointer: str, name: str) -> None:
     tmp = out / f"{pointer}.tmp-{os.getpid()}"
-    tmp.write_text(name + "\n")
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, out / pointer)
+    manifest.fsync_dir(out)
+
+
+def pointed(out: Path, pointer: str) -> str | None:
+    """The checkpoint name the pointer file `out/pointer` holds (`latest`, `best`), or None."""
+    path = out / pointer
+    return path.read_text().strip() if path.is_file() else None
+
+
+def complete_steps(out: Path) -> list[int]:
+    """Steps of the `ckpt-N` folders in `out`, ascending."""
+    return sorted(int(m.group(1)) for d in out.iterdir() if (m := CKPT_RE.match(d.name)) and d.is_dir())
+
+
+def remove(out: Path, name: str) -> None:
+    """Delete checkpoint `out/name`: renamed to `name.trash` first (atomic), so a crash mid-delete
+    leaves no half folder under a checkpoint's name; leftover trash goes at the next start."""
+    trash = out / (name + TRASH)
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(out / name, trash)
+    shutil.rmtree(trash)
 
 
 def prune(out: Path, keep_last: int) -> None:
-    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); the one
-    `out/best` names is never deleted."""
+    """Delete the oldest complete checkpoints beyond `keep_last` (0 keeps all); the ones
+    `out/latest` and `out/best` name are never deleted."""
     if keep_last <= 0:
         return
-    best = (out / BEST).read_text().strip() if (out / BEST).is_file() else None
-    steps = sorted(int(m.group(1)) for d in out.iterdir() if (m := CKPT_RE.match(d.name)) and d.is_dir())
-    for s in steps[:-keep_last]:
-        if ckpt_name(s) != best:
-            shutil.rmtree(out / ckpt_name(s), ignore_errors=True)
+    keep = {pointed(out, "latest"), pointed(out, BEST)}
+    for s in complete_steps(out)[:-keep_last]:
+        if ckpt_name(s) not in keep:
+            remove(out, ckpt_name(s))
 
 
 def mark_best(out_dir: str | os.PathLike, ckpt: Path) -> None:
@@ -167,7 +218,7 @@ def mark_best(out_dir: str | os.PathLike, ckpt: Path) -> None:
 def read_state(ckpt: Path) -> dict:
     try:
         state = json.loads((ckpt / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 at all
         raise CheckpointError(f"{ckpt / 'state.json'} is unreadable: {e}") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
         got = repr(state.get("step")) if isinstance(state, dict) else f"a JSON {type(state).__name__}"
@@ -181,13 +232,17 @@ def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     path = ckpt / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: model.safetensors is missing")
+    full = {f"model.{k}": v for k, v in _read_safetensors(path).items()}
+    if (ckpt / "aux.safetensors").is_file():
+        full.update({f"aux.{k}": v for k, v in _read_safetensors(ckpt / "aux.safetensors").items()})
+    return full
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        full = {f"model.{k}": v for k, v in load_file(str(path)).items()}
-        if (ckpt / "aux.safetensors").is_file():
-            full.update({f"aux.{k}": v for k, v in load_file(str(ckpt / "aux.safetensors")).items()})
+        return load_file(str(path))
     except Exception as e:  # safetensors raises its own types for truncated/corrupt headers
         raise CheckpointError(f"{path}: cannot read weights ({e})") from None
-    return full
 
 
 def check_compatible(ckpt: Path, state: dict, world_size: int, backend: str) -> None:
@@ -199,25 +254,27 @@ def check_compatible(ckpt: Path, state: dict, world_size: int, backend: str) -> 
             f"(launch with --nproc_per_node {saved}, or export-hf and start a new run with train.init_from)")
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def load_rng(ckpt: Path, rank: int, world_size: int) -> None:
+    """Restore this rank's generators from `rng-rank<rank>.pt` (weights only: nothing in it can
+    run code). A rank the saving run did not have (a larger DDP world) keeps its seed's state."""
+    from llmcore.train.metrics import log
 
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_rng(ckpt: Path, rank: int) -> None:
     path = ckpt / f"rng-rank{rank}.pt"
-    if path.is_file():
-        set_rng_state(torch.load(path, weights_only=False))
+    if not path.is_file():
+        if rank >= world_size:
+            log.warning("%s: no RNG state for rank %d (saved by %d ranks); it keeps its seeded state",
+                        ckpt, rank, world_size)
+            return
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # an UnpicklingError names the refused global (an older, pickled RNG file)
+        raise CheckpointError(f"{path} is not a tensors-only RNG file and was not unpickled "
+                              f"(corrupt, or written by an older llmcore): {str(e).splitlines()[0]}") from None
+    try:
+        rng_state.restore(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not a valid RNG state: {e}") from None
 
 
 def _saved_config(ckpt: Path) -> dict:
@@ -226,7 +283,7 @@ def _saved_config(ckpt: Path) -> dict:
 
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, ValueError, yaml.YAMLError) as e:
+    except (OSError, ValueError, yaml.YAMLError) as e:  # safe_load refuses python/* tags: no code runs
         raise CheckpointError(f"{path} is missing or unreadable: {e}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a run config (a YAML mapping), got {type(raw).__name__}")

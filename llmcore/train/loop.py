@@ -28,12 +28,14 @@ from llmcore.model.transformer import Transformer
 from llmcore.recipe.context import EngineView, RunContext, RunState, StepContext
 from llmcore.recipe.recipe_set import RecipeSet
 from llmcore.tokenizer import Tokenizer
-from llmcore.train import checkpoint, inputs
+from llmcore.train import checkpoint, config_change, inputs, leftovers, manifest
 from llmcore.train.architecture import check_architecture
 from llmcore.train.callbacks import BestTracker, eval_metric_key
 from llmcore.train.losses import ntp_loss
 from llmcore.train.metrics import MetricsWriter, log, progress_bar, setup_logging
+from llmcore.train.nonfinite import NonFiniteGuard
 from llmcore.train.optim import lr_multiplier
+from llmcore.train.run_lock import RunLock, RunLockError
 from llmcore.train.step import StepMaths
 
 
@@ -89,7 +91,13 @@ class Trainer:
         self._stop_signal: int | None = None
         self.peak_flops = device_peak_flops(self.device, cfg.train.peak_flops)
         self.flops_per_token = flops_per_token(self.model_args, cfg.data.seq_len)
-        self._restore()
+        self.lock = RunLock(self.out_dir)
+        self._lock_out_dir()
+        try:
+            self._restore()
+        except BaseException:
+            self.lock.release()
+            raise
 
     @property
     def step(self) -> int:
@@ -101,12 +109,48 @@ class Trainer:
         self.state.step = value
 
     # --- set-up -------------------------------------------------------------------------------
+    def _lock_out_dir(self) -> None:
+        """Rank 0 locks out_dir and tidies a crash's leftovers; every rank learns whether it
+        worked before any of them reads the folder (a failure on rank 0 alone would hang the
+        others at the first collective)."""
+        error: Exception | None = None
+        if self.engine.is_main:
+            try:
+                self.lock.acquire()
+                leftovers.tidy(self.out_dir)
+            except Exception as e:  # re-raised below, after the other ranks know
+                error = e
+        failed = torch.tensor([int(error is not None)], device=self.device)
+        self.engine.all_reduce_sum(failed)
+        if error is not None:
+            self.lock.release()
+            raise error
+        if int(failed):
+            raise RunLockError(f"{self.out_dir}: rank 0 could not lock the run folder (its error says why)")
+
+    def _verify(self, ckpt: Path) -> None:
+        """Every file against the checkpoint's manifest, before any of them is read."""
+        if manifest.verify(ckpt):
+            return
+        if (ckpt / "deepspeed").exists():
+            raise CheckpointError(f"{ckpt} has no {manifest.MANIFEST}: its DeepSpeed files are pickles and are "
+                                  "not loaded unverified (a checkpoint from an older llmcore: export-hf it and "
+                                  "start a new run with train.init_from)")
+        log.warning("%s has no %s (saved by an older llmcore): its files are not checksummed", ckpt,
+                    manifest.MANIFEST)
+
     def _restore(self) -> None:
         ckpt = checkpoint.latest(self.out_dir)
         if ckpt is not None:
+            self.engine.check_optimizer_files(str(ckpt))  # a missing partition: the engine's own error, all ranks
+            self._verify(ckpt)  # before any file is read
             state = checkpoint.read_state(ckpt)
             checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
             check_architecture(ckpt, self.model_args, self.cfg.model.preset)
+            changed = config_change.check(checkpoint._saved_config(ckpt), self.cfg, str(ckpt))
+            if changed and self.engine.is_main:
+                log.warning("resuming %s with a changed config (train.allow_config_change): %s", ckpt,
+                            "; ".join(changed))
             self.engine.load_full_state_dict(checkpoint.load_weights(ckpt))
             self.engine.load_optimizer(str(ckpt))
             if state.get("loader"):
@@ -114,11 +158,12 @@ class Trainer:
             self.recipes.load_state_dict(state.get("recipes", {}), where=str(ckpt / "state.json"))
             if self.best is not None and state.get("best"):
                 self.best.load_state_dict(state["best"])
-            checkpoint.load_rng(ckpt, self.engine.rank)
+            checkpoint.load_rng(ckpt, self.engine.rank, int(state.get("world_size", 1)))
             self.step = state["step"]
             log.info("resumed from %s at step %d", ckpt, self.step)
         elif self.cfg.train.init_from:
             src = checkpoint.resolve(self.cfg.train.init_from)
+            self._verify(src)
             check_architecture(src, self.model_args, self.cfg.model.preset, action="initialise")
             weights = checkpoint.load_weights(src)
             own_aux = set(self.engine.module.aux.keys())
@@ -132,6 +177,10 @@ class Trainer:
                 raise CheckpointError(f"{src} does not match model {self.cfg.model.preset}: missing "
                                       f"{trunk_missing[:5]}, unexpected {unexpected[:5]}")
             log.info("initialised weights from %s", src)
+        dropped = self.metrics.truncate_after(self.step)
+        if dropped:
+            log.info("%s: dropped %d rows after step %d (the resume replays those steps)",
+                     self.metrics.path, dropped, self.step)
 
     def _autocast(self):
         if self.use_bf16:
@@ -263,10 +312,12 @@ class Trainer:
         by_signal = by_callback = False
         last_eval: tuple[int, dict] | None = None
         saved: Path | None = None
+        guard = NonFiniteGuard(cfg.train.max_nonfinite_steps, str(self.out_dir))
         try:
             while self.step < cfg.train.max_steps:
                 t0 = time.perf_counter()
                 last = self.train_step()
+                guard.after_step(self.step, last)  # raises before this step can save or prune
                 saved = None
                 dt = time.perf_counter() - t0
                 tokens = cfg.train.global_batch_size * cfg.data.seq_len
@@ -290,16 +341,29 @@ class Trainer:
                         self.metrics.write({"step": self.step, **ev})
                         bar.write(f"step {self.step}: val_loss {ev.get('val_loss', float('nan')):.4f}")
                         saved = self._keep_if_best(saved)
+                # no periodic save inside a run of non-finite steps: its saves would prune good checkpoints
                 if (cfg.train.save_every and self.step % cfg.train.save_every == 0
-                        and self.step < cfg.train.max_steps and saved is None):
+                        and self.step < cfg.train.max_steps and saved is None and guard.run == 0):
                     saved = self.save()
                 by_signal, by_callback = self._stop_requested()
                 if by_signal or by_callback:
                     break
+        except BaseException:
+            self.lock.release()
+            raise
         finally:
             bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
+        try:
+            return self._finish(saved, last, by_signal, by_callback, last_eval)
+        finally:
+            self.lock.release()
+
+    def _finish(self, saved: Path | None, last: dict, by_signal: bool, by_callback: bool,
+                last_eval: tuple[int, dict] | None) -> dict:
+        """The final save and evaluation after the loop; returns the run's result."""
+        cfg, is_main = self.cfg, self.engine.is_main
         path = saved or self.save()
         result = {"step": self.step, "checkpoint": str(path), "stopped_by_signal": by_signal, **last}
         if by_callback:

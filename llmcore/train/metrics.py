@@ -33,6 +33,26 @@ class MetricsWriter:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def truncate_after(self, step: int) -> int:
+        """Drop the rows of steps after `step` (a resume replays them: kept, they would appear
+        twice); rewritten atomically. Returns how many rows were dropped."""
+        if self.path is None or not self.path.is_file():
+            return 0
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a row cut short by a kill: never complete, never read
+            if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step):
+                keep.append(line if line.endswith("\n") else line + "\n")
+        if len(keep) != len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(self.path)
+        return len(lines) - len(keep)
+
     def write(self, record: dict) -> None:
         if self.path is None:
             return

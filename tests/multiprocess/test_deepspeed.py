@@ -185,3 +185,22 @@ def test_variants_match_single_process(stage, variant, rel, single_ref, ds_run):
     ref, out = single_ref(STEPS, *variant), ds_run(stage, *variant)
     assert_curves_close(ref, out, rel, keys=("loss",))
     assert all(v.dtype == torch.float32 for v in trunk(out).values())  # fp32 masters are saved
+
+
+def test_planted_pickle_in_a_partition_file_never_executes(prepared, tmp_path, ds_json, ds_run):
+    """DeepSpeed unpickles its partition files (weights_only=False): a file changed after the
+    save must be refused by the manifest before DeepSpeed reads it, on every rank."""
+    run = tmp_path / "run"
+    shutil.copytree(ds_run(3), run)
+    marker = tmp_path / "EXECUTED"
+    part = checkpoint.resolve(run) / "deepspeed" / "state" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.makedirs, (str(marker),))
+
+    torch.save(Evil(), part)
+    proc = torchrun(2, overrides(prepared, run, "train.max_steps=8", *ds_args(3, ds_json)), check=False)
+    assert proc.returncode != 0 and not marker.exists()
+    assert "does not match its manifest.json: deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt" in proc.stderr

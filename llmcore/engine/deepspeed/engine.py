@@ -314,9 +314,19 @@ class DeepSpeedEngine(Engine):
         self.ds.save_checkpoint(os.path.join(ckpt_dir, DS_SUBDIR), tag=DS_TAG, save_latest=False)
 
     def load_optimizer(self, ckpt_dir: str) -> None:
-        """Load `<ckpt>/deepspeed/`. Every rank first checks its own partition file and the
-        ranks agree before any collective load, so a missing file is an error on all ranks
-        (not a hang) and nothing on disk is touched."""
+        """Load `<ckpt>/deepspeed/` (DeepSpeed unpickles these files: the trainer has checked
+        them against the checkpoint's manifest first). Every rank first checks its own
+        partition file and the ranks agree before any collective load, so a missing file is an
+        error on all ranks (not a hang) and nothing on disk is touched."""
+        self.check_optimizer_files(ckpt_dir)
+        load_path, _ = self.ds.load_checkpoint(os.path.join(ckpt_dir, DS_SUBDIR), tag=DS_TAG, load_module_strict=True,
+                                               load_optimizer_states=True, load_lr_scheduler_states=False)
+        if load_path is None:
+            raise CheckpointError(f"{os.path.join(ckpt_dir, DS_SUBDIR, DS_TAG)}: DeepSpeed could not load this checkpoint")
+        self._reset()
+
+    def check_optimizer_files(self, ckpt_dir: str) -> None:
+        """CheckpointError on every rank when any rank's partition file is missing. Collective."""
         tag_dir = os.path.join(ckpt_dir, DS_SUBDIR, DS_TAG)
         # DeepSpeed's own naming (ZeRO stage, bf16 prefix, ranks) of this rank's partition file
         mine = self.ds._get_zero_ckpt_name(os.path.join(ckpt_dir, DS_SUBDIR), DS_TAG)
@@ -327,8 +337,3 @@ class DeepSpeedEngine(Engine):
             ranks = [r for r in range(self.world_size) if int(missing[r])]
             raise CheckpointError(f"{tag_dir}: DeepSpeed optimizer partition of rank(s) {ranks} is missing "
                                   f"(this rank expects {os.path.basename(mine)}); the checkpoint is incomplete")
-        load_path, _ = self.ds.load_checkpoint(os.path.join(ckpt_dir, DS_SUBDIR), tag=DS_TAG, load_module_strict=True,
-                                               load_optimizer_states=True, load_lr_scheduler_states=False)
-        if load_path is None:
-            raise CheckpointError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
-        self._reset()
