@@ -6,10 +6,17 @@ allocation from the SLURM_* variables, starts
     python -m torch.distributed.run --nnodes=N --nproc_per_node=G --rdzv_backend=c10d
         --rdzv_endpoint=<first node>:<port> --rdzv_id=<job id> ... -m llmcore.cli train --config C ...
 
-and waits. Preemption: on SIGUSR1 (slurm's `--signal=USR1@<seconds>` before the time limit) or
-SIGTERM (preemption, scancel) it forwards the signal to the training processes, which finish
-the current step, save a checkpoint and exit (the trainer handles both signals); node 0 then
-runs `scontrol requeue $SLURM_JOB_ID`, and the requeued job resumes from `train.out_dir/latest`.
+and waits. Two stop signals, two meanings:
+
+- SIGUSR1 is the job's own time-limit warning (`#SBATCH --signal=USR1@<seconds>`): the launcher
+  forwards it to the training processes, which finish the current step, save a checkpoint and
+  exit; node 0 then runs `scontrol requeue $SLURM_JOB_ID`, and the requeued job resumes from
+  `train.out_dir/latest`.
+- SIGTERM is `scancel` or preemption: forwarded the same way (checkpoint and exit), but nothing
+  is requeued, so `scancel` cancels. A preempted job comes back only if the cluster requeues it
+  itself (`PreemptMode=REQUEUE`), and it then resumes from the same checkpoint. A SIGTERM after
+  a SIGUSR1 (cancelled while checkpointing for the time limit) cancels the requeue too.
+
 torchrun itself ignores SIGUSR1 (a cluster may signal every process of the step, and torchrun
 would otherwise die of it) and waits `--grace` seconds for its workers on SIGTERM.
 
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+REQUEUE_SIGNAL = signal.SIGUSR1  # the time-limit warning; SIGTERM (scancel, preemption) never requeues
 
 
 class LaunchError(Exception):
@@ -149,11 +157,14 @@ def describe(p: Plan, env: dict[str, str]) -> str:
              f"mkdir -p {shlex.quote(str(p.log_dir))}"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in p.env.items()]
     lines.append(shlex.join(p.torchrun))
+    lines.append("# on SIGTERM (scancel, preemption): forward it to the training processes (they checkpoint "
+                 "and exit); no requeue")
     if p.node_rank == 0:
-        lines.append("# on SIGUSR1/SIGTERM: forward it to the training processes (they checkpoint and exit), then:")
+        lines.append("# on SIGUSR1 (time-limit warning): forward it to the training processes (they checkpoint "
+                     "and exit), then:")
         lines.append(shlex.join(p.requeue))
     else:
-        lines.append("# on SIGUSR1/SIGTERM: forward it to the training processes; node 0 requeues the job")
+        lines.append("# on SIGUSR1 (time-limit warning): forward it to the training processes; node 0 requeues the job")
     return "\n".join(lines)
 
 
@@ -173,49 +184,61 @@ def _children(pid: int) -> list[int]:
 
 
 def run(p: Plan, log=print, resend_every: float = 2.0) -> int:
-    """Start torchrun, forward stop signals to its workers, requeue on node 0 after a stop."""
+    """Start torchrun and forward stop signals to its workers. After a time-limit warning
+    (SIGUSR1) node 0 requeues the job; after a SIGTERM (scancel, preemption) nobody does."""
     p.log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **p.env)
-    stopped: list[int] = []
-    proc = subprocess.Popen(p.torchrun, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+    received: list[int] = []  # stop signals while training ran, in arrival order
+    proc: subprocess.Popen | None = None
 
     def forward() -> None:
-        for pid in _children(proc.pid):
+        for pid in _children(proc.pid) if proc else []:
             try:
-                os.kill(pid, stopped[0])
+                os.kill(pid, received[-1])
             except ProcessLookupError:
                 pass
 
     def on_signal(signum, frame):
-        if not stopped:
+        if proc and proc.poll() is not None:
+            return  # training is over: e.g. the SIGTERM slurm sends when our requeue ends the job
+        if signum not in received:
+            then = "node 0 requeues the job after" if signum == REQUEUE_SIGNAL else "no requeue"
             log(f"[launch] node {p.node_rank}: got {signal.Signals(signum).name}; forwarding it to the "
-                "training processes (they checkpoint and exit)")
-        stopped.insert(0, signum)
+                f"training processes (they checkpoint and exit); {then}")
+        received.append(signum)
         forward()
 
+    # Installed before torchrun starts (a signal in between is forwarded by the loop) and kept
+    # until the requeue is done, so the job's end cannot kill us halfway through it.
     old = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
+        proc = subprocess.Popen(p.torchrun, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
         while proc.poll() is None:
             time.sleep(resend_every)
-            if stopped:
+            if received:
                 # Again: a worker still starting up has no handler yet (SIGUSR1 is ignored
                 # until the trainer's loop begins), and workers may have been spawned late.
                 forward()
         rc = proc.returncode
+        if not received:
+            return rc
+        log(f"[launch] node {p.node_rank}: training exited {rc} after "
+            f"{', '.join(dict.fromkeys(signal.Signals(s).name for s in received))}")
+        if set(received) != {REQUEUE_SIGNAL}:
+            log(f"[launch] node {p.node_rank}: stopped by SIGTERM (scancel or preemption): not requeueing "
+                "(slurm requeues a preempted job itself under PreemptMode=REQUEUE)")
+            return rc
+        if p.node_rank == 0:
+            log(f"[launch] {shlex.join(p.requeue)}")
+            req = subprocess.run(p.requeue)
+            if req.returncode != 0:
+                log(f"[launch] scontrol requeue failed ({req.returncode}); resubmit the job to resume")
+                return req.returncode
+        return 0
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if not stopped:
-        return rc
-    log(f"[launch] node {p.node_rank}: training exited {rc} after {signal.Signals(stopped[-1]).name}")
-    if p.node_rank == 0:
-        log(f"[launch] {shlex.join(p.requeue)}")
-        req = subprocess.run(p.requeue)
-        if req.returncode != 0:
-            log(f"[launch] scontrol requeue failed ({req.returncode}); resubmit the job to resume")
-            return req.returncode
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
