@@ -23,7 +23,7 @@ def load(path: str, device: str | None = None):
     ckpt = checkpoint.resolve(path)
     tokenizer = Tokenizer.load(str(ckpt / "tokenizer"))
     model = Transformer(checkpoint.model_args(ckpt, tokenizer.vocab_size))
-    weights = {k[len("model."):]: v for k, v in checkpoint.load_weights(ckpt).items() if k.startswith("model.")}
+    weights = {k[len("model."):]: v for k, v in checkpoint.load_verified_weights(ckpt).items() if k.startswith("model.")}
     model.load_state_dict(weights)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.eval(), tokenizer

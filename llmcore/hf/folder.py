@@ -78,7 +78,7 @@ def export_hf(checkpoint_path: str, out_dir: str, *, max_shard_size: int | str =
                               "an HF folder needs one")
     tokenizer = Tokenizer.load(str(tok_dir))
     args = checkpoint.model_args(ckpt, tokenizer.vocab_size)
-    full = checkpoint.load_weights(ckpt)
+    full = checkpoint.load_verified_weights(ckpt)
     trunk = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
     aux = sorted(k[len("aux."):] for k in full if k.startswith("aux."))
     weights = hf.to_hf(trunk, args, str(ckpt / "model.safetensors"))

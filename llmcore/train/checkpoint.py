@@ -227,6 +227,19 @@ def read_state(ckpt: Path) -> dict:
     return state
 
 
+WEIGHT_FILES = ("model.safetensors", "aux.safetensors")
+
+
+def load_verified_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """`load_weights` after checking the weight files against the checkpoint's manifest (when
+    it has one): what inference loads (`llmcore.load`, export-hf) read, so a corrupt or
+    modified weight file is refused by name instead of producing NaNs."""
+    from llmcore.train import manifest
+
+    manifest.verify(ckpt, only=WEIGHT_FILES)
+    return load_weights(ckpt)
+
+
 def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     """TrainModule-style state dict (`model.*`, `aux.*`) from the safetensors files."""
     path = ckpt / "model.safetensors"

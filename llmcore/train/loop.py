@@ -363,7 +363,7 @@ class Trainer:
     def _finish(self, saved: Path | None, last: dict, by_signal: bool, by_callback: bool,
                 last_eval: tuple[int, dict] | None) -> dict:
         """The final save and evaluation after the loop; returns the run's result."""
-        cfg, is_main = self.cfg, self.engine.is_main
+        is_main = self.engine.is_main
         path = saved or self.save()
         result = {"step": self.step, "checkpoint": str(path), "stopped_by_signal": by_signal, **last}
         if by_callback:

@@ -107,15 +107,19 @@ def read(ckpt: Path) -> dict | None:
     return body
 
 
-def verify(ckpt: Path) -> bool:
+def verify(ckpt: Path, only: tuple[str, ...] | None = None) -> bool:
     """Check every file of `ckpt` against its manifest: none missing, none added, every size
     and chunk digest equal. CheckpointError naming the files that differ (nothing is loaded
-    or changed); False when `ckpt` has no manifest, True when it verified."""
+    or changed); False when `ckpt` has no manifest, True when it verified. `only` limits the
+    check to those files (what an inference load reads: the weights, not the optimizer)."""
     body = read(ckpt)
     if body is None:
         return False
     listed = body["files"]
     present = set(_files(ckpt))
+    if only is not None:
+        listed = {n: e for n, e in listed.items() if n in only}
+        present &= set(only)
     problems = [f"{n} is missing" for n in sorted(set(listed) - present)]
     problems += [f"{n} is not in the manifest (added after the save)" for n in sorted(present - set(listed))]
     sizes = {}

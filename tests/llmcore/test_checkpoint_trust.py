@@ -244,3 +244,27 @@ def test_nonfinite_steps_abort_without_saving(prepared, tmp_path):
     with pytest.raises(NonFiniteError, match=r"steps 3-5: 3 consecutive"):
         t.fit()
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "metrics.jsonl"} == before
+
+
+def test_inference_loads_refuse_a_corrupt_weight_file(finished, tmp_path):
+    """`llmcore.load` and export-hf check the weight files against the manifest (not the
+    optimizer: an inference load does not read it)."""
+    import shutil
+
+    import llmcore
+    from llmcore.hf.folder import export_hf
+
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    ckpt = checkpoint.resolve(out)
+    (ckpt / "optimizer.pt").write_bytes(b"not read by an inference load")
+    llmcore.load(str(out), device="cpu")  # the optimizer is not checked here
+    weights = ckpt / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # one flipped bit in the last tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its sha256 check"):
+        llmcore.load(str(out), device="cpu")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its sha256 check"):
+        export_hf(str(out), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()

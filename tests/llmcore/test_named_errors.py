@@ -15,8 +15,9 @@ from run_configs import RECIPE_RUN, tiny_config
 import llmcore
 import llmcore.errors
 from llmcore.cli.main import main
-from llmcore.errors import CheckpointError
+from llmcore.errors import CheckpointError, ConfigError
 from llmcore.train.loop import Trainer
+from llmcore.train import manifest
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def test_resume_with_state_json_without_step_exits_2_naming_the_file(prepared, r
     state = json.loads((out / "ckpt-000001" / "state.json").read_text())
     del state["step"]
     (out / "ckpt-000001" / "state.json").write_text(json.dumps(state))
+    manifest.write(out / "ckpt-000001")  # as if written so (else the checksum check names it first)
     args = ["train", f"data.path={prepared}", f"train.out_dir={out}", "train.progress=false", *RECIPE_RUN,
             "train.max_steps=2"]
     assert main(args) == 2
@@ -93,7 +95,12 @@ def test_init_from_another_size_is_named_before_loading(prepared, run, tmp_path)
 def test_resume_that_changes_no_shape_still_loads(prepared, run, tmp_path):
     out = tmp_path / "r"
     shutil.copytree(run, out)
-    trainer = Trainer(tiny_config(prepared, out, *RECIPE_RUN, "train.max_steps=2", "model.max_seq_len=512"))
+    # a deliberate change that sizes no weight: the shape check lets it through (the config
+    # check refuses it unless allowed, naming the key)
+    with pytest.raises(ConfigError, match=r"model\.max_seq_len: None -> 512"):
+        Trainer(tiny_config(prepared, out, *RECIPE_RUN, "train.max_steps=2", "model.max_seq_len=512"))
+    trainer = Trainer(tiny_config(prepared, out, *RECIPE_RUN, "train.max_steps=2", "model.max_seq_len=512",
+                                  "train.allow_config_change=true"))
     assert trainer.step == 1
 
 
