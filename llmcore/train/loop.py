@@ -128,9 +128,10 @@ class Trainer:
         if int(failed):
             raise RunLockError(f"{self.out_dir}: rank 0 could not lock the run folder (its error says why)")
 
-    def _verify(self, ckpt: Path) -> None:
-        """Every file against the checkpoint's manifest, before any of them is read."""
-        if manifest.verify(ckpt):
+    def _verified(self, ckpt: Path, pending) -> None:
+        """Wait for the manifest check of `ckpt` (raising its named error); a checkpoint
+        without a manifest is refused when it holds DeepSpeed's pickles, else loaded with a warning."""
+        if pending.result():
             return
         if (ckpt / "deepspeed").exists():
             raise CheckpointError(f"{ckpt} has no {manifest.MANIFEST}: its DeepSpeed files are pickles and are "
@@ -143,16 +144,25 @@ class Trainer:
         ckpt = checkpoint.latest(self.out_dir)
         if ckpt is not None:
             self.engine.check_optimizer_files(str(ckpt))  # a missing partition: the engine's own error, all ranks
-            self._verify(ckpt)  # before any file is read
-            state = checkpoint.read_state(ckpt)
-            checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
-            check_architecture(ckpt, self.model_args, self.cfg.model.preset)
-            changed = config_change.check(checkpoint._saved_config(ckpt), self.cfg, str(ckpt))
-            if changed and self.engine.is_main:
-                log.warning("resuming %s with a changed config (train.allow_config_change): %s", ckpt,
-                            "; ".join(changed))
-            self.engine.load_full_state_dict(checkpoint.load_weights(ckpt))
-            self.engine.load_optimizer(str(ckpt))
+            # the checksums run while our own files (safetensors, JSON, weights-only) load, and
+            # are waited for before DeepSpeed's pickles are read and before any step
+            pending = manifest.verify_in_background(ckpt)
+            try:
+                state = checkpoint.read_state(ckpt)
+                checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
+                check_architecture(ckpt, self.model_args, self.cfg.model.preset)
+                changed = config_change.check(checkpoint._saved_config(ckpt), self.cfg, str(ckpt))
+                if changed and self.engine.is_main:
+                    log.warning("resuming %s with a changed config (train.allow_config_change): %s", ckpt,
+                                "; ".join(changed))
+                self.engine.load_full_state_dict(checkpoint.load_weights(ckpt))
+                if self.engine.backend == "deepspeed":
+                    self._verified(ckpt, pending)
+                self.engine.load_optimizer(str(ckpt))
+                self._verified(ckpt, pending)
+            except Exception:
+                self._verified(ckpt, pending)  # a corrupt file is named by its checksum, not its symptom
+                raise
             if state.get("loader"):
                 self.loader.load_state_dict(state["loader"])
             self.recipes.load_state_dict(state.get("recipes", {}), where=str(ckpt / "state.json"))
@@ -163,7 +173,7 @@ class Trainer:
             log.info("resumed from %s at step %d", ckpt, self.step)
         elif self.cfg.train.init_from:
             src = checkpoint.resolve(self.cfg.train.init_from)
-            self._verify(src)
+            self._verified(src, manifest.verify_in_background(src))
             check_architecture(src, self.model_args, self.cfg.model.preset, action="initialise")
             weights = checkpoint.load_weights(src)
             own_aux = set(self.engine.module.aux.keys())

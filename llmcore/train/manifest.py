@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from llmcore.errors import CheckpointError
@@ -134,6 +134,17 @@ def verify(ckpt: Path, only: tuple[str, ...] | None = None) -> bool:
                  if digests[n] != listed[n]["sha256"]]
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise CheckpointError(f"{ckpt} does not match its {MANIFEST}: {shown}. Nothing was loaded; resume from "
+        raise CheckpointError(f"{ckpt} does not match its {MANIFEST}: {shown}. Nothing was trained or written, "
+                              "and no pickle was read; resume from "
                               "another checkpoint (point `latest` at it) or restore this one from a backup")
     return True
+
+
+def verify_in_background(ckpt: Path) -> Future:
+    """`verify(ckpt)` started on a thread: the hashing (which releases the GIL) overlaps the
+    loading of our own files, which are never pickles; the caller waits on `.result()` before
+    reading anything that could run code (DeepSpeed's partition files) and before training."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmcore-verify")
+    future = pool.submit(verify, ckpt)
+    pool.shutdown(wait=False)
+    return future
