@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from llmcore.config.diff import differences, shown
 from llmcore.config.load import load_run_config
 from llmcore.config.schema import Config
 from llmcore.errors import ConfigError
@@ -187,8 +188,8 @@ def _read_disk_state(run: Run) -> None:
     if not (run.out_dir / RESULT_FILE).is_file() or (step < max_steps and not _stopped_early_at(run, step)):
         run.state = "resume"
         return
-    diff = _config_diff(yaml.safe_load((ckpt / "config.yaml").read_text()) or {},
-                        yaml.safe_load(run.config.to_yaml()))
+    diff = shown(differences(yaml.safe_load((ckpt / "config.yaml").read_text()) or {},
+                             yaml.safe_load(run.config.to_yaml())), 4)
     if diff:
         raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
                           "folder or give the pipeline another out_dir to train it again")
@@ -200,19 +201,3 @@ def _stopped_early_at(run: Run, step: int) -> bool:
     finished before max_steps, and resuming it would train past the point it stopped at."""
     saved = read_result(run.out_dir)
     return bool(saved.get("stopped_early")) and int(saved["step"]) == step
-
-
-def _config_diff(saved: dict, now: dict, limit: int = 4) -> str:
-    """`key: saved -> now` for the first keys that differ, '' when none do."""
-    a, b = _flat(saved), _flat(now)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    shown = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit]]
-    return "; ".join(shown) + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out

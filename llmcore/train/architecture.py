@@ -36,7 +36,7 @@ def check_architecture(ckpt: Path, run: ModelArgs, run_preset: str, *, action: s
             if getattr(saved, f) != getattr(run, f)]
     if not diff:
         return
-    saved_preset = (checkpoint._saved_config(ckpt).get("model") or {}).get("preset", "tiny")
+    saved_preset = (checkpoint.saved_config(ckpt).get("model") or {}).get("preset", "tiny")
     raise CheckpointError(
         f"cannot {action} from {ckpt}: it holds model preset {saved_preset!r}, this run builds preset "
         f"{run_preset!r} and the shapes differ ({', '.join(diff)}, checkpoint -> run); set the run's "

@@ -290,7 +290,8 @@ def load_rng(ckpt: Path, rank: int, world_size: int) -> None:
         raise CheckpointError(f"{path} is not a valid RNG state: {e}") from None
 
 
-def _saved_config(ckpt: Path) -> dict:
+def saved_config(ckpt: Path) -> dict:
+    """The checkpoint's `config.yaml` as a mapping (CheckpointError if missing, not YAML, or not a mapping)."""
     path = ckpt / "config.yaml"
     import yaml
 
@@ -308,7 +309,7 @@ def model_args(ckpt: Path, vocab_size: int | None):
     from llmcore.config.load import from_dict
     from llmcore.model.presets import resolve_model_args
 
-    raw = _saved_config(ckpt)
+    raw = saved_config(ckpt)
     try:
         cfg = from_dict({"model": raw.get("model") or {}, "data": {"path": "-"}}, source=str(ckpt / "config.yaml"))
         return resolve_model_args(cfg.model, vocab_size)
@@ -322,7 +323,7 @@ def recipes(ckpt: Path):
     from llmcore.recipe.recipe_set import RecipeSet
     from llmcore.recipe.registry import recipe_config_class
 
-    raw = _saved_config(ckpt)
+    raw = saved_config(ckpt)
     names = raw.get("recipes") or []
     sections = {n: raw[n] for n in names if n in raw}
     cfg = from_dict({"data": {"path": "-"}, "recipes": names, **sections}, source=str(ckpt / "config.yaml"),

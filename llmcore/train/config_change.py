@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import yaml
 
+from llmcore.config.diff import differences, shown
 from llmcore.config.schema import Config
 from llmcore.errors import ConfigError
 
@@ -20,37 +21,24 @@ FREE = ("data.verify",)
 """Keys inside SECTIONS that change how a run checks its inputs, not what it trains on."""
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _relevant(raw: dict) -> dict:
-    flat = _flat(raw) if isinstance(raw, dict) else {}
-    return {k: v for k, v in flat.items()
-            if (k.split(".")[0] in SECTIONS or k in KEYS) and k not in FREE}
+def _relevant(key: str) -> bool:
+    return (key.split(".")[0] in SECTIONS or key in KEYS) and key not in FREE
 
 
 def changed_keys(saved: dict, cfg: Config) -> list[str]:
     """`key: saved -> now` for every training-relevant key that differs between the saved
     config (a parsed config.yaml) and `cfg` (keys absent from one side, e.g. a field added
     since the save, are not compared)."""
-    a, b = _relevant(saved), _relevant(yaml.safe_load(cfg.to_yaml()))
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+    if not isinstance(saved, dict):
+        saved = {}
+    return differences(saved, yaml.safe_load(cfg.to_yaml()), keep=_relevant, common_only=True)
 
 
 def check(saved: dict, cfg: Config, where: str) -> list[str]:
     """ConfigError naming the changed keys unless `train.allow_config_change`; returns them."""
     diff = changed_keys(saved, cfg)
     if diff and not cfg.train.allow_config_change:
-        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise ConfigError(f"resuming from {where} with a config that changes what is trained ({shown}); "
+        raise ConfigError(f"resuming from {where} with a config that changes what is trained ({shown(diff, 6)}); "
                           "use another train.out_dir for a new run, or set train.allow_config_change=true "
                           "to continue this one with the change deliberately")
     return diff

@@ -151,7 +151,7 @@ class Trainer:
                 state = checkpoint.read_state(ckpt)
                 checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
                 check_architecture(ckpt, self.model_args, self.cfg.model.preset)
-                changed = config_change.check(checkpoint._saved_config(ckpt), self.cfg, str(ckpt))
+                changed = config_change.check(checkpoint.saved_config(ckpt), self.cfg, str(ckpt))
                 if changed and self.engine.is_main:
                     log.warning("resuming %s with a changed config (train.allow_config_change): %s", ckpt,
                                 "; ".join(changed))
