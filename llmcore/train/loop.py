@@ -360,14 +360,18 @@ class Trainer:
                     break
         except BaseException:
             self.lock.release()
+            for s, h in old.items():
+                signal.signal(s, h)
             raise
         finally:
             bar.close()
-            for s, h in old.items():
-                signal.signal(s, h)
         try:
+            # our handlers stay until the final checkpoint is written: a second SIGTERM (torchrun
+            # forwarding slurm's, a user pressing twice) must not kill the process mid-save
             return self._finish(saved, last, by_signal, by_callback, last_eval)
         finally:
+            for s, h in old.items():
+                signal.signal(s, h)
             self.lock.release()
 
     def _finish(self, saved: Path | None, last: dict, by_signal: bool, by_callback: bool,

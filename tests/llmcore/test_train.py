@@ -250,3 +250,25 @@ def test_compiled_blocks_train_like_eager(prepared, tmp_path):
     assert a.keys() == b.keys()  # compiled in place: checkpoints keep the plain names
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_a_second_sigterm_during_the_final_save_is_the_trainers_not_the_default(prepared, tmp_path, monkeypatch):
+    """torchrun forwards slurm's SIGTERM again while the worker writes its last checkpoint: the
+    trainer's handler must still be installed then (the default would kill it mid-save)."""
+    outside = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: outside.append("handler outside the trainer ran"))
+    real_save = Trainer.save
+    saves = []
+
+    def save_under_signal(self):
+        saves.append(self.step)
+        os.kill(os.getpid(), signal.SIGTERM)  # lands while this checkpoint is written
+        return real_save(self)
+
+    monkeypatch.setattr(Trainer, "save", save_under_signal)
+    try:
+        result = Trainer(make_cfg(prepared, tmp_path / "r", "train.max_steps=2")).fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert saves == [2] and outside == []
+    assert checkpoint.resolve(tmp_path / "r").name == "ckpt-000002" and result["step"] == 2
