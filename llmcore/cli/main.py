@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def cmd_train(a) -> None:
     from llmcore.train.loop import Trainer
 
     result = Trainer(cfg).fit()
+    # The run is checkpointed and over. A stop signal still arriving now (a launcher repeating
+    # the SIGTERM it forwards until the workers exit) must not turn this clean exit into a death
+    # by signal, which torchrun and slurm would report as a failed job.
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, default=float))
 

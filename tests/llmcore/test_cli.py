@@ -1,6 +1,7 @@
 """The `llmcore` command end to end, and its one-line errors for bad input."""
 
 import json
+import os
 
 from llmcore.cli.main import main
 
@@ -74,3 +75,30 @@ def test_user_tokenizers_reserve_recipe_tokens_but_not_test_ones(tmp_path, corpu
                  "--out", str(tmp_path / "tok"), "--special-tokens", "<mine>"]) == 0
     specials = Tokenizer.load(str(tmp_path / "tok")).special_ids
     assert "<mine>" in specials and "<pause>" in specials and "<probe>" not in specials
+
+
+
+def test_a_stop_signal_after_the_run_is_over_does_not_kill_the_exit(monkeypatch, capsys):
+    """A launcher repeats its SIGTERM until the workers exit; one landing after `llmcore train`
+    has checkpointed must not kill the process (torchrun would report the job failed)."""
+    import signal
+
+    import llmcore.train.loop
+
+    class Finished:  # a run that has trained and checkpointed
+        def __init__(self, cfg):
+            pass
+
+        def fit(self):
+            return {"step": 1}
+
+    monkeypatch.setattr(llmcore.train.loop, "Trainer", Finished)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        assert main(["train", "data.path=unused", "train.max_steps=1"]) == 0
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in before)
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the process under the default action
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert json.loads(capsys.readouterr().out)["step"] == 1
