@@ -10,70 +10,35 @@ What it measures on a checkpoint:
   `group_size` consecutive input weights of each output row (group_size=0: one scale per
   output channel). scale = max|w| / 7 over the group, q = clamp(round_half_even(w / scale),
   -8, 7), w' = q * scale (so q uses -7..7);
-- Gaussian weight noise with an explicit law, seeded per tensor: `tensor_rms`
-  (W += sigma * rms(W) * xi: per-tensor, relative to ||W||_F / sqrt(numel)) or `init_std`
-  (W += sigma * init_std * xi: fixed, relative to the init std, 0.02 for llmcore's matrices),
-  xi ~ N(0, 1) drawn on the CPU from Generator(seed + tensor index), so a run is reproducible
-  on any device.
-Both weight edits cover the 2-D weight matrices of the transformer blocks (attention q/k/v/o,
-MLP gate/up/down); embeddings / unembedding join with `include_embeddings=True`; norm gains are
-never touched. Every edit is undone by copying back a saved copy (bitwise), never by inverting
-the edit.
+- Gaussian weight noise: `llmcore.eval.perturb.noised` (explicit law, seeded, exact restore)
+  and `llmcore.eval.sensitivity.loss_increase`, the diagnostic shared with `llmcore sensitivity`.
+Quantization covers the same tensors as the noise (`llmcore.eval.perturb.target_weights`: the
+2-D weight matrices of the transformer blocks; embeddings / unembedding join with
+`include_embeddings=True`; norm gains never) and is undone the same way, by copying back a
+saved copy (bitwise), never by inverting the edit.
 
 Used by `benchmarks/experiments/sam_forgetting.py`; from Python: `quantized(model)`,
-`noised(model, sigma)`, `loss_increase(...)`, `finetune_sweep(...)` (or, inside a larger
-pipeline, `finetune_stage(...)` and `forgetting_runs(rows)`).
+`finetune_sweep(...)` (or, inside a larger pipeline, `finetune_stage(...)` and
+`forgetting_runs(rows)`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import yaml
 
 from llmcore.errors import ConfigError
+from llmcore.eval.perturb import edited_weights
 from llmcore.pipeline.spec import Pipeline, Stage, Sweep
 from recipes.base import Recipe, register
 
-NOISE_LAWS = ("tensor_rms", "init_std")
-
-
-# --- weight edits with exact restore ----------------------------------------------------------
-
-def target_weights(model: nn.Module, include_embeddings: bool = False) -> list[tuple[str, nn.Parameter]]:
-    """(name, weight) of every 2-D matrix inside the blocks (+ embeddings / lm_head if asked)."""
-    out = []
-    for name, p in model.named_parameters():
-        if p.ndim != 2:
-            continue
-        if name.startswith("layers.") or include_embeddings:
-            out.append((name, p))
-    return out
-
-
-@contextlib.contextmanager
-def edited_weights(model: nn.Module, edit: Callable[[int, torch.Tensor], torch.Tensor],
-                   include_embeddings: bool = False) -> Iterator[list[str]]:
-    """Inside the block each target weight W (index i) is replaced by edit(i, W); on exit the
-    saved bits come back. Yields the names of the edited weights."""
-    targets = target_weights(model, include_embeddings)
-    saved = [p.detach().clone() for _, p in targets]
-    try:
-        with torch.no_grad():
-            for i, (_, p) in enumerate(targets):
-                p.copy_(edit(i, p.detach()))
-        yield [n for n, _ in targets]
-    finally:
-        with torch.no_grad():
-            for (_, p), s in zip(targets, saved):
-                p.copy_(s)
+# --- 4-bit weights (the edit and its exact restore: llmcore.eval.perturb) -----------------------
 
 
 def quantize_rtn(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> torch.Tensor:
@@ -98,36 +63,7 @@ def quantize_rtn(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> torch
 
 def quantized(model: nn.Module, bits: int = 4, group_size: int = 128, include_embeddings: bool = False):
     """Context manager: the model's target weights RTN-quantized (see `quantize_rtn`)."""
-    return edited_weights(model, lambda i, w: quantize_rtn(w, bits, group_size), include_embeddings)
-
-
-def gaussian_noise(w: torch.Tensor, index: int, sigma: float, law: str = "tensor_rms", seed: int = 0,
-                   init_std: float = 0.02) -> torch.Tensor:
-    """w + std * xi with xi ~ N(0, 1) from a CPU Generator seeded with seed + index.
-
-    law `tensor_rms`: std = sigma * ||w||_F / sqrt(numel); `init_std`: std = sigma * init_std."""
-    if law not in NOISE_LAWS:
-        raise ValueError(f"gaussian_noise: law {law!r} is not one of {', '.join(NOISE_LAWS)}")
-    gen = torch.Generator(device="cpu").manual_seed(seed + index)
-    xi = torch.randn(w.shape, generator=gen, dtype=torch.float32)
-    wf = w.float()
-    std = sigma * (wf.pow(2).mean().sqrt().item() if law == "tensor_rms" else init_std)
-    return (wf + std * xi.to(w.device)).to(w.dtype)
-
-
-def noised(model: nn.Module, sigma: float, law: str = "tensor_rms", seed: int = 0,
-           include_embeddings: bool = False, init_std: float = 0.02):
-    """Context manager: the model's target weights with seeded Gaussian noise (see `gaussian_noise`)."""
-    return edited_weights(model, lambda i, w: gaussian_noise(w, i, sigma, law, seed, init_std), include_embeddings)
-
-
-def loss_increase(model: nn.Module, loss_fn: Callable[[nn.Module], float], edit) -> dict:
-    """{"base", "edited", "increase"}: loss_fn(model) before and inside the `edit` context
-    (e.g. `quantized(model)`), weights restored exactly afterwards."""
-    base = loss_fn(model)
-    with edit:
-        edited = loss_fn(model)
-    return {"base": base, "edited": edited, "increase": edited - base}
+    return edited_weights(model, lambda i, name, w: quantize_rtn(w, bits, group_size), include_embeddings)
 
 
 # --- fine-tuning forgetting -----------------------------------------------------------------
@@ -192,17 +128,14 @@ def finetune_sweep(checkpoint: str, data_b: str, val_a: str, lrs: list[float], s
     """Fine-tune `checkpoint` on prepared folder `data_b` once per learning rate, each run in
     `<out_dir>/optim.lr=<lr>` (a one-stage pipeline: a rerun skips finished runs).
 
-    The model and seq_len come from the checkpoint's config.yaml; `overrides` are more dotted
-    keys (batch size, schedule, ...). Returns `forgetting_runs` of the sweep."""
+    The model, seq_len and tokenizer come from the checkpoint (`llmcore.train.finetune.
+    from_checkpoint`); `overrides` are more dotted keys (batch size, schedule, ...). Returns
+    `forgetting_runs` of the sweep."""
     from llmcore.pipeline.run import run_pipeline  # the trainer: only when a sweep runs
-    from llmcore.train import checkpoint as ckpt_mod
+    from llmcore.train.finetune import from_checkpoint
 
-    ckpt = ckpt_mod.resolve(checkpoint)
-    raw = yaml.safe_load((ckpt / "config.yaml").read_text())
-    inherited = [f"model.{k}={v}" for k, v in raw["model"].items() if v is not None]
-    inherited += [f"data.seq_len={raw['data']['seq_len']}", f"train.init_from={ckpt}",
-                  f"data.tokenizer={ckpt / 'tokenizer'}"]
-    stage = finetune_stage("finetune", data_b, val_a, lrs, steps, eval_every, overrides=[*inherited, *overrides],
+    stage = finetune_stage("finetune", data_b, val_a, lrs, steps, eval_every,
+                           overrides=[*from_checkpoint(checkpoint), *overrides],
                            eval_batches=eval_batches)
     stage.out_dir = "."
     return forgetting_runs(run_pipeline(Pipeline(out_dir=out_dir, stages=[stage]), print_summary=False))

@@ -5,7 +5,7 @@ Foret et al. arXiv 2010.01412, Watts, Li, Goyal et al. 2026). Per seed, one smal
 pretrained on domain A (the bundled Jargon File) with AdamW and once more with SAM
 (`recipes: [sam]`, rho 0.05, every step) — same init, same tokens in the same order, same
 WSD schedule; SAM only changes the gradient. Each checkpoint is then measured with the
-`recipes.forgetting` harness:
+`recipes.forgetting` harness (its noise is `llmcore.eval.perturb`):
 
 - fine-tuning forgetting: fine-tuned on domain B (generated ship's-log records, below) at a
   sweep of learning rates; the frontier of (B validation loss, A validation loss) over every
@@ -142,7 +142,9 @@ def study_pipeline(out: Path, data_a: str, data_b: str, seeds: list[int], a):
 def weight_edits(ckpt: str, data_a: str, a) -> dict:
     from llmcore import load
     from llmcore.eval.loss import validation_loss
-    from recipes.forgetting import loss_increase, noised, quantized
+    from llmcore.eval.perturb import noised
+    from llmcore.eval.sensitivity import loss_increase
+    from recipes.forgetting import quantized
 
     model, _ = load(ckpt, device="cpu")
 

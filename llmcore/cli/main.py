@@ -1,4 +1,4 @@
-"""The `llmcore` command: tokenizer, data, train, pipeline, sweep, eval, generate, export-hf, import-hf.
+"""The `llmcore` command: tokenizer, data, train, pipeline, sweep, eval, sensitivity, generate, export-hf, import-hf.
 
 Settings of a training run live in the typed config (YAML + dotted overrides), not in flags;
 the flags here are for the one-shot tools around it. Any `LlmcoreError` (bad config key,
@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from llmcore.cli import sensitivity
 from llmcore.cli.commands import add_recipe_commands
 from llmcore.config.load import load_run_config
 from llmcore.errors import LlmcoreError
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-batches", type=int, default=None)
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.set_defaults(fn=cmd_eval)
+    sensitivity.add_parser(sub)
 
     g = sub.add_parser("generate", help="sample continuations (prompts from --prompt or stdin)")
     g.add_argument("--checkpoint", required=True)

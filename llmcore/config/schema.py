@@ -132,6 +132,9 @@ class TrainConfig:
     eval_batches: int = 20
     save_every: int = 0
     """0: save only at the end (and on SIGTERM/SIGUSR1)."""
+    save_at_steps: list[int] = field(default_factory=list)
+    """Also save at exactly these steps, e.g. log-spaced token budgets for `llmcore
+    sensitivity` (`[16, 32, 64, 128]`); with keep_last=0 every one of them is kept."""
     keep_last: int = 3
     progress: bool = True
     """A progress bar on a terminal (else, and when false, one log line every log_every steps)."""
@@ -226,6 +229,10 @@ class Config:
         if self.train.early_stop_patience < 0 or (self.train.early_stop_patience and not self.train.keep_best_on):
             raise ConfigError("train.early_stop_patience needs train.keep_best_on (the set it watches) "
                               f"and must be >= 0, got {self.train.early_stop_patience}")
+        bad = [s for s in self.train.save_at_steps if not 0 < s <= self.train.max_steps]
+        if bad:
+            raise ConfigError(f"train.save_at_steps has {bad}: each step must be in [1, train.max_steps="
+                              f"{self.train.max_steps}]")
         if not self.data.path and not self.data.sources:
             raise ConfigError("data.path is empty: give a folder made by `llmcore data prepare`")
         return self

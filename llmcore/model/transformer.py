@@ -25,6 +25,9 @@ import kernels
 from llmcore.model.args import ModelArgs
 from llmcore.model.kv_cache import KVCache
 
+INIT_STD = 0.02
+"""GPT-2's init std for the embedding and the block matrices (see Transformer.init_std)."""
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -152,16 +155,24 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 / OLMo style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2L)
-        so the residual stream's variance does not grow with depth."""
-        std = 0.02
+        """GPT-2 / OLMo style init (see `init_std`); the norm gains start at 1."""
         for name, p in self.named_parameters():
-            if name.endswith("layernorm.weight") or name == "norm.weight":
+            std = self.init_std(name)
+            if std is None:
                 nn.init.ones_(p)
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.args.n_layers))
             else:
                 nn.init.normal_(p, 0.0, std)
+
+    def init_std(self, name: str) -> float | None:
+        """The std `reset_parameters` draws parameter `name` from: 0.02, and 0.02 / sqrt(2L) for
+        the residual output projections (o_proj, down_proj) so the residual stream's variance
+        does not grow with depth; None for the norm gains (ones, not drawn). One owner of the
+        rule: weight-noise laws relative to the init std read it here."""
+        if name.endswith("layernorm.weight") or name == "norm.weight":
+            return None
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            return INIT_STD / math.sqrt(2 * self.args.n_layers)
+        return INIT_STD
 
     @property
     def output_weight(self) -> torch.Tensor:

@@ -352,7 +352,8 @@ class Trainer:
                         bar.write(f"step {self.step}: val_loss {ev.get('val_loss', float('nan')):.4f}")
                         saved = self._keep_if_best(saved)
                 # no periodic save inside a run of non-finite steps: its saves would prune good checkpoints
-                if (cfg.train.save_every and self.step % cfg.train.save_every == 0
+                periodic = cfg.train.save_every and self.step % cfg.train.save_every == 0
+                if ((periodic or self.step in cfg.train.save_at_steps)
                         and self.step < cfg.train.max_steps and saved is None and guard.run == 0):
                     saved = self.save()
                 by_signal, by_callback = self._stop_requested()

@@ -1,6 +1,6 @@
-"""The forgetting harness: 4-bit RTN quantization against a hand reference, seeded Gaussian
-noise laws, exact restore of every weight edit, the frontier maths, and a fine-tune sweep end
-to end on the `tiny` preset."""
+"""The forgetting harness: 4-bit RTN quantization against a hand reference, exact restore of
+its weight edits (and of llmcore's noise, which it uses), the frontier maths, and a fine-tune
+sweep end to end on the `tiny` preset. The noise laws themselves: tests/llmcore/test_sensitivity.py."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from llmcore.config.load import load_run_config
 from llmcore.errors import ConfigError
 from llmcore.eval.loss import validation_loss
+from llmcore.eval.perturb import noised, target_weights
 from llmcore.model.args import ModelArgs
 from llmcore.model.transformer import Transformer
 from llmcore.train.loop import Trainer
@@ -19,13 +20,9 @@ from recipes.forgetting import (
     ForgettingTracker,
     finetune_sweep,
     frontier,
-    gaussian_noise,
-    loss_increase,
-    noised,
     pretrain_loss_at,
     quantize_rtn,
     quantized,
-    target_weights,
 )
 
 
@@ -70,29 +67,6 @@ def test_quantized_and_noised_touch_block_matrices_and_restore_bits():
             assert torch.equal(p, before[n]), f"{n} not restored bit for bit"
     with quantized(model, include_embeddings=True) as names:
         assert "embed_tokens.weight" in names and "norm.weight" not in names
-
-
-def test_noise_laws_are_explicit_and_seeded():
-    w = torch.randn(200, 300) * 0.5
-    rms = w.pow(2).mean().sqrt()
-    d = gaussian_noise(w, 0, 0.1, "tensor_rms", seed=7) - w
-    assert (d.std() / rms).item() == pytest.approx(0.1, rel=0.02)
-    assert (gaussian_noise(w, 0, 0.1, "init_std", seed=7) - w).std().item() == pytest.approx(0.002, rel=0.02)
-    assert torch.equal(gaussian_noise(w, 0, 0.1, seed=7), gaussian_noise(w, 0, 0.1, seed=7))
-    assert not torch.equal(gaussian_noise(w, 0, 0.1, seed=7), gaussian_noise(w, 1, 0.1, seed=7))
-    with pytest.raises(ValueError, match="law 'uniform' is not one of tensor_rms, init_std"):
-        gaussian_noise(w, 0, 0.1, "uniform")
-
-
-def test_loss_increase_reports_base_and_edited_loss():
-    model = small_model()
-
-    def sq(m):  # a loss that sees every target weight
-        return sum(float(p.detach().double().pow(2).sum()) for _, p in target_weights(m))
-
-    out = loss_increase(model, sq, noised(model, 0.5, seed=1))
-    assert out["base"] == sq(model) and out["edited"] > out["base"]
-    assert out["increase"] == pytest.approx(out["edited"] - out["base"])
 
 
 def test_frontier_and_matched_pretraining_loss():
