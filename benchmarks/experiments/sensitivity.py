@@ -80,7 +80,7 @@ def measure(run_dir: str, data_a: str, data_b: str, a) -> list[dict]:
     from llmcore.eval.sensitivity import checkpoint_sensitivity, run_checkpoints
 
     ckpts = run_checkpoints(run_dir)
-    common = dict(seq_len=SEQ_LEN, batch_size=BATCH, max_batches=a.eval_batches, device="cpu")
+    common = {"seq_len": SEQ_LEN, "batch_size": BATCH, "max_batches": a.eval_batches, "device": "cpu"}
     rows = checkpoint_sensitivity(ckpts, data_a, GRIDS["tensor_rms"], a.noise_seeds, ["tensor_rms"],
                                   finetune={"data": data_b, "steps": a.finetune_steps, "lr": a.finetune_lr,
                                             "overrides": ["train.log_every=1000"]},

@@ -71,14 +71,16 @@ def run(a: argparse.Namespace) -> None:
         to_markdown,
         write_tables,
     )
+    from llmcore.train.metrics import setup_logging
 
     sigmas = parse_sigmas(a.sigmas)
     laws = [t.strip() for t in a.law.split(",") if t.strip()]
     bad = [law for law in laws if law not in NOISE_LAWS] or ([] if laws else [a.law])
     if bad:
         raise ConfigError(f"--law: {', '.join(map(repr, bad))} is not one of {', '.join(NOISE_LAWS)}")
-    if a.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {a.seeds}")
+    for flag, value in (("--seeds", a.seeds), ("--batch-size", a.batch_size), ("--seq-len", a.seq_len or 1)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     finetune = None
     ft_given = [f for f, v in (("--finetune-data", a.finetune_data), ("--finetune-steps", a.finetune_steps),
                                ("--finetune-lr", a.finetune_lr)) if v]
@@ -90,6 +92,7 @@ def run(a: argparse.Namespace) -> None:
                     "overrides": a.finetune_override}
     if not a.no_plot:
         require_matplotlib()  # refuse before the work, not after it
+    setup_logging()
     ckpts = run_checkpoints(a.run) if a.run else a.checkpoints
     out = Path(a.out)
     rows = checkpoint_sensitivity(

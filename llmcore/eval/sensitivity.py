@@ -19,6 +19,7 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from torch import nn
 
 from llmcore.errors import ConfigError, DataError
 from llmcore.eval.perturb import check_noise, noised
+
+log = logging.getLogger("llmcore.sensitivity")
 
 
 def loss_increase(model: nn.Module, loss_fn: Callable[[nn.Module], float], edit) -> dict:
@@ -144,6 +147,9 @@ def checkpoint_sensitivity(checkpoints: Sequence[str | Path], data: str, sigmas:
                 bar.update(2)
                 rows.append({**ident, "probe": "finetune", **ft})
             bar.set_postfix(step=state["step"])
+            log.info("%s (step %d): base loss %.4f; rise %s", ckpt, state["step"], noise[0]["base_loss"],
+                     ", ".join(f"{r['law']} {r['sigma']:g}: {r['rise_mean']:+.4f}" for r in noise)
+                     + (f", finetune: {rows[-1]['rise_mean']:+.4f}" if finetune is not None else ""))
             on_checkpoint(rows)
     finally:
         bar.close()

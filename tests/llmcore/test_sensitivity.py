@@ -185,6 +185,10 @@ def test_finetune_probe_scores_the_finetuned_weights(trained_run, prepared, tmp_
     assert ft["loss_mean"] == ref and ft["rise_mean"] == pytest.approx(ref - noise["base_loss"], abs=1e-12)
     assert not torch.equal(tuned.layers[0].mlp.up_proj.weight, llmcore.load(str(ckpt), device="cpu")[0]
                            .layers[0].mlp.up_proj.weight)
+    again = checkpoint_sensitivity([ckpt], str(prepared), [0.1], 1, seq_len=32, batch_size=4, max_batches=2,
+                                   finetune={"data": str(prepared), "steps": 2, "lr": 1e-2, "overrides": []},
+                                   work_dir=tmp_path, device="cpu")
+    assert again == rows  # a rerun finds the finished fine-tune and scores the same weights
 
 
 def test_cli_writes_the_table_and_plot(trained_run, prepared, tmp_path, capsys):
@@ -215,6 +219,7 @@ def test_cli_writes_the_table_and_plot(trained_run, prepared, tmp_path, capsys):
     (["--run", "{run}", "--sigmas", "nan"], "--sigmas: 'nan' is not a finite noise scale >= 0"),
     (["--run", "{run}", "--law", "uniform"], "--law: 'uniform' is not one of tensor_rms, init_std"),
     (["--run", "{run}", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--run", "{run}", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--run", "{run}", "--finetune-steps", "3"], "needs --finetune-data, --finetune-steps (> 0) and --finetune-lr"),
     (["--run", "{run}", "--finetune-data", "{tmp}/nodata", "--finetune-steps", "3", "--finetune-lr", "1e-3"],
      "fine-tune data {tmp}/nodata is not a prepared data folder"),
