@@ -105,6 +105,7 @@ def checkpoint_sensitivity(checkpoints: Sequence[str | Path], data: str, sigmas:
     import llmcore
     from llmcore.data.shards import TokenShards
     from llmcore.eval.loss import validation_loss
+    from llmcore.tokenizer import Tokenizer
     from llmcore.train import checkpoint
     from llmcore.train.metrics import progress_bar
 
@@ -125,7 +126,15 @@ def checkpoint_sensitivity(checkpoints: Sequence[str | Path], data: str, sigmas:
         if not (Path(finetune["data"]) / "manifest.json").is_file():
             raise DataError(f"fine-tune data {finetune['data']} is not a prepared data folder (no manifest.json)")
     if seq_len is None:
-        seq_len = int(checkpoint.saved_config(ckpts[0])["data"]["seq_len"])
+        seq_len = (checkpoint.saved_config(ckpts[0]).get("data") or {}).get("seq_len")
+        if not isinstance(seq_len, int):
+            raise ConfigError(f"{ckpts[0]}/config.yaml names no data.seq_len: give the window length (--seq-len)")
+    for ckpt in ckpts:  # a checkpoint made with another tokenizer than the data: refused now, by name
+        checkpoint.read_state(ckpt)
+        tok_hash = Tokenizer.load(str(ckpt / "tokenizer")).hash
+        TokenShards(data, "val", expected_tokenizer_hash=tok_hash)
+        if finetune is not None:
+            TokenShards(finetune["data"], "train", expected_tokenizer_hash=tok_hash)
     per_ckpt = 1 + len(laws) * len(sigmas) * seeds + (2 if finetune else 0)
     bar = progress_bar(len(ckpts) * per_ckpt, 0, progress, desc="sensitivity")
     rows: list[dict] = []

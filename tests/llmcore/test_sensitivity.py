@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 import llmcore
 from llmcore.cli.main import main
-from llmcore.errors import ConfigError
+from llmcore.errors import ConfigError, DataError
 from llmcore.eval.loss import validation_loss
 from llmcore.eval.perturb import edited_weights, gaussian_noise, noised, target_weights
 from llmcore.eval.sensitivity import (
@@ -209,6 +210,20 @@ def test_cli_writes_the_table_and_plot(trained_run, prepared, tmp_path, capsys):
     md = (out / "sensitivity.md").read_text()
     assert md in printed and md.count("\n") == 2 + 4 and "rise, noise init_std σ=0.2" in md
     assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_data_of_another_tokenizer_is_refused_before_any_work(trained_run, prepared, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(prepared, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer"]["hash"] = "0" * 16
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    for kwargs in ({"data": str(other)}, {"data": str(prepared), "finetune": {"data": str(other), "steps": 1,
+                                                                              "lr": 1e-3, "overrides": []}}):
+        with pytest.raises(DataError, match=f"{other} was made with tokenizer 0000000000000000"):
+            checkpoint_sensitivity([trained_run / "ckpt-000002"], sigmas=[0.1], seeds=1, work_dir=tmp_path / "w",
+                                   on_checkpoint=pytest.fail, **kwargs)
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("args, message", [
