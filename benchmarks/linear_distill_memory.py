@@ -22,7 +22,10 @@ peak allocated memory above the empty state. Time: one untimed warm-up step, the
     python -m benchmarks.linear_distill_memory [--tokens 8192] [--dim 1024] [--vocab 32000]
         [--top-k 32] [--teacher-dim 1024] [--cases ...] [--threads 1]
 
-Prints the table and appends to benchmarks/results/linear_distill_memory.csv.
+Prints the table and appends to benchmarks/results/linear_distill_memory.csv. With
+``--row-losses`` it instead times, in this process, one chunk's matmul and each row loss on it
+(linear CE's, the sparse KD at T = 1 and 2, the dense KD), the parts whose sum sets the ratios
+above, which the end-to-end times on a shared machine blur.
 """
 
 from __future__ import annotations
@@ -107,6 +110,49 @@ def worker(case, tokens, dim, vocab, top_k, teacher_dim, repeats) -> dict:
             "repeats": repeats, "loss": loss}
 
 
+def row_losses(rows, dim, vocab, top_k, threads, repeats) -> list[dict]:
+    """Best-of-``repeats`` seconds of one [rows, vocab] chunk's logits matmul and of each row
+    loss (with its gradient) on it."""
+    import torch
+
+    import kernels.linear_distill as ld
+    from kernels.linear_cross_entropy import ce_row_loss_torch
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(rows, vocab, generator=gen)
+    t_logits = torch.randn(rows, vocab, generator=gen)
+    y = torch.randint(0, vocab, (rows,), generator=gen)
+    ids = torch.randint(0, vocab, (rows, top_k), generator=gen)
+    logq = torch.randn(rows, top_k, generator=gen).log_softmax(-1)
+    h, w = torch.randn(rows, dim, generator=gen), torch.randn(vocab, dim, generator=gen)
+    buf, t_buf = logits.clone(), t_logits.clone()
+    opts = {"alpha": ALPHA, "z_loss": 0.0, "reverse": False, "scale": 1.0, "want_grad": True}
+    parts = {
+        "matmul (one of 3 per chunk)": lambda: torch.matmul(h, w.t(), out=buf),
+        "ce_row_loss": lambda: ce_row_loss_torch(buf.copy_(logits), y, None, True),
+        "kd_sparse_T1": lambda: ld.distill_row_loss_torch(buf.copy_(logits), y, ids, logq, None,
+                                                          temperature=1.0, dense=False, **opts),
+        "kd_sparse_T2": lambda: ld.distill_row_loss_torch(buf.copy_(logits), y, ids, logq, None,
+                                                          temperature=2.0, dense=False, **opts),
+        "kd_dense_T1": lambda: ld.distill_row_loss_torch(buf.copy_(logits), t_buf.copy_(t_logits),
+                                                         y, None, temperature=1.0, dense=True,
+                                                         **opts),
+        "copy (included above)": lambda: buf.copy_(logits),
+    }
+    out = []
+    for name, fn in parts.items():
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        out.append({"part": name, "rows": rows, "dim": dim, "vocab": vocab, "top_k": top_k,
+                    "threads": threads, "seconds": round(best, 4), "commit": git_commit()})
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=8192)
@@ -118,8 +164,18 @@ def main(argv=None) -> None:
     p.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"any of {', '.join(CASES)}")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "linear_distill_memory.csv"))
+    p.add_argument("--row-losses", type=int, metavar="ROWS", default=0,
+                   help="time one chunk of ROWS rows: its matmul and each row loss")
     p.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.row_losses:
+        parts = row_losses(a.row_losses, a.dim, a.vocab, a.top_k, a.threads, max(a.repeats, 3))
+        for r in parts:
+            print(f"{r['part']:<30}{r['seconds']:>9.4f} s")
+        csv = Path(a.csv).with_name("linear_distill_row_losses.csv")
+        append_csv(csv, parts)
+        print(f"wrote {csv}")
+        return
     shape = (a.tokens, a.dim, a.vocab, a.top_k, a.teacher_dim, a.repeats)
     if a.worker:
         import torch
