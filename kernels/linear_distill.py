@@ -9,8 +9,9 @@ teacher's top-k) and KL_i the KD term against a teacher, either
 
 - sparse (an offline cache): k ids and log target probabilities per row, ``teacher_ids``
   [N, k] and ``teacher_logprobs`` [N, k] (log q_j, -inf = padding). The caller builds q (top-k
-  renormalised, top-p then top-k, or sampled ids with importance weights (arXiv 2503.16870));
-  the kernel takes it as given and does NOT renormalise it. KL_i = sum_j q_j (log q_j - log
+  renormalised, top-p then top-k, or sampled ids with importance weights (arXiv 2503.16870),
+  already at the temperature: log q_T); the kernel takes it as given and neither renormalises
+  nor tempers it (T enters the student's softmax and the T^2 factor only). KL_i = sum_j q_j (log q_j - log
   softmax(z_i / T)[id_j]); when the q_j do not sum to 1 (importance weights) this is the
   cross-entropy against the weighted ids minus their q log q, and the gradient uses their
   actual sum. A repeated id counts once per slot. Or
@@ -62,6 +63,8 @@ __all__ = ["DistillLoss", "chunk_pass_torch", "distill_row_loss_torch", "entropy
 CHUNK_ELEMENTS = 1 << 24
 SUB_ELEMENTS = 1 << 21
 REDUCTIONS = ("mean", "sum")
+# a cache stores ids as uint16 where V <= 65536: taken as they are, widened once per call
+ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint16, torch.uint8)
 
 DistillLoss = namedtuple("DistillLoss", ["loss", "hard", "soft", "n_tokens"])
 DistillLoss.__doc__ = """Result of ``linear_distill_loss``.
@@ -307,7 +310,7 @@ def _check_teacher(n, lead, vocab, teacher_ids, teacher_logprobs, teacher_h, tea
         if teacher_ids.dim() < 1 or tuple(teacher_ids.shape) != tuple(teacher_logprobs.shape):
             raise _err(f"teacher_ids {tuple(teacher_ids.shape)} and teacher_logprobs "
                        f"{tuple(teacher_logprobs.shape)} must both be [N, k]")
-        if teacher_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if teacher_ids.dtype not in ID_DTYPES:
             raise TypeError(f"linear_distill_loss: teacher_ids must be an integer tensor, got "
                             f"{teacher_ids.dtype}")
         if not teacher_logprobs.is_floating_point():
@@ -351,9 +354,10 @@ def linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None
         h: [N, d] student hidden states (any leading shape [..., d] is flattened).
         w: [V, d] student output weight.
         labels: [N] (or h's leading shape) long targets.
-        teacher_ids, teacher_logprobs: the sparse teacher, [N, k] ids and [N, k] log target
-            probabilities (already renormalised or importance-weighted by the caller; -inf =
-            padding, whose id is not read).
+        teacher_ids, teacher_logprobs: the sparse teacher, [N, k] integer ids (int64, int32,
+            or a cache's uint16) and [N, k] log target probabilities log q_T (already tempered,
+            renormalised or importance-weighted by the caller; -inf = padding, whose id is not
+            read).
         teacher_h, teacher_w: the dense online teacher, [N, d_t] hidden states and [V, d_t]
             output weight over the SAME V (slice a padded vocabulary first). Frozen: no
             gradient reaches either teacher's tensors.
@@ -385,6 +389,11 @@ def linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None
         raise _err(f"temperature={temperature} must be > 0")
     if z_loss < 0.0:
         raise _err(f"z_loss={z_loss} must be >= 0")
+    for name, t in (("w", w), ("teacher_w", teacher_w)):
+        if t is not None and t.numel() == 0:
+            # what a ZeRO-3 partitioned parameter looks like outside its gather
+            raise _err(f"{name} {tuple(t.shape)} is empty: under ZeRO-3 gather the output weight "
+                       "for the whole loss (deepspeed.zero.GatheredParameters) before the call")
     if w.dim() != 2 or h.shape[-1] != w.shape[1]:
         raise _err(f"h {tuple(h.shape)} and w {tuple(w.shape)} must be [N, d] and [V, d]")
     lead = labels.shape

@@ -198,6 +198,15 @@ def test_teacher_gets_no_gradient_and_leading_shapes_flatten(use_torch):
     assert_close("dh", ref_h.grad, h.grad.reshape(22, D), torch.float64)
 
 
+def test_uint16_ids_of_a_cache_are_taken_as_they_are(use_torch):
+    x = _inputs(7, seed=6)
+    wide = kernels.linear_distill_loss(x["h"], x["w"], x["labels"], **_teacher("sparse", x))
+    ids = torch.where(x["teacher_ids"] < 0, 0, x["teacher_ids"]).to(torch.uint16)
+    narrow = kernels.linear_distill_loss(x["h"], x["w"], x["labels"], teacher_ids=ids,
+                                         teacher_logprobs=x["teacher_logprobs"])
+    assert torch.equal(wide.loss, narrow.loss) and torch.equal(wide.soft, narrow.soft)
+
+
 def test_mean_over_no_tokens_is_nan_and_sum_is_zero(use_torch):
     x = _inputs(7)
     labels = torch.full_like(x["labels"], -100)
@@ -269,6 +278,9 @@ ERRORS = [
      "temperature=0.0 must be > 0"),
     ("reduction", lambda x: _with(_teacher("sparse", x), reduction="none"), ValueError,
      "reduction='none' not in"),
+    ("partitioned-teacher-weight", lambda x: _with(_teacher("dense", x),
+                                                   teacher_w=torch.empty(0, dtype=torch.float64)),
+     ValueError, r"teacher_w \(0,\) is empty: under ZeRO-3 gather the output weight"),
     ("float-ids", lambda x: _with(_teacher("sparse", x), teacher_ids=x["teacher_ids"].double()),
      TypeError, "teacher_ids must be an integer tensor"),
 ]
