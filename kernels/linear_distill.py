@@ -11,8 +11,8 @@ teacher's top-k) and KL_i the KD term against a teacher, either
   [N, k] and ``teacher_logprobs`` [N, k] (log q_j, -inf = padding). The caller builds q (top-k
   renormalised, top-p then top-k, or sampled ids with importance weights (arXiv 2503.16870),
   already at the temperature: log q_T); the kernel takes it as given and neither renormalises
-  nor tempers it (T enters the student's softmax and the T^2 factor only). KL_i = sum_j q_j (log q_j - log
-  softmax(z_i / T)[id_j]); when the q_j do not sum to 1 (importance weights) this is the
+  nor tempers it (T enters the student's softmax and the T^2 factor only).
+  KL_i = sum_j q_j (log q_j - log softmax(z_i / T)[id_j]); when the q_j do not sum to 1 (importance weights) this is the
   cross-entropy against the weighted ids minus their q log q, and the gradient uses their
   actual sum. A repeated id counts once per slot. Or
 - dense (an online teacher): its hidden states ``teacher_h`` [N, d_t] and output weight
@@ -38,7 +38,9 @@ Like linear CE, the forward computes the loss and the gradients w.r.t. h and W; 
 multiplies them by the incoming scalar. The teacher is frozen: its tensors never get a
 gradient. The per-chunk row loss is ``distill_row_loss_torch`` here, or the fused row kernels
 of ``linear_distill_triton.py``; ``linear_distill_reference.py`` is the dense float64
-definition.
+definition. Unlike linear CE's pass it is not registered as a ``torch.compile`` custom op: the
+trainer compiles the blocks, not the loss, so it runs eager (a compiled caller breaks the graph
+at its host syncs).
 
 Used by the distillation recipe (its ``ntp`` replacement) and by
 ``benchmarks/linear_distill_memory.py``.

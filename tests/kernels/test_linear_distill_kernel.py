@@ -198,6 +198,20 @@ def test_teacher_gets_no_gradient_and_leading_shapes_flatten(use_torch):
     assert_close("dh", ref_h.grad, h.grad.reshape(22, D), torch.float64)
 
 
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_without_autograd_the_loss_is_the_same(use_torch, kind):
+    # evaluation: no graph, no gradient work, the same four results
+    x = _inputs(7, seed=7)
+    h = x["h"].clone().requires_grad_(True)
+    kw = dict(_teacher(kind, x), temperature=2.0, kd_weight=x["kd_weight"])
+    with_grad = kernels.linear_distill_loss(h, x["w"], x["labels"], **kw)
+    with torch.no_grad():
+        without = kernels.linear_distill_loss(h, x["w"], x["labels"], **kw)
+    assert without.loss.grad_fn is None and with_grad.loss.grad_fn is not None
+    for a, b in zip(with_grad, without):
+        assert torch.equal(a.detach(), b)
+
+
 def test_uint16_ids_of_a_cache_are_taken_as_they_are(use_torch):
     x = _inputs(7, seed=6)
     wide = kernels.linear_distill_loss(x["h"], x["w"], x["labels"], **_teacher("sparse", x))
