@@ -412,6 +412,7 @@ def linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None
     kdw = _flat_rows("kd_weight", kd_weight, n, lead)
     if kdw is not None and not kdw.is_floating_point():
         raise TypeError(f"linear_distill_loss: kd_weight must be floating point, got {kdw.dtype}")
+    kdw = kdw.detach() if kdw is not None else None  # a routing decision, not a parameter
     ids_tensor = as_id_tensor(ignore_ids, flat.device)
     if alpha == 0.0:
         return _plain_ce(h, w, labels, ignore_index, ids_tensor, z_loss, reduction)
