@@ -10,6 +10,8 @@ import importlib
 import pytest
 import torch
 from kernel_testing import DEVICE, assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import kernels
 from kernels.linear_distill_reference import (
@@ -210,6 +212,35 @@ def test_without_autograd_the_loss_is_the_same(use_torch, kind):
     assert without.loss.grad_fn is None and with_grad.loss.grad_fn is not None
     for a, b in zip(with_grad, without):
         assert torch.equal(a.detach(), b)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an op returns while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense", "reverse"])
+def test_no_tokens_by_vocab_tensor_for_student_or_teacher(use_torch, small_chunks, kind):
+    # every tensor made in forward and backward is at most a logits chunk or a weight-sized
+    # one, far under [N, V] (23 x 67 = 1541 elements; chunks here are <= 670)
+    x = _inputs(7, seed=8)
+    h = x["h"].clone().requires_grad_(True)
+    w = x["w"].clone().requires_grad_(True)
+    with _LargestTensor() as seen:
+        out = kernels.linear_distill_loss(h, w, x["labels"], temperature=2.0,
+                                          kd_weight=x["kd_weight"], **_teacher(kind, x))
+        out.loss.backward()
+    assert seen.largest <= max(5 * 2 * V, V * D) < N * V, seen.largest
 
 
 def test_uint16_ids_of_a_cache_are_taken_as_they_are(use_torch):
