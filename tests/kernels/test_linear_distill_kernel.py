@@ -3,7 +3,7 @@ on CPU) against the dense float64 definition: loss, hard and soft terms, dh and 
 teachers (k = 1, 7, 32; padding, a repeated id, importance weights) and the dense online teacher
 (forward and reverse KL), T in {1, 2}, alpha in {0, 0.5, 1}, with routed rows (kd_weight 0),
 ignored labels and ignored ids, at odd sizes over several row chunks and sub-blocks; alpha = 0
-bit-identical to linear_cross_entropy; teacher_entropy; the named errors."""
+bit-identical to linear_cross_entropy; no [N, V] tensor made; teacher_entropy; the named errors."""
 
 import importlib
 
