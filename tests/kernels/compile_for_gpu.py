@@ -22,18 +22,21 @@ import kernels.attention.function as attn_fn  # noqa: E402
 import kernels.attention.triton_bwd as attn_bwd  # noqa: E402
 import kernels.attention.triton_fwd as attn_fwd  # noqa: E402
 import kernels.linear_cross_entropy_triton as lce  # noqa: E402
+import kernels.linear_distill_triton as kd  # noqa: E402
 import kernels.rmsnorm_triton as rms  # noqa: E402
 import kernels.rope_triton as rope  # noqa: E402
 import kernels.swiglu_triton as swiglu  # noqa: E402
 
 # bytes of shared memory one block may use: A100 (sm_80) and H100 (sm_90)
 SHARED_LIMIT = {80: 166912, 90: 232448}
-FLOAT_ARGS = {"eps", "z_loss", "smoothing", "scale", "qk_scale", "sm_scale"}
+FLOAT_ARGS = {"eps", "z_loss", "smoothing", "scale", "qk_scale", "sm_scale", "alpha", "inv_t",
+              "temperature"}
 POINTER_DTYPES = {"rstd_ptr": "*fp32", "lse_ptr": "*fp32", "delta_ptr": "*fp32",
                   "dw_part_ptr": "*fp32", "loss_ptr": "*fp32", "weight_ptr": "*fp32",
                   "labels_ptr": "*i64", "doc_ptr": "*i64", "first_ptr": "*i32",
                   "last_ptr": "*i32", "m_ptr": "*fp32", "s_ptr": "*fp32", "target_ptr": "*fp32",
-                  "total_ptr": "*fp32", "g_ptr": "*fp32"}
+                  "total_ptr": "*fp32", "g_ptr": "*fp32", "ids_ptr": "*i64", "logq_ptr": "*fp32",
+                  "kdw_ptr": "*fp32", "out_ptr": "*fp32"}
 TORCH = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -62,6 +65,14 @@ def jobs():
                                            "BLOCK_V": lce.MAX_BLOCK_V}, {}
         yield lce._lse_block_kernel, dtype, {"BLOCK_V": lce.MAX_BLOCK_V}, {}
         yield lce._grad_block_kernel, dtype, {"BLOCK_V": lce.MAX_BLOCK_V}, {}
+        yield kd._kd_sparse_rows_kernel, dtype, {"HAS_KDW": True, "COMPUTE_GRAD": True,
+                                                 "BLOCK_V": kd.MAX_BLOCK_V, "BLOCK_VG": 256,
+                                                 "BLOCK_K": 32}, {"num_warps": kd.ROW_WARPS}
+        for reverse in (False, True):
+            yield kd._kd_dense_rows_kernel, dtype, {"HAS_KDW": True, "COMPUTE_GRAD": True,
+                                                    "REVERSE": reverse,
+                                                    "BLOCK_V": kd.MAX_BLOCK_V}, {"num_warps": kd.ROW_WARPS}
+        yield kd._entropy_rows_kernel, dtype, {"BLOCK_V": kd.MAX_BLOCK_V}, {"num_warps": kd.ROW_WARPS}
     for dtype, head_dim, causal, doc in [("bf16", 128, True, False), ("bf16", 96, True, True),
                                          ("fp16", 64, False, True), ("fp32", 128, True, True)]:
         cfg = attn_fn.block_config(head_dim, TORCH[dtype])

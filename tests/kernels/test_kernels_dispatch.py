@@ -71,9 +71,11 @@ def test_public_names_stay_functions_after_their_modules_load(use_torch):
     x = torch.ones(3)
     assert callable(kernels.swiglu) and kernels.swiglu(x, x).shape == (3,)
     assert callable(kernels.linear_cross_entropy)
-    assert sorted(kernels.__all__) == ["apply_rope", "flash_attention", "future_summary_loss",
-                                       "grad_sq_norm", "linear_cross_entropy", "loss_target_mask",
-                                       "perturb_", "restore_", "rms_norm", "swiglu"]
+    assert sorted(kernels.__all__) == ["DistillLoss", "apply_rope", "flash_attention",
+                                       "future_summary_loss", "grad_sq_norm",
+                                       "linear_cross_entropy", "linear_distill_loss",
+                                       "loss_target_mask", "perturb_", "restore_", "rms_norm",
+                                       "swiglu", "teacher_entropy"]
 
 
 def test_import_kernels_does_not_import_triton():

@@ -165,3 +165,37 @@ def test_rows_per_chunk():
     assert rows_per_chunk(1000, 300 * 10, 10, multiple=128) == 256
     # ... but 300 = 2 * 150: tiles of 128 would take 3 chunks instead of 2, so 150 stays
     assert rows_per_chunk(300, 150 * 10, 10, multiple=128) == 150
+
+
+def test_a_frozen_teacher_head_is_chunked_beside_the_student():
+    # the dense-teacher pair: its logits chunk comes to the row loss with the student's, no
+    # gradient is taken for it, and two loss columns per row come back
+    h, w, labels, weight, keep = _inputs(6)
+    gen = torch.Generator().manual_seed(7)
+    th = torch.randn(N, 4, generator=gen, dtype=torch.float64).to(DEVICE)
+    tw = torch.randn(V, 4, generator=gen, dtype=torch.float64).to(DEVICE)
+    seen = []
+
+    def row_loss(logits, t_logits, y, wt, want_grad):
+        seen.append(t_logits.shape[0])
+        pt = t_logits.softmax(dim=-1)
+        kl = (pt * (pt.log() - logits.log_softmax(dim=-1))).sum(dim=-1)
+        ce, grad = _ce_rows(logits.clone(), y, wt, want_grad)
+        grad = grad + wt[:, None] * (logits.softmax(dim=-1) - pt)
+        return torch.stack([ce, kl], dim=1), grad
+
+    terms, dh, dw = vocab_chunk_pass(h, w, row_loss, (labels, weight), kept_rows(keep), step=4,
+                                     want_dh=True, want_dw=True, teacher=(th, tw),
+                                     loss_columns=2)
+    assert seen == [4] * (int(keep.sum()) // 4) + ([int(keep.sum()) % 4] if keep.sum() % 4 else [])
+
+    def dense_loss(z):
+        pt = (th @ tw.t()).softmax(dim=-1)
+        return (F.cross_entropy(z, labels, reduction="none")
+                + (pt * (pt.log() - z.log_softmax(dim=-1))).sum(dim=-1))
+
+    ref = _dense(h, w, keep, dense_loss, weight)
+    assert_close("loss", ref[0], terms.sum(dim=1), torch.float64)
+    assert_close("dh", ref[1], dh, torch.float64)
+    assert_close("dW", ref[2], dw, torch.float64)
+    assert torch.equal(terms[~keep], torch.zeros_like(terms[~keep]))
