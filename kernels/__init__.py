@@ -11,6 +11,11 @@ Public ops (the model and losses use only these):
 - ``future_summary_loss(w, mtp_h=None, mtp_labels=None, mtp_weight=None, fsp_h=None, bag=None,
   fsp_rows=None, token_weight=None, fsp_weight=1.0, norm="vocab", ignore_index=-100,
   ignore_ids=None)``: MTP heads and the FSP multi-hot BCE over the shared output weight
+- ``linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None,
+  teacher_h=None, teacher_w=None, alpha=0.5, temperature=1.0, kd_weight=None, reverse=False,
+  ignore_index=-100, ignore_ids=None, reduction="mean", z_loss=0.0)`` -> ``DistillLoss(loss,
+  hard, soft, n_tokens)``: next-token CE + KD (sparse or dense teacher) in one chunked pass;
+  ``teacher_entropy(teacher_h, teacher_w, temperature=1.0)`` -> (entropy, lse)
 - ``loss_target_mask(labels, ignore_index=-100, ignore_ids=None)``: the one rule for which
   targets take a loss (``kernels/loss_targets.py``)
 
@@ -32,6 +37,7 @@ kernels.linear_cross_entropy import ...`` or ``importlib.import_module``.
 from kernels.attention import flash_attention
 from kernels.future_summary import future_summary_loss
 from kernels.linear_cross_entropy import linear_cross_entropy
+from kernels.linear_distill import DistillLoss, linear_distill_loss, teacher_entropy
 from kernels.loss_targets import loss_target_mask
 from kernels.rmsnorm import rms_norm
 from kernels.rope import apply_rope
@@ -41,4 +47,5 @@ from kernels.swiglu import swiglu
 __version__ = "0.1.0"
 
 __all__ = ["flash_attention", "linear_cross_entropy", "rms_norm", "swiglu", "apply_rope",
-           "grad_sq_norm", "perturb_", "restore_", "future_summary_loss", "loss_target_mask"]
+           "grad_sq_norm", "perturb_", "restore_", "future_summary_loss", "loss_target_mask",
+           "linear_distill_loss", "teacher_entropy", "DistillLoss"]

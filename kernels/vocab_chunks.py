@@ -6,9 +6,13 @@ rows sized from a logits budget, and per chunk run one matmul for the logits, a 
 turns them into per-row losses and, in place, d loss / d logits, then two matmuls that add the
 chunk's share of dh and dW. What differs between the losses is only the row loss, which the
 caller passes in (``vocab_chunk_pass``); its backend (PyTorch ops or a fused Triton row kernel)
-is the caller's choice too, so this module imports only torch.
+is the caller's choice too, so this module imports only torch. A frozen second head over the
+same rows (a distillation teacher's hidden states and output weight) is chunked the same way:
+its logits chunk is one more matmul per chunk, handed to the row loss beside the student's,
+and takes no gradient.
 
-Used by ``kernels/linear_cross_entropy*.py`` and ``kernels/future_summary*.py``.
+Used by ``kernels/linear_cross_entropy*.py``, ``kernels/future_summary*.py`` and
+``kernels/linear_distill*.py``.
 """
 
 import torch
@@ -96,7 +100,9 @@ _OUT_DTYPE_MM = {"ok": True}
 def vocab_chunk_pass(h: Tensor, w: Tensor, row_loss, row_data=(), rows: Tensor | None = None,
                      *, step: int, want_dh: bool, want_dw: bool,
                      logits_dtype: torch.dtype | None = None, dw: Tensor | None = None,
-                     dw_dtype: torch.dtype | None = None):
+                     dw_dtype: torch.dtype | None = None,
+                     teacher: tuple[Tensor, Tensor] | None = None,
+                     loss_columns: int | None = None):
     """Per-row losses of ``row_loss(h @ w.T)`` and, if asked, their gradients dh and dW.
 
     Args:
@@ -119,16 +125,25 @@ def vocab_chunk_pass(h: Tensor, w: Tensor, row_loss, row_data=(), rows: Tensor |
         dw: an accumulator [V, d] to add this call's dW to (several calls sharing one weight);
             default a new one, written outright by the first chunk (no [V, d] memset).
         dw_dtype: dtype of a new dW (default ``acc_dtype(h.dtype)``).
+        teacher: (h_t [N, d_t], w_t [V, d_t]), a frozen second head over the same rows and
+            vocabulary, or None. Its chunk logits ``h_t @ w_t.T`` [n_c, V] (in h_t's dtype,
+            then ``logits_dtype``) come to the row loss right after the student's:
+            ``row_loss(logits, teacher_logits, *chunk_data, want_grad)``; the row loss may
+            overwrite them. No gradient is taken for them. Chunks should be sized for two
+            [n_c, V] buffers (``per_row`` = 2V in ``rows_per_chunk``).
+        loss_columns: None for one loss per row; m when ``row_loss`` returns [n_c, m] per-row
+            terms (e.g. a hard and a soft loss kept apart for logging).
 
     Returns:
-        (losses [N] in ``acc_dtype(h.dtype)``, 0 at rows not kept; dh [N, d] in h's dtype or
-        None; dW [V, d] or None).
+        (losses [N] (or [N, loss_columns]) in ``acc_dtype(h.dtype)``, 0 at rows not kept;
+        dh [N, d] in h's dtype or None; dW [V, d] or None).
     """
     wc = w if w.dtype == h.dtype else w.to(h.dtype)  # matmuls in h's dtype, as autocast would
     vocab = w.shape[0]
     n = h.shape[0] if rows is None else rows.numel()
     want_grad = want_dh or want_dw
-    losses = torch.zeros(h.shape[0], dtype=acc_dtype(h.dtype), device=h.device)
+    shape = (h.shape[0],) if loss_columns is None else (h.shape[0], loss_columns)
+    losses = torch.zeros(shape, dtype=acc_dtype(h.dtype), device=h.device)
     dh = torch.zeros_like(h) if want_dh else None
     accumulate = dw is not None
     if want_dw and dw is None:
@@ -136,6 +151,10 @@ def vocab_chunk_pass(h: Tensor, w: Tensor, row_loss, row_data=(), rows: Tensor |
                                                  device=w.device)
     # one logits buffer for every chunk: the matmul writes into it, the row loss overwrites it
     buffer = torch.empty((min(step, n), vocab), dtype=h.dtype, device=h.device) if n else None
+    if teacher is not None:
+        th, tw = teacher
+        twc = tw if tw.dtype == th.dtype else tw.to(th.dtype)
+        t_buffer = torch.empty((min(step, n), vocab), dtype=th.dtype, device=th.device) if n else None
     for start in range(0, n, step):
         stop = min(start + step, n)
         idx = None if rows is None else rows[start:stop]  # into h's rows
@@ -144,6 +163,14 @@ def vocab_chunk_pass(h: Tensor, w: Tensor, row_loss, row_data=(), rows: Tensor |
         if logits_dtype is not None and logits_dtype != logits.dtype:
             logits = logits.to(logits_dtype)
         data = [None if t is None else take_rows(t, idx, start, stop) for t in row_data]
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = torch.matmul(take_rows(th, idx, start, stop), twc.t(),
+                                        out=t_buffer[: stop - start])
+            if logits_dtype is not None and logits_dtype != t_logits.dtype:
+                t_logits = t_logits.to(logits_dtype)
+            data.insert(0, t_logits)
+            del t_logits
         loss, grad = row_loss(logits, *data, want_grad)
         put_rows(losses, idx, start, stop, loss)
         del logits, data
