@@ -66,7 +66,14 @@ from llmcore.errors import ConfigError
 from recipes.base import LossContext, Recipe, RunContext, register
 from recipes.distill import schedule
 from recipes.distill.routing import route_mask
-from recipes.distill.targets import TARGETS, sampled_targets, teacher_samples, teacher_topk, topk_mass, topk_targets
+from recipes.distill.targets import (
+    TARGETS,
+    sampled_targets,
+    teacher_samples,
+    teacher_topk,
+    topk_mass,
+    topk_targets,
+)
 
 TEACHER = "distill_teacher"
 """The frozen module's name (`ctx.frozen[TEACHER]`)."""

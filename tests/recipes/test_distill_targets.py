@@ -13,7 +13,12 @@ import kernels
 from llmcore.config.schema import ScheduleConfig
 from recipes.distill import schedule
 from recipes.distill.routing import route_mask
-from recipes.distill.targets import sampled_targets, teacher_samples, teacher_topk, topk_targets
+from recipes.distill.targets import (
+    sampled_targets,
+    teacher_samples,
+    teacher_topk,
+    topk_targets,
+)
 
 
 def _teacher(n=5, d=12, v=41, seed=0, scale=3.0):
