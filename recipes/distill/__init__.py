@@ -37,7 +37,10 @@ Choices the papers leave open, made here:
 - Reverse KL (`reverse`): dense teacher only (KL(s || q) is infinite outside a sparse support).
 - Positions without a next-token loss (label -100, ignored ids such as pauses) get neither
   term; a position without a teacher target (the stream's first token in a cache, a token a
-  transform inserted) gets CE only. A routed position keeps only (1 - alpha) x CE.
+  transform inserted) gets (1 - alpha) x CE. "Drop the KD term" is read as "train the position
+  as plain pretraining": a routed position gets CE with weight 1 (`routed_ce: full`, default;
+  with alpha = 0.9, (1 - alpha) x CE alone would all but drop the position), or the literal
+  (1 - alpha) x CE (`routed_ce: mixed`).
 - Routing ranks by the teacher's entropy at T = 1 (the cache stores it so; the online teacher
   computes it per row chunk), per window, floor(route_fraction x scored positions).
 - Vocabularies: the teacher must carry the student's tokenizer; output widths that differ by
@@ -118,6 +121,8 @@ class Distill(Recipe):
         """Draws per position for online sampled targets (a cache has its own n)."""
         route_fraction: float = 0.15
         """Fraction of each window's loss positions, lowest teacher entropy first, without KD; 0 = off."""
+        routed_ce: str = "full"
+        """The CE weight of a routed position: full (1, plain pretraining there) | mixed (1 - alpha)."""
         block_rows: int = 1024
         """Rows of teacher logits built at once for online sparse targets."""
 
@@ -140,6 +145,8 @@ class Distill(Recipe):
         if c.reverse and c.targets != "dense":
             raise ConfigError(f"distill.reverse=true needs distill.targets=dense (got {c.targets!r}): the reverse "
                               "KL to a sparse target is infinite outside its support")
+        if c.routed_ce not in ("full", "mixed"):
+            raise ConfigError(f"distill.routed_ce={c.routed_ce!r} is not one of full, mixed")
         if not 0.0 <= c.route_fraction < 1.0:
             raise ConfigError(f"distill.route_fraction={c.route_fraction} must be in [0, 1)")
         if not 0.0 < c.top_p <= 1.0:
@@ -250,12 +257,18 @@ class Distill(Recipe):
         res = kernels.linear_distill_loss(h, w, labels, **teacher, alpha=alpha, temperature=T, kd_weight=kd_weight,
                                           reverse=self.config.reverse, ignore_ids=ctx.ignore_ids, reduction="sum",
                                           z_loss=z_loss)
+        loss = res.loss
+        routed = routed & keep
+        if self.config.routed_ce == "full" and bool(routed.any()):
+            # a routed position is trained as in plain pretraining: its CE weight back to 1
+            loss = loss + alpha * kernels.linear_cross_entropy(h[routed], w, labels[routed], ignore_ids=ctx.ignore_ids,
+                                                               z_loss=z_loss, reduction="sum")
         ent_ok = keep & torch.isfinite(entropy)
-        self._add_stats(hard=res.hard, soft=res.soft, n=count, kd=kd_weight.sum(), routed=(routed & keep).sum(),
+        self._add_stats(hard=res.hard, soft=res.soft, n=count, kd=kd_weight.sum(), routed=routed.sum(),
                         mass=(mass * kd).sum() if mass is not None else None, mass_rows=kd.sum(),
                         ent=torch.where(ent_ok, entropy, torch.zeros_like(entropy)).sum(), ent_rows=ent_ok.sum(),
                         alpha=alpha, T=T)
-        return {"ntp": (res.loss, count)}
+        return {"ntp": (loss, count)}
 
     def _teacher(self, ctx: LossContext, T: float):
         """(kernel teacher kwargs, entropy [N] (NaN: unknown), covered mass [N] or None,

@@ -89,7 +89,7 @@ class _InductionOracle(torch.nn.Module):
             last = {}
             for t in range(T):
                 tok = int(ids[b, t])
-                out[b, t, last.get(tok, 0)] = 1.0
+                out[b, t, last.get(tok, 0)] = 100.0
                 if t + 1 < T:
                     last[tok] = int(ids[b, t + 1])
         return out
@@ -100,6 +100,9 @@ def test_copy_probe_scores_the_second_showing():
     assert got["positions"] == 20 * 11
     assert got["copy_accuracy"] > 0.97  # a repeat inside a span can mislead the oracle, rarely
     assert got["first_accuracy"] < 0.05
+    assert got["copy_prob"] == pytest.approx(got["copy_accuracy"], abs=1e-3)  # a logit margin of 100: p = 1 or 0
+    pooled = copy_probe(_InductionOracle(1000), span=12, n_seqs=20, pool=[500, 501, 502])
+    assert pooled["first_accuracy"] > 0.1  # a pool of 3: the first showing repeats ids too
     with pytest.raises(ConfigError, match="max_seq_len"):
         copy_probe(_uniform_model(50), lo=4, hi=50, span=40)
 
