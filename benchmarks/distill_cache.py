@@ -46,7 +46,7 @@ def _setup(root: Path, preset: str, vocab: int, max_docs: int):
     src = root / "corpus.txt"
     src.write_text("\n\n".join(text))
     tok = Tokenizer.train([str(src)], str(root / "tok"), vocab)
-    prepare([str(src)], tok, str(root / "data"), val_fraction=0.0, progress=False)
+    prepare([str(src)], tok, str(root / "data"), val_fraction=0.02, progress=False)
     shutil.copytree(root / "tok", root / "data" / "tokenizer")
     torch.manual_seed(0)
     args = resolve_model_args(ModelConfig(preset=preset), tok.vocab_size)
