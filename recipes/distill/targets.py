@@ -48,12 +48,20 @@ def teacher_topk(th: torch.Tensor, tw: torch.Tensor, k: int, block_rows: int = 1
     ent = torch.empty(n, dtype=torch.float32, device=th.device)
     for lo, hi in _blocks(n, block_rows):
         z = th[lo:hi].float() @ tw.float().T  # (R, V)
-        s = torch.logsumexp(z, dim=-1)
-        lp = z - s[:, None]
-        ent[lo:hi] = -(lp.exp() * lp).sum(-1)
-        top = lp.topk(k, dim=-1)
-        ids[lo:hi], logp[lo:hi], lse[lo:hi] = top.indices, top.values, s
+        lse[lo:hi], ent[lo:hi] = _lse_entropy(z)
+        top = z.topk(k, dim=-1)
+        ids[lo:hi], logp[lo:hi] = top.indices, top.values - lse[lo:hi, None]
     return {"ids": ids, "logp": logp, "lse": lse, "entropy": ent}
+
+
+def _lse_entropy(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-sum-exp, entropy) of softmax(z) per row in two passes over z (the one [R, V]
+    temporary is exp(z - max)): H = lse - sum_i p_i z_i."""
+    m = z.amax(-1, keepdim=True)
+    e = torch.sub(z, m).exp_()
+    s = e.sum(-1)
+    lse = m.squeeze(-1) + s.log()
+    return lse, lse - torch.linalg.vecdot(e, z) / s
 
 
 @torch.no_grad()
@@ -70,9 +78,7 @@ def teacher_samples(th: torch.Tensor, tw: torch.Tensor, n_samples: int, temperat
     ent = torch.empty(n, dtype=torch.float32, device=th.device)
     for lo, hi in _blocks(n, block_rows):
         z = th[lo:hi].float() @ tw.float().T
-        s = torch.logsumexp(z, dim=-1)
-        lp = z - s[:, None]
-        ent[lo:hi], lse[lo:hi] = -(lp.exp() * lp).sum(-1), s
+        lse[lo:hi], ent[lo:hi] = _lse_entropy(z)
         q = torch.softmax(z / temperature, dim=-1)
         ids[lo:hi] = torch.multinomial(q, n_samples, replacement=True, generator=generator)
     return {"ids": ids, "lse": lse, "entropy": ent}
