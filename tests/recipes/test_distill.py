@@ -177,3 +177,15 @@ def test_named_errors(prepared, teacher_run, tmp_path, corpus_file):
         Trainer(make_cfg(prepared, tmp_path / "d", "recipes=[distill]", f"distill.teacher={teacher_run}",
                          "train.ntp_weight=0.5")).fit()
     shutil.rmtree(tmp_path / "other")
+
+
+def test_hf_llama_folder_teacher_equals_its_checkpoint(prepared, teacher_run, tmp_path):
+    from llmcore.hf.folder import export_hf
+
+    export_hf(str(teacher_run), str(tmp_path / "hf"))
+    for name, teacher in (("ckpt", teacher_run), ("hf", tmp_path / "hf")):
+        Trainer(make_cfg(prepared, tmp_path / name, "train.max_steps=2", "recipes=[distill]",
+                         f"distill.teacher={teacher}")).fit()
+    a, b = metrics(tmp_path / "ckpt"), metrics(tmp_path / "hf")
+    assert [m["distill/soft"] for m in a] == pytest.approx([m["distill/soft"] for m in b], rel=1e-6)
+    assert [m["loss"] for m in a] == pytest.approx([m["loss"] for m in b], rel=1e-6)
