@@ -211,6 +211,9 @@ class Distill(Recipe):
         if sampled and (c.temperature_schedule != "constant" or abs(c.temperature - info["temperature"]) > 1e-12):
             raise ConfigError(f"distill.cache={c.cache!r} holds draws at temperature {info['temperature']}; "
                               f"distill.temperature={c.temperature} ({c.temperature_schedule}) must equal it, constant")
+        if info.get("vocab") != self.real_vocab:
+            raise ConfigError(f"distill.cache={c.cache!r} was made over a vocabulary of {info.get('vocab')} ids, the "
+                              f"run's tokenizer has {self.real_vocab}")
         if not sampled and c.top_k > info.get("width", 0):
             raise ConfigError(f"distill.top_k={c.top_k} exceeds the cache's k={info.get('width')}")
         self.cache_info = info
