@@ -35,14 +35,15 @@ def _setup(root: Path, preset: str, vocab: int, max_docs: int):
     import gzip
 
     import llmcore
+    from llmcore.config.schema import ModelConfig
     from llmcore.data.prepare import prepare
     from llmcore.model.presets import resolve_model_args
-    from llmcore.config.schema import ModelConfig
     from llmcore.model.transformer import Transformer
     from llmcore.tokenizer import Tokenizer
 
     corpus = next((ROOT / "llmcore" / "data" / "corpus").glob("*.gz"))
-    text = gzip.open(corpus, "rt", errors="replace").read().split("\n\n")[:max_docs]
+    with gzip.open(corpus, "rt", errors="replace") as f:
+        text = f.read().split("\n\n")[:max_docs]
     src = root / "corpus.txt"
     src.write_text("\n\n".join(text))
     tok = Tokenizer.train([str(src)], str(root / "tok"), vocab)

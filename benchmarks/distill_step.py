@@ -39,7 +39,8 @@ def _run(data: Path, out: Path, preset: str, steps: int, seq_len: int, batch: in
                                  f"train.global_batch_size={batch}", f"train.max_steps={steps}", "train.log_every=1",
                                  "train.progress=false", "train.eval_every=0", "schedule.warmup_steps=0", *extra])
     Trainer(cfg).fit()
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    with open(out / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
     tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
     return 1000 * seq_len * batch / statistics.median(tps)
 

@@ -11,7 +11,7 @@ showing's accuracy (tokens 2..span) is reported beside it as the no-copy baselin
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
