@@ -8,7 +8,8 @@ of the same student config through `llmcore.train.loop.Trainer`:
 - online: `recipes: [distill]` with the teacher forward in every micro-batch (top-k targets
   built a row block at a time, routing on).
 Step time = seq tokens per step / the trainer's `tokens_per_s`, median over the steps after
-the first two (compilation, allocator warm-up).
+the first two (allocator warm-up); the three runs are repeated `--rounds` times in turn and
+each mode's best round is kept (on a shared machine the least disturbed one).
 
     python -m benchmarks.distill_step --preset tiny --steps 12
 
@@ -53,6 +54,7 @@ def main(argv=None) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--top-k", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "distill_step.csv"))
     a = p.parse_args(argv)
     from recipes.distill.cache import sidecar_names, write_cache
@@ -61,14 +63,18 @@ def main(argv=None) -> None:
         root = Path(tmp)
         data, teacher, args = _setup(root, a.preset, a.vocab, 3000)
         write_cache(str(teacher), str(data), "kd", top_k=a.top_k, seq_len=a.seq_len, progress=False)
-        common = (root, a.preset, a.steps, a.seq_len, a.batch)
-        ms = {
-            "ntp": _run(data, root / "ntp", *common[1:]),
-            "cached": _run(data, root / "cached", *common[1:], "recipes=[distill]", "distill.cache=kd",
-                           f"distill.top_k={a.top_k}", f"data.sidecars=[{','.join(sidecar_names('kd', False))}]"),
-            "online": _run(data, root / "online", *common[1:], "recipes=[distill]", f"distill.teacher={teacher}",
-                           f"distill.top_k={a.top_k}"),
+        common = (a.preset, a.steps, a.seq_len, a.batch)
+        modes = {
+            "ntp": (),
+            "cached": ("recipes=[distill]", "distill.cache=kd", f"distill.top_k={a.top_k}",
+                       f"data.sidecars=[{','.join(sidecar_names('kd', False))}]"),
+            "online": ("recipes=[distill]", f"distill.teacher={teacher}", f"distill.top_k={a.top_k}"),
         }
+        ms: dict[str, float] = {}
+        for r in range(a.rounds):
+            for mode, extra in modes.items():
+                v = _run(data, root / f"{mode}_{r}", *common, *extra)
+                ms[mode] = min(ms.get(mode, v), v)
     rows = [{"device": f"cpu {platform.machine()} x{torch.get_num_threads()}", "dtype": "float32",
              "preset": a.preset, "vocab": args.vocab_size, "seq_len": a.seq_len, "batch": a.batch,
              "mode": mode, "step_ms": round(v, 1), "vs_ntp": round(v / ms["ntp"], 3), "commit": git_commit()}
