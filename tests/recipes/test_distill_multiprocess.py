@@ -35,8 +35,11 @@ def overrides(data, out_dir, *extra) -> list[str]:
     return [f"data.path={data}", f"train.out_dir={out_dir}", "model.preset=tiny", "model.n_layers=2",
             "data.seq_len=32", "train.max_steps=3", "train.micro_batch_size=2", "train.global_batch_size=4",
             "train.log_every=1", "train.progress=false", "train.eval_batches=1", "optim.lr=1e-2",
-            "schedule.kind=constant", "schedule.warmup_steps=0", "recipes=[distill]", "distill.alpha=0.5",
-            "distill.temperature=2.0", *extra]
+            "schedule.kind=constant", "schedule.warmup_steps=0", *extra]
+
+
+def student(data, out_dir, *extra) -> list[str]:
+    return overrides(data, out_dir, "recipes=[distill]", "distill.alpha=0.5", "distill.temperature=2.0", *extra)
 
 
 def _free_port() -> int:
@@ -61,7 +64,7 @@ def rows(out_dir) -> list[dict]:
 def setup(prepared, tmp_path_factory):
     root = tmp_path_factory.mktemp("distill_mp")
     teacher = root / "teacher"
-    Trainer(load_run_config(None, overrides(prepared, teacher, "recipes=[]", "train.seed=5"))).fit()
+    Trainer(load_run_config(None, overrides(prepared, teacher, "train.seed=5"))).fit()
     data = root / "data"
     shutil.copytree(prepared, data)
     write_cache(str(teacher), str(data), "kd", top_k=8, seq_len=32, progress=False)
@@ -76,11 +79,11 @@ def test_zero_follows_single_process(setup, tmp_path, stage, mode):
              "cached": CACHED}[mode]
     ref = root / f"single_{mode}"
     if not ref.exists():
-        Trainer(load_run_config(None, overrides(data, ref, *extra))).fit()
+        Trainer(load_run_config(None, student(data, ref, *extra))).fit()
     ds_json = tmp_path / "zero.json"
     ds_json.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
     zero = [f"engine.deepspeed_config={ds_json}"] if stage == 3 else []
-    torchrun(overrides(data, tmp_path / "z", "engine.backend=deepspeed", f"engine.zero_stage={stage}", *zero, *extra))
+    torchrun(student(data, tmp_path / "z", "engine.backend=deepspeed", f"engine.zero_stage={stage}", *zero, *extra))
     want, got = rows(ref), rows(tmp_path / "z")
     assert len(got) == len(want) == 3
     for key in ("loss", "grad_norm", "distill/soft", "distill/hard", "distill/routed"):
