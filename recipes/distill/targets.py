@@ -48,16 +48,18 @@ def teacher_topk(th: torch.Tensor, tw: torch.Tensor, k: int, block_rows: int = 1
     ent = torch.empty(n, dtype=torch.float32, device=th.device)
     for lo, hi in _blocks(n, block_rows):
         z = th[lo:hi].float() @ tw.float().T  # (R, V)
-        lse[lo:hi], ent[lo:hi] = _lse_entropy(z)
-        top = z.topk(k, dim=-1)
+        top = z.topk(k, dim=-1)  # its first value is the row max: one pass fewer for the statistics
+        lse[lo:hi], ent[lo:hi] = _lse_entropy(z, top.values[:, :1])
         ids[lo:hi], logp[lo:hi] = top.indices, top.values - lse[lo:hi, None]
     return {"ids": ids, "logp": logp, "lse": lse, "entropy": ent}
 
 
-def _lse_entropy(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-sum-exp, entropy) of softmax(z) per row in two passes over z (the one [R, V]
-    temporary is exp(z - max)): H = lse - sum_i p_i z_i."""
-    m = z.amax(-1, keepdim=True)
+def _lse_entropy(z: torch.Tensor, m: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-sum-exp, entropy) of softmax(z) per row from the row max `m` [R, 1] (computed
+    when not given) in two more passes over z (the one [R, V] temporary is exp(z - m)):
+    H = lse - sum_i p_i z_i."""
+    if m is None:
+        m = z.amax(-1, keepdim=True)
     e = torch.sub(z, m).exp_()
     s = e.sum(-1)
     lse = m.squeeze(-1) + s.log()
