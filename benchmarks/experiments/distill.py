@@ -24,7 +24,7 @@ prompts, three generated tokens judged by the rule) at temperatures 0.5, 1.0, 1.
     python -m benchmarks.experiments.distill                       # 3 seeds (record)
     python -m benchmarks.experiments.distill --seeds 0 --steps 40 --teacher-steps 40   # smoke
 
-Writes <out>/results.json and benchmarks/results/distill.{json,png}, prints the table that goes
+Writes <out>/results.json and benchmarks/results/<record>.{json,png} (default `distill`), prints the table that goes
 into benchmarks/EXPERIMENTS.md. A finished run is not retrained on a rerun (the trainer resumes
 its final checkpoint and has nothing left to do).
 """
@@ -65,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--record", default="distill", help="benchmarks/results/<record>.{json,png}")
     return p.parse_args(argv)
 
 
@@ -250,8 +251,8 @@ def main(argv=None) -> None:
               "summary": {m: {k: v[:2] for k, v in s.items()} for m, s in summary.items()}}
     (root / "results.json").write_text(json.dumps(record, indent=1))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "distill.json").write_text(json.dumps(record, indent=1))
-    plot({m: summary[m] for m in STUDENTS}, RESULTS / "distill.png")
+    (RESULTS / f"{a.record}.json").write_text(json.dumps(record, indent=1))
+    plot({m: summary[m] for m in STUDENTS}, RESULTS / f"{a.record}.png")
     print(table(summary))
     print(f"wall time {wall:.0f}s")
 
