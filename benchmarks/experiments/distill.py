@@ -66,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--record", default="distill", help="benchmarks/results/<record>.{json,png}")
+    p.add_argument("--replot", action="store_true", help="redraw the figure and table from <record>.json only")
     return p.parse_args(argv)
 
 
@@ -201,11 +202,14 @@ def plot(summary: dict, path: Path) -> Path:
     axes[1].legend(fontsize=7)
     names = list(summary)
     for i, method in enumerate(names):
-        v = summary[method]["copy_accuracy"]
-        axes[2].bar(i, v[0], color=colors[method], alpha=0.5)
-        axes[2].scatter([i] * len(v[2]), v[2], color=colors[method], zorder=3, s=16)
+        for j, key in enumerate(("copy_accuracy", "copy_prob")):
+            v = summary[method][key]
+            x = i + (j - 0.5) * 0.38
+            axes[2].bar(x, v[0], width=0.36, color=colors[method], alpha=0.35 if j == 0 else 0.75)
+            axes[2].scatter([x] * len(v[2]), v[2], color="black", zorder=3, s=10)
     axes[2].set_xticks(range(len(names)), names)
-    axes[2].set(ylabel="copy accuracy (second showing)", title="copy probe: mean (bar), seeds (dots)", ylim=(0, 1))
+    axes[2].set(ylabel="second showing", ylim=(0, 1.05),
+                title="copy probe: accuracy (light), p(copy) (dark)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -215,6 +219,12 @@ def plot(summary: dict, path: Path) -> Path:
 
 def main(argv=None) -> None:
     a = parse_args(argv)
+    if a.replot:
+        saved = json.loads((RESULTS / f"{a.record}.json").read_text())["results"]
+        summary = summarise({m: saved[m] for m in ["teacher", *STUDENTS]})
+        plot({m: summary[m] for m in STUDENTS}, RESULTS / f"{a.record}.png")
+        print(table(summary))
+        return
     torch.set_num_threads(1)
     from recipes.tasks.path_star import train_tokenizer
 
