@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--record", default="distill", help="benchmarks/results/<record>.{json,png}")
     p.add_argument("--replot", action="store_true", help="redraw the figure and table from <record>.json only")
+    p.add_argument("--diagnose", action="store_true",
+                   help="only add where routing acts (routed_shares of each seed's trained teacher in --out) to <record>.json")
     return p.parse_args(argv)
 
 
@@ -151,6 +153,44 @@ def correct(i: int, row: list[int], answers: list[int]) -> bool:
         return False
     j, y, z = (answers.index(t) for t in row)
     return y == (i + j) % 8 and z == (3 * i + 5 * j + 1) % 8
+
+
+@torch.no_grad()
+def routed_shares(teacher: Path, data: Path, ids: dict, a, windows: int = 64) -> dict:
+    """Where routing acts: the share of each kind of target position that `route_mask` at
+    0.15 routes for this teacher on clean training windows, with the teacher's mean entropy
+    there. Kinds: `answer_yz` (the two determined answer tokens), `copy` (tokens 2..8 of the second
+    showing, which copying predicts),
+    `other`."""
+    import llmcore
+    from llmcore.data.shards import TokenShards
+    from recipes.distill.routing import route_mask
+
+    model, _ = llmcore.load(str(teacher), device="cpu")
+    shards = TokenShards(str(data), "train")
+    L = a.seq_len
+    n = min(len(shards), windows * (L + 1))
+    tok = torch.from_numpy(shards.read(0, n))
+    doc = torch.from_numpy(shards.doc_ids(0, n))
+    first = torch.ones(n, dtype=torch.bool)
+    first[1:] = doc[1:] != doc[:-1]
+    start = torch.cummax(torch.where(first, torch.arange(n), torch.zeros(n, dtype=torch.long)), 0).values
+    offset = torch.arange(n) - start
+    is_task = tok[start] == ids["mark"]
+    kind = torch.full((n,), 2)  # other
+    kind[is_task & ((offset == 3) | (offset == 4))] = 0
+    kind[~is_task & (offset >= 9)] = 1  # tokens 2..8 of the second showing (the first follows nothing)
+    w = windows
+    x, d, k = (t[: w * (L + 1)].view(w, L + 1) for t in (tok, doc, kind))
+    lp = torch.log_softmax(model.logits(model(x[:, :-1], d[:, :-1] - d[:, :1])), -1)
+    ent = -(lp.exp() * lp).sum(-1)
+    routed = route_mask(ent, torch.ones_like(ent, dtype=torch.bool), 0.15)
+    target_kind = k[:, 1:]
+    out = {}
+    for i, name in enumerate(("answer_yz", "copy", "other")):
+        m = target_kind == i
+        out[name] = {"routed": float(routed[m].float().mean()), "entropy": float(ent[m].mean()), "positions": int(m.sum())}
+    return out
 
 
 def summarise(results: dict) -> dict:
@@ -242,13 +282,22 @@ def main(argv=None) -> None:
         return got[0]
     ids = {"problems": [one(c) for c in PROBLEMS], "answers": [one(c) for c in ANSWERS], "pool": [one(c) for c in POOL],
            "mark": one(MARK)}
+    if a.diagnose:
+        record = json.loads((RESULTS / f"{a.record}.json").read_text())
+        record["routing"] = {s: routed_shares(root / f"teacher_s{s}", root / f"data_clean_s{s}", ids, a)
+                             for s in a.seeds.split(",")}
+        (RESULTS / f"{a.record}.json").write_text(json.dumps(record, indent=1))
+        print(json.dumps(record["routing"], indent=1))
+        return
     t0 = time.perf_counter()
     results: dict = {m: {} for m in STUDENTS}
+    routing: dict = {}
     for seed in [int(s) for s in a.seeds.split(",")]:
         clean, noisy = build_data(root, seed, a, ids)
         teacher = root / f"teacher_s{seed}"
         train(overrides(noisy, teacher, seed, a.teacher_steps, a))
         results.setdefault("teacher", {})[seed] = score(teacher, ids, a, seed)
+        routing[seed] = routed_shares(teacher, clean, ids, a)
         for method, extra in STUDENTS.items():
             run = root / f"{method}_s{seed}"
             train(overrides(clean, run, seed, a.steps, a) + extra
@@ -257,7 +306,7 @@ def main(argv=None) -> None:
         print(f"seed {seed} done at {time.perf_counter() - t0:.0f}s", flush=True)
     wall = time.perf_counter() - t0
     summary = summarise({m: results[m] for m in ["teacher", *STUDENTS]})
-    record = {"args": vars(a), "wall_s": wall, "results": results,
+    record = {"args": vars(a), "wall_s": wall, "results": results, "routing": routing,
               "summary": {m: {k: v[:2] for k, v in s.items()} for m, s in summary.items()}}
     (root / "results.json").write_text(json.dumps(record, indent=1))
     RESULTS.mkdir(parents=True, exist_ok=True)
