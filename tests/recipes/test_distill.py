@@ -189,3 +189,13 @@ def test_hf_llama_folder_teacher_equals_its_checkpoint(prepared, teacher_run, tm
     a, b = metrics(tmp_path / "ckpt"), metrics(tmp_path / "hf")
     assert [m["distill/soft"] for m in a] == pytest.approx([m["distill/soft"] for m in b], rel=1e-6)
     assert [m["loss"] for m in a] == pytest.approx([m["loss"] for m in b], rel=1e-6)
+
+
+def test_scheduled_alpha_and_temperature_reach_the_loss(prepared, teacher_run, tmp_path):
+    Trainer(make_cfg(prepared, tmp_path / "s", "train.max_steps=4", "recipes=[distill]", f"distill.teacher={teacher_run}",
+                     "distill.alpha=0.8", "distill.alpha_end=0.2", "distill.alpha_schedule=linear",
+                     "distill.temperature=2.0", "distill.temperature_end=1.0", "distill.temperature_schedule=lr")).fit()
+    rows = metrics(tmp_path / "s")
+    # step s (1-based in the log) trained with the values at 0-based step s - 1; constant LR: T stays 2
+    assert [r["distill/alpha"] for r in rows] == pytest.approx([0.8 - 0.6 * s / 4 for s in range(4)])
+    assert [r["distill/temperature"] for r in rows] == pytest.approx([2.0] * 4)
