@@ -132,8 +132,22 @@ def cmd_eval(a) -> None:
     if a.tasks:
         res = exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens, recipes=recipes)
         out["exact_match"] = {k: v for k, v in res.items() if k != "examples"}
+    if a.pass_at_k:
+        from llmcore.eval.sampled_tasks import pass_at_k_sweep
+
+        out["pass_at_k"] = pass_at_k_sweep(model, tok, a.pass_at_k, n=a.samples, ks=[int(k) for k in _split_csv(a.ks)],
+                                           temperatures=[float(t) for t in _split_csv(a.temperatures)],
+                                           match=a.match, max_new_tokens=a.max_new_tokens, seed=a.seed,
+                                           recipes=recipes)
+    if a.copy_probe:
+        from llmcore.eval.copy_probe import copy_probe
+
+        lo = 1 + max([tok.eos_id, tok.pad_id, *tok.special_ids.values()])
+        out["copy_probe"] = copy_probe(model, lo=lo, hi=tok.vocab_size, span=a.copy_span, n_seqs=a.copy_n,
+                                       seed=a.seed)
     if not out:
-        raise LlmcoreError("eval needs --data (validation loss) and/or --tasks (exact match)")
+        raise LlmcoreError("eval needs --data (validation loss), --tasks (exact match), --pass-at-k (sampled "
+                           "pass@k) and/or --copy-probe")
     print(json.dumps(out, indent=1))
 
 
@@ -216,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     sw.set_defaults(fn=cmd_sweep)
 
-    ev = sub.add_parser("eval", help="validation loss and/or exact match of a checkpoint")
+    ev = sub.add_parser("eval", help="validation loss, exact match, sampled pass@k, copy probe of a checkpoint")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", help="prepared data folder (its val split)")
     ev.add_argument("--tasks", help="prompt/answer jsonl for exact match")
@@ -224,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-batches", type=int, default=None)
     ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--pass-at-k", metavar="TASKS", help="prompt/answer jsonl: pass@k of sampled answers")
+    ev.add_argument("--samples", type=int, default=32, help="--pass-at-k: samples per prompt (n)")
+    ev.add_argument("--ks", default="1,4,16,32", help="--pass-at-k: comma-separated k (each <= --samples)")
+    ev.add_argument("--temperatures", default="0.5,1.0", help="--pass-at-k: comma-separated sampling temperatures")
+    ev.add_argument("--match", default="exact", choices=["exact", "regex"],
+                    help="--pass-at-k: an answer equals the task's, or fully matches it as a regex")
+    ev.add_argument("--copy-probe", action="store_true", help="induction probe: random spans shown twice")
+    ev.add_argument("--copy-span", type=int, default=16, help="--copy-probe: tokens per span")
+    ev.add_argument("--copy-n", type=int, default=64, help="--copy-probe: sequences")
+    ev.add_argument("--seed", type=int, default=0, help="--pass-at-k / --copy-probe: seed")
     ev.set_defaults(fn=cmd_eval)
     sensitivity.add_parser(sub)
 
