@@ -46,6 +46,13 @@ def make_corpus(path: Path, n_docs: int = 600, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
+def corpus_maker():
+    """`make_corpus` for tests that need a corpus of their own (a test module cannot import
+    it from `conftest`: that name is ambiguous between the test folders' conftest files)."""
+    return make_corpus
+
+
+@pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
 

@@ -36,14 +36,12 @@ def make_cfg(data, out_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def sharded(prepared, tmp_path_factory):
+def sharded(prepared, tmp_path_factory, corpus_maker):
     """A quarter of the test corpus with the prepared folder's tokenizer, in shards of at most
     1500 tokens (several per split): small, so each cache write takes a fraction of a second."""
-    from conftest import make_corpus
-
     root = tmp_path_factory.mktemp("sharded")
     tok = Tokenizer.load(str(prepared / "tokenizer"))
-    corpus = make_corpus(root / "corpus.txt", n_docs=150, seed=1)
+    corpus = corpus_maker(root / "corpus.txt", n_docs=150, seed=1)
     prepare([str(corpus)], tok, str(root / "data"), val_fraction=0.1, progress=False, shard_tokens=1500)
     shutil.copytree(prepared / "tokenizer", root / "data" / "tokenizer")
     return root / "data"
