@@ -15,6 +15,11 @@ experiments. A pipeline file reads
         sweep: {key: optim.lr, values: [1.0e-3, 3.0e-3]}
         # or grid: [{key: optim.lr, values: [...]}, {key: train.seed, values: [0, 1]}]
 
+Named numbers (`vars: {lam: 0.0, post_tokens: 40960}`) may be swept like config keys (a
+sweep over `lam` sets the variable, not a key) and used in any override as `${expr}`
+(`llmcore.pipeline.expr`): `data.sources[1]` weights, budgets and step counts that follow from
+one swept number are written once.
+
 Unknown keys are errors naming the key and the nearest valid one, as in a run config. The
 checks that need the stages' run configs (keys, references between stages) are in `plan`.
 """
@@ -37,7 +42,7 @@ class Sweep:
     """One config key and its values: one run per value."""
 
     key: str = ""
-    """Dotted run-config key, e.g. `optim.lr`."""
+    """Dotted run-config key, e.g. `optim.lr`, or the name of a pipeline variable (`vars`)."""
     values: list[Any] = field(default_factory=list)
     """Numbers, strings or booleans; each run gets the override `key=value`."""
 
@@ -55,7 +60,9 @@ class Stage:
     init_from: str = ""
     """An earlier stage whose final checkpoint this one starts from (`train.init_from`):
     `pretrain`, or one variant of a swept stage, `pretrain[optim.lr=0.001]`. A swept stage named
-    without a variant pairs run by run with a stage swept over the same values."""
+    without a variant pairs with this stage's run of the same values of its swept keys: run by
+    run when both sweep the same keys, and each source run crossed with more keys (a grid over
+    `lam` and `optim.lr` starting from a stage swept over `lam`)."""
     inputs: dict[str, str] = field(default_factory=dict)
     """Other config keys set to an earlier stage's final checkpoint, same references as
     `init_from`: `{distill.teacher: teacher}`, `{future_summary.revlm_checkpoint: revlm}`."""
@@ -81,6 +88,9 @@ class Pipeline:
     like `train.out_dir`)."""
     overrides: list[str] = field(default_factory=list)
     """Dotted overrides applied to every stage, before the stage's own."""
+    vars: dict[str, Any] = field(default_factory=dict)
+    """Named numbers for `${expr}` in overrides, each a default that a sweep or grid over its
+    name replaces for the runs of that stage and of the stages paired with it."""
     stages: list[Stage] = field(default_factory=list)
     """Run in this order; a stage may only name earlier ones."""
 
@@ -90,6 +100,13 @@ class Pipeline:
             raise ConfigError(f"{source}: out_dir is empty: give the folder of the pipeline's runs")
         if not self.stages:
             raise ConfigError(f"{source}: stages is empty: a pipeline needs at least one stage")
+        if not isinstance(self.vars, dict):
+            raise ConfigError(f"{source}: vars must be a mapping of names to numbers, got {self.vars!r}")
+        for name, value in self.vars.items():
+            if not isinstance(name, str) or not name.isidentifier() or "." in name:
+                raise ConfigError(f"{source}: vars name {name!r} must be an identifier (letters, digits, _)")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{source}: vars {name} must be a number, got {value!r}")
         seen: dict[str, int] = {}
         for i, stage in enumerate(self.stages, 1):
             if not stage.name:
