@@ -3,7 +3,8 @@
 Used by the planner (`llmcore.pipeline.plan`): a study whose keys follow from one swept number
 (a mixture weight, a source's token budget and the steps that follow from both) writes the
 arithmetic once, e.g. `train.max_steps=${pre_steps + int(lam * post_tokens) // batch_tokens}`,
-instead of one hand-computed override per variant. Only numbers, the variables, + - * / // %
+instead of one hand-computed override per variant; a string variable names a folder once
+(`eval.sets={post: ${data}/post}`). Only numbers, the variables, + - * / // %
 **, parentheses and int, round, min, max, abs, floor, ceil are allowed: the text is parsed,
 never executed.
 """
@@ -24,9 +25,9 @@ _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _CALLS = {"int": int, "round": round, "min": min, "max": max, "abs": abs, "floor": math.floor, "ceil": math.ceil}
 
 
-def substitute(text: str, variables: dict[str, float | int], where: str) -> str:
+def substitute(text: str, variables: dict[str, float | int | str], where: str) -> str:
     """`text` with every `${expr}` replaced by its value (an integral result is written as an
-    integer, so it fits an int key). ConfigError naming `where`, the expression and the problem."""
+    integer, so it fits an int key; a string variable alone is written as it is). ConfigError naming `where`, the expression and the problem."""
     def one(m: re.Match) -> str:
         value = evaluate(m.group(1), variables, where)
         if isinstance(value, float) and value.is_integer():
@@ -35,7 +36,7 @@ def substitute(text: str, variables: dict[str, float | int], where: str) -> str:
     return _SUB_RE.sub(one, text)
 
 
-def evaluate(expr: str, variables: dict[str, float | int], where: str = "<expr>") -> float | int:
+def evaluate(expr: str, variables: dict[str, float | int | str], where: str = "<expr>") -> float | int | str:
     """The value of one arithmetic expression over `variables`."""
     try:
         tree = ast.parse(expr.strip(), mode="eval")
@@ -57,6 +58,8 @@ def evaluate(expr: str, variables: dict[str, float | int], where: str = "<expr>"
                 return _BINARY[type(node.op)](ev(node.left), ev(node.right))
             except ZeroDivisionError:
                 raise ConfigError(f"{where}: ${{{expr}}} divides by zero") from None
+            except TypeError:
+                raise ConfigError(f"{where}: ${{{expr}}} does arithmetic on a string variable") from None
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](ev(node.operand))
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CALLS

@@ -126,8 +126,8 @@ def _run_vars(defaults: dict[str, Any], params: dict[str, Any], title: str) -> d
     values = dict(defaults)
     for key, value in params.items():
         if key in defaults:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{title}: pipeline variable {key} is swept over {value!r}, not a number")
+            if not isinstance(value, (int, float, str)) or isinstance(value, bool):
+                raise ConfigError(f"{title}: pipeline variable {key} is swept over {value!r}, not a number or string")
             values[key] = value
     return values
 
