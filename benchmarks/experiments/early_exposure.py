@@ -4,7 +4,7 @@ Small-scale check of METHODS.md "Early exposure" (Feng, Ghosal, Springer et al.,
 shipped study configs, run as they are except for a `train.seed` axis added to every stage:
 
 - `recipes/configs/early_exposure_added.yaml`: lam in {0, .25, .5, 1} of D_post added to the
-  same D_pre steps; stage 2 to convergence (early stop, best checkpoint); stage 3 at three LRs;
+  same D_pre steps; stage 2 to convergence (early stop, best checkpoint); stage 3 at four LRs;
 - `recipes/configs/early_exposure_split.yaml`: a fixed D_post budget (one pass) split lam : 1-lam
   between stages 1 and 2, lam in {0, .25, .5, .75}, stage 2 with and without 5% D_pre replay.
 
