@@ -13,6 +13,7 @@ over that range; lower is better). Both are None when the range is empty (x_hi <
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from llmcore.errors import ConfigError
@@ -35,7 +36,7 @@ def attained(front: list[tuple[float, float]], x: float) -> float:
 def area_under(front: list[tuple[float, float]], lo: float, hi: float) -> float:
     """The integral of the staircase y*(x) from lo to hi (lo at or past the front's first x)."""
     xs = [lo, *(x for x, _ in front if lo < x < hi), hi]
-    return sum((x1 - x0) * attained(front, x0) for x0, x1 in zip(xs, xs[1:]))
+    return sum((x1 - x0) * attained(front, x0) for x0, x1 in itertools.pairwise(xs))
 
 
 def frontier_areas(curves: dict[str, list[tuple[float, float]]]) -> tuple[dict[str, dict], tuple | None]:

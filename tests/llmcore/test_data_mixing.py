@@ -82,13 +82,13 @@ def test_stage_one_order_is_the_same_for_every_lambda_but_the_mixed_in_windows(p
     pre_only = [w for s, w in streams[0.0][0]]
     post_windows = {tuple(post.read(i * T, T + 1)) for i in range(64)}
     seen_before: set = set()
-    for lam, (stream, pre_windows, extra) in streams.items():
+    for stream, pre_windows, extra in streams.values():
         assert [w for s, w in stream if s == 0] == pre_only  # D_pre: same windows, same order
         mixed = [w for s, w in stream if s == 1]
         assert len(mixed) == extra and len(set(mixed)) == extra  # each budgeted window once
         # the budget is post's first windows in stream order, whatever the seed: nested across lam
         first = {tuple(post.read(i * T, T + 1)) for i in range(extra)}
-        assert set(mixed) == first and seen_before <= first and first <= post_windows
+        assert set(mixed) == first and seen_before <= first <= post_windows
         seen_before = first
         # proportions by tokens over the stage, within 2% of the target share
         share = extra / (pre_windows + extra)

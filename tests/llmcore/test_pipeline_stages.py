@@ -8,6 +8,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -29,8 +30,8 @@ def test_vars_and_expressions_set_each_variant_s_keys(tmp_path):
     spec = Pipeline(out_dir=str(tmp_path), vars={"lam": 0.0, "pre": 100, "post": 640, "data": "d"},
                     overrides=["data.path=${data}/pre"], stages=[
         Stage(name="pre", sweep=Sweep("lam", [0.0, 0.25, 1.0]), overrides=[
-            "data.sources=[{path: '${data}/pre', weight: ${pre * 64}}, "
-            "{path: '${data}/post', weight: ${lam * post}, max_tokens: ${int(lam * post)}}]",
+            ("data.sources=[{path: '${data}/pre', weight: ${pre * 64}}, "
+             "{path: '${data}/post', weight: ${lam * post}, max_tokens: ${int(lam * post)}}]"),
             "train.max_steps=${pre + int(lam * post) // 64}", "optim.lr=${3e-3 / (1 + lam)}"])])
     runs = plan(spec)
     assert [r.variant for r in runs] == ["lam=0.0", "lam=0.25", "lam=1.0"]
@@ -84,7 +85,7 @@ class Losses(Recipe):
     """Reports a scripted loss of eval set `a` at each evaluation."""
 
     name = "scripted"
-    script: list[float] = []
+    script: ClassVar[list[float]] = []
     seen = 0
 
     def on_eval(self, ctx, metrics):

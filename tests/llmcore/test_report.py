@@ -120,8 +120,8 @@ def test_missing_matplotlib_and_bad_report_sections_are_named(study, tmp_path, m
     with pytest.raises(ConfigError, match=r"matplotlib, which is not installed: pip install 'llmcore\[plots\]'"):
         write_report(str(path), out=tmp_path / "r")
     for report, message in [
-        ({"metrics": {"L": {"stage": "pots", "set": "a"}}}, "report.metrics.L: stage 'pots' is not a stage of the "
-                                                            "pipeline; did you mean 'post'?"),
+        ({"metrics": {"L": {"stage": "pots", "set": "a"}}},
+         "report.metrics.L: stage 'pots' is not a stage of the pipeline; did you mean 'post'?"),
         ({"metrics": {"L": {"stage": "ft"}}, "frontiers": [{"x": "L", "y": "M", "over": "optim.lr"}]},
          "report.frontiers[0].y='M' is not a metric of report.metrics (have: L)"),
         ({"metrics": {"L": {"stage": "ft"}}, "frontiers": [{"x": "L", "y": "L", "over": "optim.lr", "by": "seed"}]},

@@ -23,7 +23,7 @@ LOSS_REL = 1e-5
 
 
 def eval_rows(out_dir) -> dict[int, float]:
-    rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["eval/a/loss"] for r in rows if "eval/a/loss" in r}
 
 
@@ -33,8 +33,8 @@ def test_a_post_training_stage_under_zero2_follows_one_process(prepared, tmp_pat
     pre = tmp_path / "pre"
     Trainer(load_run_config(None, overrides(prepared, pre, "train.max_steps=2"))).fit()
     stage = [f"train.init_from={checkpoint.resolve(pre)}", "data.mixing=exact", "train.max_steps=6",
-             f"data.sources=[{{name: post, path: '{prepared}', weight: 0.75, max_tokens: 2048}}, "
-             f"{{name: replay, path: '{replay}', weight: 0.25}}]",
+             (f"data.sources=[{{name: post, path: '{prepared}', weight: 0.75, max_tokens: 2048}}, "
+              f"{{name: replay, path: '{replay}', weight: 0.25}}]"),
              f"eval.sets={{a: '{prepared}'}}", "train.keep_best_on=a", "train.eval_every=2"]
     single, multi = tmp_path / "single", tmp_path / "zero2"
     Trainer(load_run_config(None, overrides(prepared, single, *stage))).fit()
