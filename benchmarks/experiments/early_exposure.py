@@ -18,8 +18,9 @@ averaged over seeds; this script adds the claims' summaries.
     python -m benchmarks.experiments.early_exposure --quick         # plumbing check, 1 seed
     python -m benchmarks.experiments.early_exposure --report-only   # tables again from the runs
 
-Writes <out>/results.json, <out>/report_{added,split}/ and, without --quick, copies the results
-and frontier PNGs to benchmarks/results/early_exposure*.
+Writes <out>/results.json, <out>/report_{added,split}/ (seed means) and report_*_per_seed/, a
+summary figure, and, without --quick, copies results.json, the summary figure and the L_ret vs
+L_ft frontier PNG of each study to benchmarks/results/early_exposure*.
 """
 
 from __future__ import annotations
@@ -75,25 +76,86 @@ def study(name: str, out: Path, data: str, seeds: list[int], quick: bool):
 
 
 def _mean_std(values: list[float]) -> list[float]:
+    if not values:
+        return [float("nan"), float("nan")]
     return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
 
 
-def summarise(report: dict, name: str) -> dict:
-    """Per lam (and replay): L_pre1 and L_im (one value per stage-2 run), the L_ret, L_ft, L_pre
-    of every stage-3 LR, and the frontier areas, all mean +- std over seeds."""
-    rows = report["rows"]
-    cases: dict[str, dict] = {}
-    for row in rows:
-        p = row["params"]
-        case = f"lam={p['lam']}" + (f",replay={p['replay']}" if "replay" in p else "")
-        c = cases.setdefault(case, {"lam": p["lam"], "replay": p.get("replay", 0.0), "n": row["n"], "by_lr": {}})
-        for m in ("L_pre1", "L_im"):
-            c[m] = [row[m], row[f"{m}_std"]]
-        c["by_lr"][str(p["optim.lr"])] = {m: [row[m], row[f"{m}_std"]] for m in ("L_ret", "L_ft", "L_pre")}
-    for fr in report["frontiers"]:
-        if fr["curve"] in cases:
-            cases[fr["curve"]][f"area_{fr['y']}_vs_{fr['x']}"] = fr["mean_y"]
-    return {"study": name, "cases": list(cases.values())}
+def per_seed(spec, name: str, out: Path) -> dict:
+    """Per case (lam, and replay in the split study), mean +- std over seeds of: L_pre1, L_im,
+    L_ret / L_ft / L_pre at each stage-3 LR, and each frontier's mean attained y, the frontier
+    computed per seed among that seed's curves (the `llmcore report` definition)."""
+    import copy
+
+    from llmcore.pipeline.frontier import frontier_areas
+    from llmcore.pipeline.report import write_report
+
+    flat = copy.deepcopy(spec)
+    flat.report.average_over = []
+    rows = write_report(flat, out=out / f"report_{name}_per_seed", plots=False)["rows"]
+    keys = ("lam", "replay") if name == "split" else ("lam",)
+    case_of = lambda p: ",".join(f"{k}={p[k]}" for k in keys)  # noqa: E731
+    seeds = sorted({r["params"]["train.seed"] for r in rows})
+    values: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        p = r["params"]
+        v = values.setdefault(case_of(p), {})
+        if p["optim.lr"] == rows[0]["params"]["optim.lr"]:  # stage-1/2 metrics once per seed
+            for m in ("L_pre1", "L_im"):
+                v.setdefault(m, []).append(r[m])
+        for m in ("L_ret", "L_ft", "L_pre"):
+            v.setdefault(f"{m}@{p['optim.lr']}", []).append(r[m])
+    for x, y in (("L_ft", "L_ret"), ("L_ret", "L_pre")):
+        for seed in seeds:
+            mine = [r for r in rows if r["params"]["train.seed"] == seed]
+            curves: dict[str, list] = {}
+            for r in mine:
+                if r[x] is not None and r[y] is not None:
+                    curves.setdefault(case_of(r["params"]), []).append((r[x], r[y]))
+            areas, _ = frontier_areas(curves)
+            for case, a in areas.items():
+                values[case].setdefault(f"front_{y}_vs_{x}", []).append(a["mean_y"])
+    return {case: {m: _mean_std([x for x in v if x is not None]) for m, v in ms.items()}
+            for case, ms in values.items()}
+
+
+def claims_table(cases: dict, lr: str) -> str:
+    """Markdown: per case the stage-2 and stage-3 numbers the claims rest on."""
+    cols = ["L_pre1", "L_im", f"L_ret@{lr}", f"L_ft@{lr}", "front_L_ret_vs_L_ft", "front_L_pre_vs_L_ret"]
+    head = ["case", "L_pre1", "L_im", f"L_ret (lr {lr})", f"L_ft (lr {lr})", "mean L_ret on the L_ft front",
+            "mean L_pre on the L_ret front"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for case, ms in cases.items():
+        lines.append("| " + " | ".join([case] + [f"{ms[c][0]:.3f} ± {ms[c][1]:.3f}" for c in cols]) + " |")
+    return "\n".join(lines)
+
+
+def summary_plot(summary: dict, path: Path) -> Path:
+    """L_im and the mean L_ret on the L_ret-vs-L_ft front against lam, mean +- std over seeds:
+    the added study, and the split study with and without replay."""
+    from benchmarks.experiments.plots import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric, title in ((axes[0], "L_im", "L_im: D_post loss after stage 2"),
+                              (axes[1], "front_L_ret_vs_L_ft", "retention: mean L_ret on the L_ret-vs-L_ft front")):
+        for name, style in (("added", "o-"), ("split", "s--")):
+            cases = summary["studies"][name]["per_seed"]
+            for replay in sorted({c.split("replay=")[1] if "replay=" in c else "" for c in cases}):
+                pick = [(float(c.split(",")[0].split("=")[1]), ms[metric]) for c, ms in cases.items()
+                        if (c.split("replay=")[1] if "replay=" in c else "") == replay]
+                label = name + (f", replay {replay}" if replay else "")
+                ax.errorbar([p[0] for p in pick], [p[1][0] for p in pick], yerr=[p[1][1] for p in pick],
+                            fmt=style, capsize=3, label=label)
+        ax.set_xlabel("lam (share of D_post in stage 1)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Early exposure, {len(summary['seeds'])} seeds (mean ± std)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None) -> None:
@@ -114,20 +176,29 @@ def main(argv=None) -> None:
             t = time.perf_counter()
             run_pipeline(spec, print_summary=False)
             times[name] = round(time.perf_counter() - t, 1)
-    summary = {"seeds": seeds, "train_s": times, "total_s": round(time.perf_counter() - t0, 1), "studies": {}}
+    if a.report_only and (out / "results.json").is_file():  # keep the measured training times
+        old = json.loads((out / "results.json").read_text())
+        times, total = old.get("train_s", {}), old.get("total_s")
+    else:
+        total = round(time.perf_counter() - t0, 1)
+    summary = {"seeds": seeds, "train_s": times, "total_s": total, "studies": {}}
     for name, spec in specs.items():
         rep = write_report(spec, out=out / f"report_{name}")
-        summary["studies"][name] = {**summarise(rep, name), "markdown": rep["markdown"],
-                                    "frontiers": rep["frontiers"]}
-        print(f"\n## {name} ({len(seeds)} seeds)\n\n{rep['markdown']}")
+        cases = per_seed(spec, name, out)
+        summary["studies"][name] = {"per_seed": cases, "markdown": rep["markdown"], "frontiers": rep["frontiers"],
+                                    "claims": claims_table(cases, "0.001")}
+        print(f"\n## {name} ({len(seeds)} seeds)\n\n{summary['studies'][name]['claims']}")
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"\nwall time {summary['total_s']} s (training {times})")
-    if not a.quick and not a.report_only:
+    png = summary_plot(summary, out / "early_exposure.png")
+    print(f"\nwall time {summary['total_s']} s (training {times}); tables in {out}/report_*/report.md")
+    if not a.quick:
         RESULTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(out / "results.json", RESULTS / "early_exposure.json")
+        shutil.copy(png, RESULTS / "early_exposure.png")
         for name in STUDIES:
-            for png in (out / f"report_{name}").glob("*.png"):
-                shutil.copy(png, RESULTS / f"early_exposure_{name}_{png.name}")
+            src = out / f"report_{name}" / "frontier_L_ret_vs_L_ft.png"
+            if src.is_file():
+                shutil.copy(src, RESULTS / f"early_exposure_{name}_frontier.png")
 
 
 if __name__ == "__main__":
