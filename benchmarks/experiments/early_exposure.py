@@ -94,7 +94,9 @@ def per_seed(spec, name: str, out: Path) -> dict:
     flat.report.average_over = []
     rows = write_report(flat, out=out / f"report_{name}_per_seed", plots=False)["rows"]
     keys = ("lam", "replay") if name == "split" else ("lam",)
-    case_of = lambda p: ",".join(f"{k}={p[k]}" for k in keys)  # noqa: E731
+
+    def case_of(p: dict) -> str:
+        return ",".join(f"{k}={p[k]}" for k in keys)
     seeds = sorted({r["params"]["train.seed"] for r in rows})
     values: dict[str, dict[str, list[float]]] = {}
     for r in rows:
@@ -115,8 +117,14 @@ def per_seed(spec, name: str, out: Path) -> dict:
             areas, _ = frontier_areas(curves)
             for case, a in areas.items():
                 values[case].setdefault(f"front_{y}_vs_{x}", []).append(a["mean_y"])
-    return {case: {m: _mean_std([x for x in v if x is not None]) for m, v in ms.items()}
-            for case, ms in values.items()}
+    out = {case: {m: _mean_std([x for x in v if x is not None]) for m, v in ms.items()}
+           for case, ms in values.items()}
+    if name == "split":  # replay's effect, paired by seed (the same stage-1 run)
+        for case in [c for c in values if c.endswith("replay=0.05")]:
+            base = values[case.replace("replay=0.05", "replay=0.0")]
+            for m in ("L_im", "front_L_ret_vs_L_ft", "front_L_pre_vs_L_ret"):
+                out[case][f"replay_delta_{m}"] = _mean_std([a - b for a, b in zip(values[case][m], base[m])])
+    return out
 
 
 def claims_table(cases: dict, lr: str) -> str:
@@ -188,6 +196,11 @@ def main(argv=None) -> None:
         summary["studies"][name] = {"per_seed": cases, "markdown": rep["markdown"], "frontiers": rep["frontiers"],
                                     "claims": claims_table(cases, "0.001")}
         print(f"\n## {name} ({len(seeds)} seeds)\n\n{summary['studies'][name]['claims']}")
+        for case, ms in cases.items():
+            deltas = {m[len("replay_delta_"):]: v for m, v in ms.items() if m.startswith("replay_delta_")}
+            if deltas:
+                print(f"- {case} minus replay 0 (paired by seed): "
+                      + ", ".join(f"{m} {v[0]:+.3f} ± {v[1]:.3f}" for m, v in deltas.items()))
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     png = summary_plot(summary, out / "early_exposure.png")
     print(f"\nwall time {summary['total_s']} s (training {times}); tables in {out}/report_*/report.md")
