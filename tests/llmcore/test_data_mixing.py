@@ -135,3 +135,22 @@ def test_exact_resume_budget_errors_and_mixing_mismatch(pre, post):
         load_config(None, ["data.sources=[{path: a}, {path: b, weight: 1, max_tokens: 0}]"])
     with pytest.raises(ConfigError, match="data.mixing='even' is not one of random, exact"):
         load_config(None, ["data.path=d", "data.mixing=even"])
+
+
+def test_a_replay_fraction_is_served_exactly_in_a_training_run(prepared, tmp_path):
+    """Stage 2 with replay: 10% of the windows from a second (pre-training) source, by tokens,
+    read back from the checkpoint's loader state."""
+    import shutil
+
+    from llmcore.train import checkpoint
+    from llmcore.train.loop import Trainer
+    from tests.run_configs import RECIPE_RUN, tiny_config
+
+    replay = tmp_path / "replay"
+    shutil.copytree(prepared, replay)
+    cfg = tiny_config(prepared, tmp_path / "run", *RECIPE_RUN, "train.max_steps=5", "data.mixing=exact",
+                      (f"data.sources=[{{name: post, path: '{prepared}', weight: 0.9}}, "
+                       f"{{name: replay, path: '{replay}', weight: 0.1}}]"))
+    Trainer(cfg).fit()
+    sources = checkpoint.read_state(checkpoint.resolve(tmp_path / "run"))["loader"]["sources"]
+    assert [(s["name"], s["samples"]) for s in sources] == [("post", 18), ("replay", 2)]  # 20 windows
