@@ -57,6 +57,10 @@ class SourceConfig:
     data.seq_len` windows, reshuffled each epoch): the same documents for every seed and
     weight, a smaller budget's windows a subset of a larger one's. None: the whole split;
     0 only with weight 0 (never drawn). More than the split holds is an error."""
+    skip_tokens: int = 0
+    """Start the source after its first `skip_tokens` tokens (`skip_tokens // data.seq_len`
+    windows), `max_tokens` counting from there: `skip_tokens: N` serves exactly the windows
+    that `max_tokens: N` left out (a budget divided between two stages)."""
 
 
 @dataclass
@@ -213,6 +217,8 @@ class Config:
         _one_of("data.format", self.data.format, ("tokens", "sft"))
         _one_of("data.mixing", self.data.mixing, ("random", "exact"))
         for i, src in enumerate(self.data.sources):
+            if src.skip_tokens < 0:
+                raise ConfigError(f"data.sources[{i}].skip_tokens={src.skip_tokens} must be >= 0")
             if src.max_tokens is not None and (src.max_tokens < 0 or (src.max_tokens == 0 and src.weight != 0)):
                 raise ConfigError(f"data.sources[{i}].max_tokens={src.max_tokens} must be > 0 "
                                   "(0 only for a source of weight 0), or unset for the whole split")

@@ -15,9 +15,11 @@ How the stream is defined, so that it is the same for any number of processes:
   tokens after packing) and a source's own order does not depend on the
   other sources' weights (only where its windows land does);
 - a source may be cut to its first ``max_tokens`` tokens in stream order (``max_tokens //
-  seq_len`` windows; the last one reads one more token as its final label): the same windows
-  for every seed and weight, so a budget of N tokens always means the same documents and a
-  smaller budget's windows are a subset of a larger one's;
+  seq_len`` windows; the last one reads one more token as its final label), after skipping
+  its first ``skip_tokens`` (``skip_tokens // seq_len`` windows): the same windows for every
+  seed and weight, so a budget of N tokens always means the same documents, a smaller
+  budget's windows are a subset of a larger one's, and skip = N serves exactly the windows
+  a budget of N left out;
 - each global batch is samples ``[k*B, (k+1)*B)``; rank r keeps samples r, r + W, r + 2W, ...
   of it (W = world size), but every rank advances every cursor, so ranks never talk;
 - a recipe ``transform(sample, rng)`` (a ``Sample`` in, a ``Sample`` of the same length out)
@@ -73,17 +75,24 @@ class _Source:
     """One weighted source: its windows, the current epoch's order and the cursor in it."""
 
     def __init__(self, index: int, name: str, shards: TokenShards, weight: float,
-                 seq_len: int, seed: int, sidecars: list[Sidecar], max_tokens: int | None = None):
+                 seq_len: int, seed: int, sidecars: list[Sidecar], max_tokens: int | None = None,
+                 skip_tokens: int = 0):
         self.index, self.name, self.shards, self.weight = index, name, shards, weight
         self.sidecars = sidecars
         self.seq_len, self.seed = seq_len, seed
+        self.first = skip_tokens // seq_len  # window index of the source's first served window
         available = (shards.num_tokens - 1) // seq_len
+        if skip_tokens < 0 or self.first > available:
+            raise DataError(f"source {name!r}: skip_tokens={skip_tokens} skips {self.first} windows of "
+                            f"seq_len={seq_len}, but {shards.path} (split {shards.split!r}) has {available}")
+        available -= self.first
         self.num_windows = available
         if max_tokens is not None:
             if max_tokens < 0 or max_tokens // seq_len > available:
                 raise DataError(f"source {name!r}: max_tokens={max_tokens} asks for {max_tokens // seq_len} "
                                 f"windows of seq_len={seq_len}, but {shards.path} (split {shards.split!r}) "
-                                f"has {available} ({shards.num_tokens} tokens)")
+                                f"has {available}" + (f" after skip_tokens={skip_tokens}" if skip_tokens else "")
+                                + f" ({shards.num_tokens} tokens)")
             self.num_windows = max_tokens // seq_len
         if self.num_windows < 1 and not (weight == 0 and max_tokens is not None):
             raise DataError(f"source {name!r} ({shards.path}, split {shards.split!r}) has "
@@ -100,7 +109,7 @@ class _Source:
 
     def next_window(self) -> int:
         """Start token of the next window; moves the cursor (and the epoch at its end)."""
-        start = int(self.order()[self.cursor]) * self.seq_len
+        start = (self.first + int(self.order()[self.cursor])) * self.seq_len
         self.cursor += 1
         self.samples += 1
         if self.cursor == self.num_windows:
@@ -116,8 +125,9 @@ class PackedLoader:
     """Deterministic, resumable batches of packed windows from weighted sources.
 
     ``sources``: ``[(name, TokenShards, weight), ...]`` or ``(name, TokenShards, weight,
-    max_tokens)`` to serve only the source's first ``max_tokens`` tokens (None: all; 0 is
-    allowed for a source of weight 0, which is then never drawn). ``mixing``: ``random``
+    max_tokens[, skip_tokens])`` to serve only the source's first ``max_tokens`` tokens after
+    its first ``skip_tokens`` (None: all; 0 is allowed for a source of weight 0, which is then
+    never drawn). ``mixing``: ``random``
     (a seeded draw per window) or ``exact`` (each prefix within one window of the weights'
     shares; see the module docstring). Every ``next_batch()`` returns this
     rank's ``global_batch_size // world_size`` samples of the next global batch, collated by
@@ -142,6 +152,7 @@ class PackedLoader:
         if mixing not in MIXING:
             raise ConfigError(f"mixing={mixing!r} is not one of {', '.join(MIXING)}")
         budgets = [s[3] if len(s) > 3 else None for s in sources]
+        skips = [s[4] if len(s) > 4 else 0 for s in sources]
         sources = [tuple(s[:3]) for s in sources]
         names = [s[0] for s in sources]
         if len(set(names)) != len(names):
@@ -160,7 +171,7 @@ class PackedLoader:
         cars = [(n, open_sidecars(s, sidecars)) for n, s, _ in sources]
         if sidecars:
             _same_layout(cars)
-        self._sources = [_Source(i, n, s, float(w), seq_len, seed, cars[i][1], budgets[i])
+        self._sources = [_Source(i, n, s, float(w), seq_len, seed, cars[i][1], budgets[i], skips[i])
                          for i, (n, s, w) in enumerate(sources)]
         self.source_names = names  # batch["source_index"] indexes this list
         self.mixing = mixing
@@ -222,7 +233,7 @@ class PackedLoader:
             "mixing": self.mixing,
             "rng": {"state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
                     "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]},
-            "sources": [{"name": s.name, "num_windows": s.num_windows, "epoch": s.epoch,
+            "sources": [{"name": s.name, "num_windows": s.num_windows, "first_window": s.first, "epoch": s.epoch,
                          "cursor": s.cursor, "samples": s.samples,
                          "tokens": s.samples * self.seq_len} for s in self._sources],
         }
@@ -239,10 +250,10 @@ class PackedLoader:
         if state.get("mixing", "random") != self.mixing:  # states before exact mixing were random
             raise ConfigError(f"cannot resume data loader: saved mixing={state.get('mixing', 'random')}, "
                               f"this run has mixing={self.mixing}")
-        saved = [(s["name"], s["num_windows"]) for s in state["sources"]]
-        mine = [(s.name, s.num_windows) for s in self._sources]
+        saved = [(s["name"], s["num_windows"], s.get("first_window", 0)) for s in state["sources"]]
+        mine = [(s.name, s.num_windows, s.first) for s in self._sources]
         if saved != mine:
-            raise DataError(f"cannot resume data loader: saved sources (name, windows) {saved} "
+            raise DataError(f"cannot resume data loader: saved sources (name, windows, first window) {saved} "
                             f"differ from this run's {mine}")
         r = state["rng"]
         self._rng.bit_generator.state = {

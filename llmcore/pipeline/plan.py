@@ -116,6 +116,7 @@ def plan(spec: Pipeline, overrides: list[str] | None = None, source: str = "<pip
                 raise ConfigError(f"{title}: its folder {run_dir} is also the folder of {dirs[run_dir]}")
             dirs[run_dir] = run.name
             _read_disk_state(run)
+            _check_sources_finished(run, sources)
             runs.append(run)
         by_stage[stage.name] = runs
     return [run for runs in by_stage.values() for run in runs]
@@ -222,6 +223,18 @@ def _read_disk_state(run: Run) -> None:
         raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
                           "folder or give the pipeline another out_dir to train it again")
     run.state = "finished"
+
+
+def _check_sources_finished(run: Run, sources: dict[str, Run]) -> None:
+    """A finished run whose source will train (again) would be skipped and keep results made
+    from the source's old checkpoint: refused, naming both."""
+    if run.state != "finished":
+        return
+    for key, src in sources.items():
+        if src.state != "finished":
+            raise ConfigError(f"{run.title}: {run.out_dir} finished, but {key} comes from {src.name}, which is "
+                              f"{src.state} (it will train, so this result is stale); delete {run.out_dir} "
+                              "to train it again from the new checkpoint")
 
 
 def _stopped_early_at(run: Run, step: int) -> bool:

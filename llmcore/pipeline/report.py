@@ -124,6 +124,7 @@ def average(rows: list[dict], metric_names: list[str], over: list[str]) -> list[
 
 
 def param_keys(rows: list[dict]) -> list[str]:
+    """The swept keys of the rows, in first-seen order (the table's first columns)."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row["params"] if k not in keys]

@@ -107,6 +107,7 @@ def write_study_data(out: str | Path, *, post_docs: int = 1500, ft_docs: int = 1
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m recipes.tasks.text_domains --out DIR`: the three prepared folders."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder of the three prepared domains")
     p.add_argument("--post-docs", type=int, default=1500)

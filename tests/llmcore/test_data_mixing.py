@@ -102,6 +102,23 @@ def test_stage_one_order_is_the_same_for_every_lambda_but_the_mixed_in_windows(p
         w for s, w in streams[0.5][0] if s == 1]  # a seed reorders the budget, never changes it
 
 
+def test_skip_tokens_serves_exactly_what_a_budget_left_out(post):
+    """A D_post budget divided between two stages: the first N tokens, then the rest."""
+    total = (post.num_tokens - 1) // T
+    first = rows(PackedLoader([("post", post, 1.0, 40 * T)], T, 8, seed=0), 5)
+    rest = rows(PackedLoader([("post", post, 1.0, None, 40 * T)], T, 8, seed=0), (total - 40) // 8)
+    every = {tuple(post.read(i * T, T + 1)) for i in range(total)}
+    assert len({w for _, w in first}) == 40 and len({w for _, w in rest}) == (total - 40) // 8 * 8
+    assert not {w for _, w in first} & {w for _, w in rest}
+    assert {w for _, w in first} | {w for _, w in rest} <= every
+    assert {w for _, w in first} == {tuple(post.read(i * T, T + 1)) for i in range(40)}
+    with pytest.raises(DataError, match=rf"source 'post': max_tokens={total * T} asks for {total} windows of "
+                                        rf"seq_len={T}, but .* has {total - 40} after skip_tokens={40 * T}"):
+        PackedLoader([("post", post, 1.0, total * T, 40 * T)], T, 8, seed=0)
+    with pytest.raises(DataError, match=rf"skip_tokens={(total + 1) * T} skips {total + 1} windows"):
+        PackedLoader([("post", post, 1.0, None, (total + 1) * T)], T, 8, seed=0)
+
+
 def test_held_out_documents_are_never_served(pre, post):
     sources = [("pre", pre, 0.5), ("post", post, 0.5)]
     loader = PackedLoader(sources, T, B, seed=0, mixing="exact")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 from dataclasses import dataclass
 from typing import ClassVar
@@ -166,3 +167,8 @@ def test_sigterm_in_stage_two_then_a_rerun_goes_on_in_stage_two_and_skips_stage_
         a = load_file(str(checkpoint.resolve(runs / stage) / "model.safetensors"))
         b = load_file(str(checkpoint.resolve(tmp_path / "whole" / stage) / "model.safetensors"))
         assert all((a[k] == b[k]).all() for k in a), f"{stage}: the resumed pipeline differs from an uninterrupted one"
+    # a stage-1 run trained again would leave stage 2's result stale: refused, naming both
+    shutil.rmtree(runs / "pre")
+    with temporary_recipe("term_once", TermOnce), pytest.raises(ConfigError, match=re.escape(
+            f"stage 2/2 post: {runs / 'post'} finished, but train.init_from comes from pre, which is new")):
+        run_pipeline(write(runs), print_summary=False)
