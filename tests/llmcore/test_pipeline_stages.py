@@ -172,3 +172,31 @@ def test_sigterm_in_stage_two_then_a_rerun_goes_on_in_stage_two_and_skips_stage_
     with temporary_recipe("term_once", TermOnce), pytest.raises(ConfigError, match=re.escape(
             f"stage 2/2 post: {runs / 'post'} finished, but train.init_from comes from pre, which is new")):
         run_pipeline(write(runs), print_summary=False)
+
+
+def test_fields_added_since_a_save_change_nothing_but_a_changed_source_list_does(prepared, tmp_path):
+    """A run saved before a config field existed (a source's budget, the mixing mode) resumes
+    and, finished, is skipped; a changed or removed source is still named."""
+    from llmcore.config.load import load_run_config
+    from llmcore.train.config_change import changed_keys
+
+    sources = f"data.sources=[{{name: a, path: '{prepared}', weight: 0.5}}, {{name: b, path: '{prepared}'}}]"
+    opts = [f"data.path={prepared}", "model.preset=tiny", "train.progress=false", *RECIPE_RUN, sources]
+    spec = Pipeline(out_dir=str(tmp_path / "runs"), stages=[Stage(name="s", overrides=[*opts, "train.max_steps=1"])])
+    run_pipeline(spec, print_summary=False)
+    saved_path = checkpoint.resolve(tmp_path / "runs" / "s") / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    del saved["data"]["mixing"], saved["train"]["early_stop_min_delta"]
+    for src in saved["data"]["sources"]:
+        del src["max_tokens"], src["skip_tokens"]
+    saved_path.write_text(yaml.safe_dump(saved))
+    (row,) = run_pipeline(spec, print_summary=False)
+    assert row["status"] == "skipped"
+    cfg = load_run_config(None, opts)
+    assert changed_keys(saved, cfg) == []  # the trainer's resume check agrees
+    fewer = {**saved, "data": {**saved["data"], "sources": saved["data"]["sources"][:1]}}
+    assert "data.sources.#: 1 -> 2" in changed_keys(fewer, cfg)
+    saved["data"]["sources"][0]["weight"] = 0.25
+    saved_path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=re.escape("finished with another config (data.sources.0.weight: 0.25 -> 0.5)")):
+        run_pipeline(spec, print_summary=False)
