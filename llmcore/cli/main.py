@@ -1,4 +1,5 @@
-"""The `llmcore` command: tokenizer, data, train, pipeline, sweep, eval, sensitivity, generate, export-hf, import-hf.
+"""The `llmcore` command: tokenizer, data, train, pipeline, report, sweep, eval, sensitivity, generate, export-hf,
+import-hf.
 
 Settings of a training run live in the typed config (YAML + dotted overrides), not in flags;
 the flags here are for the one-shot tools around it. Any `LlmcoreError` (bad config key,
@@ -86,6 +87,15 @@ def cmd_pipeline(a) -> None:
             print(f"{run.title}: {state} of {run.config.train.max_steps} steps -> {run.out_dir}{sources}")
         return
     run_pipeline(a.config, a.overrides)
+
+
+def cmd_report(a) -> None:
+    """The metrics, table and frontier plots a pipeline file declares (`report:`)."""
+    from llmcore.pipeline.report import write_report
+
+    res = write_report(a.config, a.overrides, out=a.out, plots=not a.no_plots)
+    print(res["markdown"])
+    print("report: " + ", ".join(str(p) for p in res["files"]))
 
 
 def cmd_sweep(a) -> None:
@@ -222,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("overrides", nargs="*", help="dotted run-config overrides applied to every stage")
     pl.add_argument("--dry-run", action="store_true", help="check the pipeline and list its runs; train nothing")
     pl.set_defaults(fn=cmd_pipeline)
+
+    rp = sub.add_parser("report", help="a pipeline's declared metrics: table (CSV, Markdown) and frontier PNGs")
+    rp.add_argument("--config", required=True, help="pipeline YAML with a report: section")
+    rp.add_argument("overrides", nargs="*", help="the dotted overrides the pipeline ran with")
+    rp.add_argument("--out", help="folder of the report files (default <pipeline out_dir>/report)")
+    rp.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    rp.set_defaults(fn=cmd_report)
 
     sw = sub.add_parser("sweep", help="train once per value of one config key (e.g. peak LR)")
     sw.add_argument("--config", help="YAML config")

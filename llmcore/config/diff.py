@@ -7,11 +7,18 @@ from typing import Callable
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested mappings as dotted keys (`{"optim": {"lr": 1}}` -> `{"optim.lr": 1}`)."""
+    """Nested mappings as dotted keys (`{"optim": {"lr": 1}}` -> `{"optim.lr": 1}`); a list of
+    mappings by index with its length (`data.sources.#: 2`, `data.sources.0.path: ...`), so a
+    field added to its items since a save is a key of its own (and a removed item still shows)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        out.update(flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
+        if isinstance(v, list) and v and all(isinstance(item, dict) for item in v):
+            out[f"{key}.#"] = len(v)
+            for i, item in enumerate(v):
+                out.update(flatten(item, f"{key}.{i}."))
+        else:
+            out.update(flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
     return out
 
 

@@ -52,6 +52,15 @@ class SourceConfig:
     weight: float = 1.0
     name: str = ""
     """Label in logs and token accounting; defaults to the folder name."""
+    max_tokens: int | None = None
+    """Serve only this source's first `max_tokens` tokens in stream order (`max_tokens //
+    data.seq_len` windows, reshuffled each epoch): the same documents for every seed and
+    weight, a smaller budget's windows a subset of a larger one's. None: the whole split;
+    0 only with weight 0 (never drawn). More than the split holds is an error."""
+    skip_tokens: int = 0
+    """Start the source after its first `skip_tokens` tokens (`skip_tokens // data.seq_len`
+    windows), `max_tokens` counting from there: `skip_tokens: N` serves exactly the windows
+    that `max_tokens: N` left out (a budget divided between two stages)."""
 
 
 @dataclass
@@ -63,6 +72,11 @@ class DataConfig:
     `sources` is empty. sft: the training jsonl."""
     sources: list[SourceConfig] = field(default_factory=list)
     """Weighted mixture; when given, `path` is only used for validation data if `val_path` is unset."""
+    mixing: str = "random"
+    """How the mixture picks the source of each window. random: a seeded draw per window (shares
+    hold on average). exact: the source furthest behind its weight's share, so every prefix of
+    the stream holds each source within about one window of its share by tokens, deterministically
+    and for any world size (use it when the proportions themselves are the experiment)."""
     val_path: str = ""
     """tokens: folder whose `val` split is used for evaluation; default: `path` (or the first
     source). sft: the validation jsonl (default: none)."""
@@ -151,6 +165,9 @@ class TrainConfig:
     pointing at it. Empty: no best checkpoint."""
     early_stop_patience: int = 0
     """Stop after this many evaluations in a row without a better `keep_best_on` loss (0: never)."""
+    early_stop_min_delta: float = 0.0
+    """An evaluation counts as better only when it lowers the best `keep_best_on` loss by more
+    than this (for the best checkpoint and for early stopping alike)."""
     max_nonfinite_steps: int = 10
     """Abort (without saving) after this many consecutive steps with a non-finite gradient norm
     (0: never): a run of them means broken weights or data, not a spike."""
@@ -201,6 +218,13 @@ class Config:
         _one_of("train.precision", self.train.precision, ("auto", "fp32", "bf16"))
         _one_of("data.verify", self.data.verify, ("size", "lazy", "full"))
         _one_of("data.format", self.data.format, ("tokens", "sft"))
+        _one_of("data.mixing", self.data.mixing, ("random", "exact"))
+        for i, src in enumerate(self.data.sources):
+            if src.skip_tokens < 0:
+                raise ConfigError(f"data.sources[{i}].skip_tokens={src.skip_tokens} must be >= 0")
+            if src.max_tokens is not None and (src.max_tokens < 0 or (src.max_tokens == 0 and src.weight != 0)):
+                raise ConfigError(f"data.sources[{i}].max_tokens={src.max_tokens} must be > 0 "
+                                  "(0 only for a source of weight 0), or unset for the whole split")
         if self.data.format == "sft" and (self.data.sources or not self.data.tokenizer):
             raise ConfigError("data.format=sft reads one jsonl (data.path) and needs data.tokenizer; "
                               "data.sources is for token shards")
@@ -264,6 +288,7 @@ _RANGES = {
     "train.eval_every": (0, True, None, True, "0 evaluates only at the end"),
     "train.keep_last": (0, True, None, True, "0 keeps every checkpoint"),
     "train.z_loss": (0.0, True, None, True, "0 disables it"),
+    "train.early_stop_min_delta": (0.0, True, None, True, "0: any improvement counts"),
 }
 
 

@@ -8,7 +8,18 @@ How the stream is defined, so that it is the same for any number of processes:
   (T = seq_len; the extra token gives the last label), visited in a permutation drawn from
   ``(seed, source index, epoch)`` -- reshuffled every epoch;
 - global sample g comes from the source picked by one uniform of a seeded PCG64 stream
-  (weights normalised), then takes that source's next window;
+  (weights normalised; ``mixing="random"``), or, with ``mixing="exact"``, from the source
+  furthest behind its share: argmax_i (w_i * (g + 1) - served_i), ties to the lower index, so
+  every prefix of the stream holds each source within one window of its share by tokens for up
+  to three sources (measured: at most 1.14 windows with up to eight; every window is seq_len
+  tokens after packing) and a source's own order does not depend on the
+  other sources' weights (only where its windows land does);
+- a source may be cut to its first ``max_tokens`` tokens in stream order (``max_tokens //
+  seq_len`` windows; the last one reads one more token as its final label), after skipping
+  its first ``skip_tokens`` (``skip_tokens // seq_len`` windows): the same windows for every
+  seed and weight, so a budget of N tokens always means the same documents, a smaller
+  budget's windows are a subset of a larger one's, and skip = N serves exactly the windows
+  a budget of N left out;
 - each global batch is samples ``[k*B, (k+1)*B)``; rank r keeps samples r, r + W, r + 2W, ...
   of it (W = world size), but every rank advances every cursor, so ranks never talk;
 - a recipe ``transform(sample, rng)`` (a ``Sample`` in, a ``Sample`` of the same length out)
@@ -57,19 +68,36 @@ def _same_layout(per_source: list[tuple[str, list[Sidecar]]]) -> None:
                                 f"{b.dtype.name}{list(b.shape)}, fill {b.fill!r})")
 
 
+MIXING = ("random", "exact")
+
+
 class _Source:
     """One weighted source: its windows, the current epoch's order and the cursor in it."""
 
     def __init__(self, index: int, name: str, shards: TokenShards, weight: float,
-                 seq_len: int, seed: int, sidecars: list[Sidecar]):
+                 seq_len: int, seed: int, sidecars: list[Sidecar], max_tokens: int | None = None,
+                 skip_tokens: int = 0):
         self.index, self.name, self.shards, self.weight = index, name, shards, weight
         self.sidecars = sidecars
         self.seq_len, self.seed = seq_len, seed
-        self.num_windows = (shards.num_tokens - 1) // seq_len
-        if self.num_windows < 1:
+        self.first = skip_tokens // seq_len  # window index of the source's first served window
+        available = (shards.num_tokens - 1) // seq_len
+        if skip_tokens < 0 or self.first > available:
+            raise DataError(f"source {name!r}: skip_tokens={skip_tokens} skips {self.first} windows of "
+                            f"seq_len={seq_len}, but {shards.path} (split {shards.split!r}) has {available}")
+        available -= self.first
+        self.num_windows = available
+        if max_tokens is not None:
+            if max_tokens < 0 or max_tokens // seq_len > available:
+                raise DataError(f"source {name!r}: max_tokens={max_tokens} asks for {max_tokens // seq_len} "
+                                f"windows of seq_len={seq_len}, but {shards.path} (split {shards.split!r}) "
+                                f"has {available}" + (f" after skip_tokens={skip_tokens}" if skip_tokens else "")
+                                + f" ({shards.num_tokens} tokens)")
+            self.num_windows = max_tokens // seq_len
+        if self.num_windows < 1 and not (weight == 0 and max_tokens is not None):
             raise DataError(f"source {name!r} ({shards.path}, split {shards.split!r}) has "
-                            f"{shards.num_tokens} tokens: fewer than one window of "
-                            f"seq_len + 1 = {seq_len + 1}")
+                            f"{shards.num_tokens} tokens" + (f" (max_tokens={max_tokens})" if max_tokens else "")
+                            + f": fewer than one window of seq_len + 1 = {seq_len + 1}")
         self.epoch = self.cursor = self.samples = 0
         self._order: np.ndarray | None = None
 
@@ -81,7 +109,7 @@ class _Source:
 
     def next_window(self) -> int:
         """Start token of the next window; moves the cursor (and the epoch at its end)."""
-        start = int(self.order()[self.cursor]) * self.seq_len
+        start = (self.first + int(self.order()[self.cursor])) * self.seq_len
         self.cursor += 1
         self.samples += 1
         if self.cursor == self.num_windows:
@@ -96,7 +124,12 @@ class _Source:
 class PackedLoader:
     """Deterministic, resumable batches of packed windows from weighted sources.
 
-    ``sources``: ``[(name, TokenShards, weight), ...]``. Every ``next_batch()`` returns this
+    ``sources``: ``[(name, TokenShards, weight), ...]`` or ``(name, TokenShards, weight,
+    max_tokens[, skip_tokens])`` to serve only the source's first ``max_tokens`` tokens after
+    its first ``skip_tokens`` (None: all; 0 is allowed for a source of weight 0, which is then
+    never drawn). ``mixing``: ``random``
+    (a seeded draw per window) or ``exact`` (each prefix within one window of the weights'
+    shares; see the module docstring). Every ``next_batch()`` returns this
     rank's ``global_batch_size // world_size`` samples of the next global batch, collated by
     ``to_batch``: ``input_ids``, ``labels``, ``doc_ids`` [b, seq_len], provenance [b], and one
     key per side-car. ``sidecars``: names of side-cars every source must carry (opened and
@@ -106,7 +139,8 @@ class PackedLoader:
 
     def __init__(self, sources: list[tuple[str, TokenShards, float]], seq_len: int,
                  global_batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 transform: Transform | None = None, sidecars: Sequence[str] = ()):
+                 transform: Transform | None = None, sidecars: Sequence[str] = (),
+                 mixing: str = "random"):
         if not sources:
             raise ConfigError("the data loader needs at least one source")
         if seq_len < 1 or global_batch_size < 1:
@@ -115,6 +149,11 @@ class PackedLoader:
         if world_size < 1 or not 0 <= rank < world_size or global_batch_size % world_size:
             raise ConfigError(f"global_batch_size={global_batch_size} must be a multiple of "
                               f"world_size={world_size} (rank={rank})")
+        if mixing not in MIXING:
+            raise ConfigError(f"mixing={mixing!r} is not one of {', '.join(MIXING)}")
+        budgets = [s[3] if len(s) > 3 else None for s in sources]
+        skips = [s[4] if len(s) > 4 else 0 for s in sources]
+        sources = [tuple(s[:3]) for s in sources]
         names = [s[0] for s in sources]
         if len(set(names)) != len(names):
             raise ConfigError(f"data source names must be unique: {names}")
@@ -132,17 +171,31 @@ class PackedLoader:
         cars = [(n, open_sidecars(s, sidecars)) for n, s, _ in sources]
         if sidecars:
             _same_layout(cars)
-        self._sources = [_Source(i, n, s, float(w), seq_len, seed, cars[i][1])
+        self._sources = [_Source(i, n, s, float(w), seq_len, seed, cars[i][1], budgets[i], skips[i])
                          for i, (n, s, w) in enumerate(sources)]
         self.source_names = names  # batch["source_index"] indexes this list
+        self.mixing = mixing
+        self._share = weights / weights.sum()
         self._cdf = np.cumsum(weights) / weights.sum()
         self._rng = np.random.Generator(np.random.PCG64([seed, 0x6D6978]))  # "mix" stream
         self.samples = 0  # global samples consumed (all ranks)
 
     def _pick(self, n: int) -> np.ndarray:
+        if self.mixing == "exact":
+            return self._pick_exact(n)
         u = self._rng.random(n)
         # min(): u can round to the last cdf entry exactly when it is 1 - eps
         return np.minimum(np.searchsorted(self._cdf, u, side="right"), len(self._cdf) - 1)
+
+    def _pick_exact(self, n: int) -> np.ndarray:
+        """The next n sources by largest deficit; needs no state beyond the served counts."""
+        served = np.asarray([s.samples for s in self._sources], dtype=np.float64)
+        picks = np.empty(n, dtype=np.int64)
+        for j in range(n):
+            k = int(np.argmax(self._share * (self.samples + j + 1) - served))  # first maximum wins ties
+            picks[j] = k
+            served[k] += 1
+        return picks
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """This rank's part of the next global batch (keys: ``to_batch``)."""
@@ -177,9 +230,10 @@ class PackedLoader:
         st = self._rng.bit_generator.state
         return {
             "version": 1, "seed": self.seed, "seq_len": self.seq_len, "samples": self.samples,
+            "mixing": self.mixing,
             "rng": {"state": str(st["state"]["state"]), "inc": str(st["state"]["inc"]),
                     "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]},
-            "sources": [{"name": s.name, "num_windows": s.num_windows, "epoch": s.epoch,
+            "sources": [{"name": s.name, "num_windows": s.num_windows, "first_window": s.first, "epoch": s.epoch,
                          "cursor": s.cursor, "samples": s.samples,
                          "tokens": s.samples * self.seq_len} for s in self._sources],
         }
@@ -193,10 +247,13 @@ class PackedLoader:
             if state[key] != getattr(self, key):
                 raise ConfigError(f"cannot resume data loader: saved {key}={state[key]}, "
                                   f"this run has {key}={getattr(self, key)}")
-        saved = [(s["name"], s["num_windows"]) for s in state["sources"]]
-        mine = [(s.name, s.num_windows) for s in self._sources]
+        if state.get("mixing", "random") != self.mixing:  # states before exact mixing were random
+            raise ConfigError(f"cannot resume data loader: saved mixing={state.get('mixing', 'random')}, "
+                              f"this run has mixing={self.mixing}")
+        saved = [(s["name"], s["num_windows"], s.get("first_window", 0)) for s in state["sources"]]
+        mine = [(s.name, s.num_windows, s.first) for s in self._sources]
         if saved != mine:
-            raise DataError(f"cannot resume data loader: saved sources (name, windows) {saved} "
+            raise DataError(f"cannot resume data loader: saved sources (name, windows, first window) {saved} "
                             f"differ from this run's {mine}")
         r = state["rng"]
         self._rng.bit_generator.state = {
@@ -216,7 +273,7 @@ class PackedLoader:
                 "sources": {s.name: {"weight": s.weight, "samples": s.samples,
                                      "tokens": s.samples * self.seq_len,
                                      "share": s.samples / total, "epoch": s.epoch,
-                                     "epochs": s.epoch + s.cursor / s.num_windows}
+                                     "epochs": s.epoch + s.cursor / max(1, s.num_windows)}
                             for s in self._sources}}
 
 

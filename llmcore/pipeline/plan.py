@@ -18,11 +18,13 @@ from typing import Any
 import yaml
 
 from llmcore.config.diff import differences, shown
-from llmcore.config.load import load_run_config
+from llmcore.config.load import from_dict, load_run_config
 from llmcore.config.schema import Config
 from llmcore.errors import ConfigError
+from llmcore.pipeline.expr import substitute
 from llmcore.pipeline.result import RESULT_FILE, read_result
 from llmcore.pipeline.spec import Pipeline, Stage, value_text
+from llmcore.recipe.registry import recipe_config_class
 from llmcore.train import checkpoint
 
 _REF_RE = re.compile(r"^([^\[\]]+)(?:\[(.*)\])?$")
@@ -41,7 +43,8 @@ class Run:
     variant: str
     """`key=value[,key2=value2]`; empty for a stage without sweep or grid."""
     params: dict[str, Any]
-    """The swept keys and this run's values, as the spec gives them."""
+    """The swept keys (config keys and pipeline variables) and this run's values, as the spec
+    gives them."""
     out_dir: Path
     """The run's `train.out_dir`."""
     config: Config
@@ -80,7 +83,9 @@ def plan(spec: Pipeline, overrides: list[str] | None = None, source: str = "<pip
 
     A run's overrides, later ones winning: the stage config file, the pipeline's overrides, the
     stage's, `overrides` (the command line), the variant's values, then `train.out_dir` and the
-    keys set to earlier stages' checkpoints. Raises ConfigError naming the stage and the problem.
+    keys set to earlier stages' checkpoints. `${expr}` in the first three is worked out with the
+    pipeline's `vars`, swept ones at this run's values. Raises ConfigError naming the stage and
+    the problem.
     """
     spec.validate(source)
     position = {s.name: i for i, s in enumerate(spec.stages, 1)}
@@ -95,11 +100,13 @@ def plan(spec: Pipeline, overrides: list[str] | None = None, source: str = "<pip
         for label, params in variants:
             run_dir = stage_dir / _folder(label) if label else stage_dir
             title = _title(stage.name, i, len(spec.stages), label)
-            sources = {key: _source(stage.name, i, label, labels, what, ref, position, by_stage)
+            sources = {key: _source(stage.name, i, label, params, labels, what, ref, position, by_stage)
                        for key, (what, ref) in refs.items()}
-            opts = [*spec.overrides, *stage.overrides, *(overrides or []),
-                    *(f"{k}={value_text(v)}" for k, v in params.items()), f"train.out_dir={run_dir}",
-                    *(f"{key}={src.final_checkpoint}" for key, src in sources.items())]
+            values = _run_vars(spec.vars, params, title)
+            texts = [substitute(o, values, f"{title}: override {o!r}")
+                     for o in (*spec.overrides, *stage.overrides, *(overrides or []))]
+            opts = [*texts, *(f"{k}={value_text(v)}" for k, v in params.items() if k not in spec.vars),
+                    f"train.out_dir={run_dir}", *(f"{key}={src.final_checkpoint}" for key, src in sources.items())]
             try:
                 cfg = load_run_config(stage.config or None, opts)
             except ConfigError as e:
@@ -110,9 +117,21 @@ def plan(spec: Pipeline, overrides: list[str] | None = None, source: str = "<pip
                 raise ConfigError(f"{title}: its folder {run_dir} is also the folder of {dirs[run_dir]}")
             dirs[run_dir] = run.name
             _read_disk_state(run)
+            _check_sources_finished(run, sources)
             runs.append(run)
         by_stage[stage.name] = runs
     return [run for runs in by_stage.values() for run in runs]
+
+
+def _run_vars(defaults: dict[str, Any], params: dict[str, Any], title: str) -> dict[str, Any]:
+    """The pipeline variables of one run: the defaults, swept ones at the run's values."""
+    values = dict(defaults)
+    for key, value in params.items():
+        if key in defaults:
+            if not isinstance(value, (int, float, str)) or isinstance(value, bool):
+                raise ConfigError(f"{title}: pipeline variable {key} is swept over {value!r}, not a number or string")
+            values[key] = value
+    return values
 
 
 def _title(stage: str, position: int, stages: int, variant: str) -> str:
@@ -144,9 +163,11 @@ def _folder(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", label)
 
 
-def _source(stage: str, pos: int, label: str, labels: list[str], what: str, ref: str,
+def _source(stage: str, pos: int, label: str, params: dict[str, Any], labels: list[str], what: str, ref: str,
             position: dict[str, int], by_stage: dict[str, list[Run]]) -> Run:
-    """The run whose final checkpoint `ref` (`name` or `name[variant]`) means for run `label`."""
+    """The run whose final checkpoint `ref` (`name` or `name[variant]`) means for run `label`
+    (swept values `params`): a named variant, the only run, or the run of a swept stage with
+    this run's values of that stage's swept keys."""
     where = f"stage {stage!r}: {what} {ref!r}"
     m = _REF_RE.match(ref)
     name, want = (m.group(1), m.group(2)) if m else (ref, None)
@@ -169,6 +190,15 @@ def _source(stage: str, pos: int, label: str, labels: list[str], what: str, ref:
         return src[0]
     if sorted(labels) == sorted(r.variant for r in src):
         return next(r for r in src if r.variant == label)  # variant i starts from variant i
+    keys = list(src[0].params)
+    if all(k in params for k in keys):  # crossed: this stage sweeps the source's keys and more
+        want_values = [value_text(params[k]) for k in keys]
+        for run in src:
+            if [value_text(run.params[k]) for k in keys] == want_values:
+                return run
+        wanted = ",".join(f"{k}={v}" for k, v in zip(keys, want_values))
+        raise ConfigError(f"{where}: stage {name!r} has no variant {wanted!r} for run {label!r}; "
+                          f"its variants: {variants}")
     raise ConfigError(f"{where}: stage {name!r} is swept ({variants}); name one variant, e.g. "
                       f"{src[0].name!r}, or sweep {stage!r} over the same values to pair the runs")
 
@@ -188,12 +218,33 @@ def _read_disk_state(run: Run) -> None:
     if not (run.out_dir / RESULT_FILE).is_file() or (step < max_steps and not _stopped_early_at(run, step)):
         run.state = "resume"
         return
-    diff = shown(differences(yaml.safe_load((ckpt / "config.yaml").read_text()) or {},
+    diff = shown(differences(_as_read_now(yaml.safe_load((ckpt / "config.yaml").read_text()) or {}),
                              yaml.safe_load(run.config.to_yaml())), 4)
     if diff:
         raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
                           "folder or give the pipeline another out_dir to train it again")
     run.state = "finished"
+
+
+def _check_sources_finished(run: Run, sources: dict[str, Run]) -> None:
+    """A finished run whose source will train (again) would be skipped and keep results made
+    from the source's old checkpoint: refused, naming both."""
+    if run.state != "finished":
+        return
+    for key, src in sources.items():
+        if src.state != "finished":
+            raise ConfigError(f"{run.title}: {run.out_dir} finished, but {key} comes from {src.name}, which is "
+                              f"{src.state} (it will train, so this result is stale); delete {run.out_dir} "
+                              "to train it again from the new checkpoint")
+
+
+def _as_read_now(saved: dict) -> dict:
+    """A saved config as this version reads it: a field added since the save at its default (it
+    changed nothing), so only a value the run would really train differently with differs."""
+    try:
+        return yaml.safe_load(from_dict(saved, recipe_configs=recipe_config_class).to_yaml())
+    except ConfigError:  # a key this version no longer has: compared as saved, and named
+        return saved
 
 
 def _stopped_early_at(run: Run, step: int) -> bool:

@@ -47,10 +47,11 @@ def train_loader(cfg: Config, tokenizer, rank: int, world_size: int, transform: 
     if d.format == "sft":
         return SFTLoader(d.path, tokenizer, d.seq_len, t.global_batch_size, prompt_field=d.prompt_field,
                          answer_field=d.answer_field, fields=d.sft_fields, **common)
-    specs = [(s.name or Path(s.path).name, s.path, s.weight) for s in d.sources] or [(Path(d.path).name, d.path, 1.0)]
-    sources = [(name, TokenShards(path, "train", expected_tokenizer_hash=tokenizer.hash, verify=d.verify), w)
-               for name, path, w in specs]
-    return PackedLoader(sources, d.seq_len, t.global_batch_size, sidecars=d.sidecars, **common)
+    specs = ([(s.name or Path(s.path).name, s.path, s.weight, s.max_tokens, s.skip_tokens) for s in d.sources]
+             or [(Path(d.path).name, d.path, 1.0, None, 0)])
+    sources = [(name, TokenShards(path, "train", expected_tokenizer_hash=tokenizer.hash, verify=d.verify), w, cap,
+                skip) for name, path, w, cap, skip in specs]
+    return PackedLoader(sources, d.seq_len, t.global_batch_size, sidecars=d.sidecars, mixing=d.mixing, **common)
 
 
 def default_eval_path(cfg: Config) -> str:

@@ -84,7 +84,8 @@ class Trainer:
         self.ctx = RunContext(config=cfg, tokenizer=self.tokenizer, model_args=self.model_args,
                               engine=EngineView(self.engine), frozen=self.frozen, state=self.state,
                               eval_loss=self._eval_path)
-        self.best = (BestTracker(cfg.train.keep_best_on, cfg.train.early_stop_patience)
+        self.best = (BestTracker(cfg.train.keep_best_on, cfg.train.early_stop_patience,
+                                 cfg.train.early_stop_min_delta)
                      if cfg.train.keep_best_on else None)
         self.out_dir = Path(cfg.train.out_dir)
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.engine.is_main else None)

@@ -102,10 +102,26 @@ def test_base_errors_name_the_files(tmp_path):
         load_config(write(tmp_path, "base: ok.yaml\noptim: {lrr: 1}\n"))
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def _is_pipeline(path: Path) -> bool:
+    import yaml
+    return "stages" in (yaml.safe_load(path.read_text()) or {})
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if not _is_pipeline(p)))
 def test_every_shipped_config_loads(name):
     cfg = load_run_config(CONFIGS / name)
     assert cfg.train.max_steps > 0 and cfg.model.preset
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if _is_pipeline(p)))
+def test_every_shipped_pipeline_plans(name, tmp_path):
+    from llmcore.pipeline.plan import plan
+    from llmcore.pipeline.spec import load_pipeline
+
+    spec = load_pipeline(CONFIGS / name)
+    spec.out_dir = str(tmp_path)  # nothing on disk: every run new
+    runs = plan(spec)
+    assert runs and all(r.state == "new" and r.config.train.max_steps > 0 for r in runs)
 
 
 @pytest.mark.parametrize("override, message", [
