@@ -163,6 +163,16 @@ def cmd_import_hf(a) -> None:
     print(f"imported {a.model} -> {a.out}")
 
 
+def cmd_checkpoint_verify(a) -> None:
+    from llmcore.train import checkpoint, manifest
+
+    ckpt = checkpoint.resolve(a.checkpoint)
+    if not manifest.verify(ckpt, full=a.full):
+        raise LlmcoreError(f"{ckpt} has no {manifest.MANIFEST} (saved by an older llmcore): nothing to verify")
+    kinds = "xxh3_128 and sha256" if a.full else "xxh3_128 (sha256 for a v1 manifest)"
+    print(f"{ckpt}: every file matches {manifest.MANIFEST} ({kinds})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmcore", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--out", required=True)
     im.add_argument("--overwrite", action="store_true")
     im.set_defaults(fn=cmd_import_hf)
+    ck = sub.add_parser("checkpoint", help="checkpoint tools").add_subparsers(dest="action", required=True)
+    cv = ck.add_parser("verify", help="check every file of a checkpoint against its manifest.json")
+    cv.add_argument("checkpoint", help="checkpoint dir, run dir (its latest) or a latest/best file")
+    cv.add_argument("--full", action="store_true", help="check the sha256 chunks too (slower; the fast "
+                    "xxh3_128 check is what every load does)")
+    cv.set_defaults(fn=cmd_checkpoint_verify)
     add_recipe_commands(sub, builtin=set(sub.choices))
     return p
 
