@@ -104,9 +104,11 @@ def main() -> None:
         (ckpt / manifest.MANIFEST).write_text(v2)
         t_full = timed(lambda: manifest.verify(ckpt, full=True))
     load_s = statistics.median(plain)
+    load_avg = os.getloadavg()[0]  # other jobs on the machine take the core the hash thread overlaps on
     print(f"{a.preset}: checkpoint {size / 1e9:.2f} GB, {os.cpu_count()} CPUs, median of {a.repeats} "
           f"(load: of {len(plain)}, min/max {min(plain):.3f}/{max(plain):.3f} s); load alone {load_s:.3f} s; "
-          f"manifest at save (both digests + fsync) {t_write:.3f} s; full verify (both digests) {t_full:.3f} s")
+          f"manifest at save (both digests + fsync) {t_write:.3f} s; full verify (both digests) {t_full:.3f} s; "
+          f"1-min load average at the end {load_avg:.2f}")
     print("| digest | hash threads | verify alone | verify / load | load + verify overlapped (resume) | "
           "resume min/max | resume extra over load |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -120,6 +122,7 @@ def main() -> None:
                     "repeats": a.repeats, "load_s": round(load_s, 4), "verify_s": round(r["verify_s"], 4),
                     "resume_s": round(r["resume_s"], 4), "resume_extra_pct": round(extra, 1),
                     "manifest_write_s": round(t_write, 4), "full_verify_s": round(t_full, 4),
+                    "load_avg_1min": round(load_avg, 2),
                     "commit": git_commit()})
     append_csv(ROOT / "benchmarks" / "results" / "checkpoint_verify_xxh3.csv", out)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from llmcore.config.batch import AUTO, resolve_micro_batch_size
 from llmcore.errors import ConfigError
 
 
@@ -116,8 +117,12 @@ class TrainConfig:
     max_steps: int = 1000
     out_dir: str = "runs/default"
     seed: int = 0
-    micro_batch_size: int = 8
-    """Sequences per forward pass on one process."""
+    micro_batch_size: int | str = "auto"
+    """Sequences per forward pass on one process. `auto`: the largest divisor of
+    global_batch_size / world size that is at most max_micro_batch_size (fewest accumulation
+    steps that fit), so the config runs unchanged on any number of processes."""
+    max_micro_batch_size: int = 8
+    """With micro_batch_size=auto: the most sequences one process may take in one pass (memory)."""
     global_batch_size: int = 8
     """Sequences per optimizer step over all processes; a multiple of micro_batch * world."""
     precision: str = "auto"
@@ -154,6 +159,11 @@ class TrainConfig:
     allow_config_change: bool = False
     """Resume even though model, data, optim or the batch sizes differ from the checkpoint's
     config (refused by default, naming the keys)."""
+
+    def micro_batch_for(self, world_size: int) -> int:
+        """micro_batch_size on `world_size` processes (`auto` resolved; an explicit size checked)."""
+        return resolve_micro_batch_size(self.micro_batch_size, self.global_batch_size,
+                                        self.max_micro_batch_size, world_size)
 
 
 @dataclass
@@ -206,10 +216,15 @@ class Config:
             raise ConfigError(f"engine.zero_stage must be 0-3, got {self.engine.zero_stage}")
         if self.engine.backend != "deepspeed" and self.engine.zero_stage:
             raise ConfigError("engine.zero_stage needs engine.backend=deepspeed")
-        for key in ("train.max_steps", "train.micro_batch_size", "train.global_batch_size", "data.seq_len"):
+        for key in ("train.max_steps", "train.max_micro_batch_size", "train.global_batch_size", "data.seq_len"):
             if _get(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {_get(self, key)}")
-        if self.train.global_batch_size % self.train.micro_batch_size:
+        if self.train.micro_batch_size == AUTO:
+            pass  # resolved against the world size when the run starts (TrainConfig.micro_batch_for)
+        elif isinstance(self.train.micro_batch_size, str) or self.train.micro_batch_size <= 0:
+            raise ConfigError(f"train.micro_batch_size must be a positive integer or {AUTO!r}, "
+                              f"got {self.train.micro_batch_size!r}")
+        elif self.train.global_batch_size % self.train.micro_batch_size:
             raise ConfigError(
                 f"train.global_batch_size={self.train.global_batch_size} is not a multiple of "
                 f"train.micro_batch_size={self.train.micro_batch_size}")

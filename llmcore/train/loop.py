@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from llmcore.config.batch import AUTO
 from llmcore.config.schema import Config
 from llmcore.engine.build import build_engine
 from llmcore.engine.train_module import TrainModule
@@ -67,10 +68,12 @@ class Trainer:
         self.engine = build_engine(TrainModule(model, self.recipes.modules(self.model_args)), cfg)
         self.device = self.engine.device
         world = self.engine.world_size
-        if cfg.train.global_batch_size % (cfg.train.micro_batch_size * world):
-            raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
-                              f"micro_batch_size x world size = {cfg.train.micro_batch_size} x {world}")
-        self.accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world)
+        self.micro_batch = cfg.train.micro_batch_for(world)
+        self.accum = cfg.train.global_batch_size // (self.micro_batch * world)
+        if cfg.train.micro_batch_size == AUTO and self.engine.is_main:
+            log.info("train.micro_batch_size=auto -> %d (global batch %d over %d processes, %d accumulation "
+                     "steps, train.max_micro_batch_size %d)", self.micro_batch, cfg.train.global_batch_size,
+                     world, self.accum, cfg.train.max_micro_batch_size)
         self.use_bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.frozen = self.engine.place_frozen(frozen, torch.bfloat16 if self.use_bf16 else torch.float32)
@@ -151,7 +154,8 @@ class Trainer:
                 state = checkpoint.read_state(ckpt)
                 checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
                 check_architecture(ckpt, self.model_args, self.cfg.model.preset)
-                changed = config_change.check(checkpoint.saved_config(ckpt), self.cfg, str(ckpt))
+                changed = config_change.check(checkpoint.saved_config(ckpt), self.cfg, str(ckpt),
+                                              int(state.get("world_size", 1)), self.engine.world_size)
                 if changed and self.engine.is_main:
                     log.warning("resuming %s with a changed config (train.allow_config_change): %s", ckpt,
                                 "; ".join(changed))
@@ -201,7 +205,7 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step; returns its metrics."""
         cfg = self.cfg
-        mb = cfg.train.micro_batch_size
+        mb = self.micro_batch
         full = self.loader.next_batch()  # this rank's share of the global batch
         micro = [self.maths.to_device({k: v[i * mb:(i + 1) * mb] for k, v in full.items()})
                  for i in range(self.accum)]
@@ -227,7 +231,7 @@ class Trainer:
     def eval_batches(self, path: str, n: int | None = None) -> list[dict]:
         """The evaluation batches of the set at `path` (the same windows at every evaluation)."""
         n = self.cfg.train.eval_batches if n is None else n
-        return inputs.eval_set_batches(self.cfg, self.tokenizer, path, n, self.transform)
+        return inputs.eval_set_batches(self.cfg, self.tokenizer, path, n, self.transform, self.micro_batch)
 
     @torch.no_grad()
     def _eval_path(self, path: str, max_batches: int | None = None) -> dict:
