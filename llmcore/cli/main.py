@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -64,7 +65,7 @@ def cmd_train(a) -> None:
         return
     from llmcore.train.loop import Trainer
 
-    result = Trainer(cfg).fit()
+    result = Trainer(cfg, command=a.command_line).fit()
     # The run is checkpointed and over. A stop signal still arriving now (a launcher repeating
     # the SIGTERM it forwards until the workers exit) must not turn this clean exit into a death
     # by signal, which torchrun and slurm would report as a failed job.
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmcore: error: {e}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["llmcore", *(sys.argv[1:] if argv is None else argv)])
     try:
         args.fn(args)
     except LlmcoreError as e:

@@ -23,8 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from llmcore.errors import CheckpointError, ConfigError, LlmcoreError
-from llmcore.hf import convert as hf
 from llmcore.fsutil import check_output_dir, write_dir_atomically
+from llmcore.hf import convert as hf
+from llmcore.hf import model_card
 from llmcore.model.transformer import Transformer
 from llmcore.tokenizer import MODEL_FILE, SPECIALS_FILE, Tokenizer
 from llmcore.train import checkpoint
@@ -63,8 +64,9 @@ def export_hf(checkpoint_path: str, out_dir: str, *, max_shard_size: int | str =
     """Write a LlamaForCausalLM folder from one of our checkpoints; returns its path.
 
     The folder holds config.json, generation_config.json, model.safetensors (or shards of at
-    most `max_shard_size` plus model.safetensors.index.json) and the tokenizer (tokenizer.json,
-    tokenizer_config.json, special_tokens_map.json, tokenizer.model, special_tokens.json).
+    most `max_shard_size` plus model.safetensors.index.json), the tokenizer (tokenizer.json,
+    tokenizer_config.json, special_tokens_map.json, tokenizer.model, special_tokens.json) and
+    a README.md model card (`llmcore.hf.model_card`).
     `dtype` casts the weights (default: as stored). Recipe aux heads are dropped (logged).
     CheckpointError if the checkpoint is not a model LlamaForCausalLM can represent; an
     existing non-empty `out_dir` is refused unless `overwrite`.
@@ -94,9 +96,12 @@ def export_hf(checkpoint_path: str, out_dir: str, *, max_shard_size: int | str =
     if cast is not None:
         weights = {k: v.to(cast) for k, v in weights.items()}
     stored = next(iter(weights.values())).dtype
+    card = model_card.render(ckpt, args, checkpoint.read_state(ckpt), (ckpt / "config.yaml").read_text(),
+                             tokenizer.vocab_size, str(stored).removeprefix("torch."))
 
     def write(tmp: Path) -> None:
         _write_weights(tmp, weights, shard_bytes)
+        (tmp / model_card.FILE).write_text(card)
         _write_json(tmp / "config.json", hf.to_hf_config(args, tokenizer, stored))
         _write_json(tmp / "generation_config.json", hf.generation_config(tokenizer))
         _write_json(tmp / "tokenizer.json", hf.tokenizer_json(tokenizer.model_bytes, tokenizer.special_ids))

@@ -43,9 +43,12 @@ from llmcore.train.step import StepMaths
 class Trainer:
     """Builds everything a run needs from a Config and runs `fit()`."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, command: str = ""):
+        """`command`: the command line that started the run (`llmcore train ...`), recorded in
+        each checkpoint's state.json for the exported model card."""
         setup_logging()
         self.cfg = cfg
+        self.command = command
         torch.manual_seed(cfg.train.seed)  # model init depends on it; resume overwrites weights
         self.recipes = RecipeSet.from_config(cfg)
         self.tokenizer_dir = inputs.tokenizer_dir(cfg)
@@ -286,6 +289,8 @@ class Trainer:
 
     def save(self) -> Path:
         train_state = {"tokens_seen": self._tokens_seen(), "recipes": self.recipes.state_dict()}
+        if self.command:
+            train_state["command"] = self.command
         if self.best is not None:
             train_state["best"] = self.best.state_dict()
         return checkpoint.save(self.engine, str(self.out_dir), self.step, train_state,

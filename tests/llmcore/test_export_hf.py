@@ -126,7 +126,7 @@ def test_logits_and_greedy_match_transformers(exported):
 def test_files_config_and_aux_dropped(exported):
     model, tok, _, out = exported
     names = sorted(os.listdir(out))
-    assert names == sorted(["config.json", "generation_config.json", "model.safetensors",
+    assert names == sorted(["README.md", "config.json", "generation_config.json", "model.safetensors",
                             "special_tokens.json", "special_tokens_map.json", "tokenizer.json",
                             "tokenizer.model", "tokenizer_config.json"])
     cfg = json.loads((out / "config.json").read_text())
