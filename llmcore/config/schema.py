@@ -156,6 +156,11 @@ class TrainConfig:
     max_nonfinite_steps: int = 10
     """Abort (without saving) after this many consecutive steps with a non-finite gradient norm
     (0: never): a run of them means broken weights or data, not a spike."""
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    """Where metrics go: `jsonl` (metrics.jsonl, always), `tensorboard` (out_dir/tensorboard/),
+    `wandb` (offline unless WANDB_API_KEY is set); the last two are optional extras."""
+    wandb_project: str = "llmcore"
+    """W&B project of the run when `wandb` is in train.loggers (the run is named for out_dir)."""
     allow_config_change: bool = False
     """Resume even though model, data, optim or the batch sizes differ from the checkpoint's
     config (refused by default, naming the keys)."""
@@ -229,6 +234,7 @@ class Config:
                 f"train.global_batch_size={self.train.global_batch_size} is not a multiple of "
                 f"train.micro_batch_size={self.train.micro_batch_size}")
         _check_numbers(self)
+        _check_loggers(self.train.loggers)
         if not 0.0 <= self.schedule.anneal_fraction <= 1.0:
             raise ConfigError(f"schedule.anneal_fraction must be in [0, 1], got {self.schedule.anneal_fraction}")
         for name in self.eval.sets:
@@ -285,6 +291,20 @@ def _check_numbers(cfg: "Config") -> None:
             left, right = "[" if lo_in else "(", "]" if hi_in else ")"
             span = f"{left}{lo}, {hi}{right}" if hi is not None else (f">= {lo}" if lo_in else f"> {lo}")
             raise ConfigError(f"{key}={v} is out of range: must be {span} ({hint})")
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+def _check_loggers(names: list[str]) -> None:
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise ConfigError(f"train.loggers: unknown logger {unknown[0]!r} (have {', '.join(LOGGERS)})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train.loggers lists a logger twice: {names}")
+    if "jsonl" not in names:
+        raise ConfigError("train.loggers must include jsonl: metrics.jsonl is what resume, pipelines, "
+                          "`llmcore plot` and the model card read")
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

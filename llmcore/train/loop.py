@@ -33,6 +33,7 @@ from llmcore.train import checkpoint, config_change, inputs, leftovers, manifest
 from llmcore.train.architecture import check_architecture
 from llmcore.train.callbacks import BestTracker, eval_metric_key
 from llmcore.train.losses import ntp_loss
+from llmcore.train.loggers import build_trackers
 from llmcore.train.metrics import MetricsWriter, log, progress_bar, setup_logging
 from llmcore.train.nonfinite import NonFiniteGuard
 from llmcore.train.optim import lr_multiplier
@@ -101,6 +102,9 @@ class Trainer:
         self._lock_out_dir()
         try:
             self._restore()
+            if self.engine.is_main:
+                self.metrics.trackers = build_trackers(cfg.train.loggers, self.out_dir, self.step,
+                                                       cfg.train.wandb_project, cfg.to_dict())
         except BaseException:
             self.lock.release()
             raise
@@ -368,6 +372,7 @@ class Trainer:
                 if by_signal or by_callback:
                     break
         except BaseException:
+            self.metrics.close()
             self.lock.release()
             for s, h in old.items():
                 signal.signal(s, h)
@@ -381,6 +386,7 @@ class Trainer:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            self.metrics.close()
             self.lock.release()
 
     def _finish(self, saved: Path | None, last: dict, by_signal: bool, by_callback: bool,
