@@ -164,6 +164,14 @@ def cmd_import_hf(a) -> None:
     print(f"imported {a.model} -> {a.out}")
 
 
+def cmd_plot(a) -> None:
+    from llmcore.train.curves import DEFAULT_KEYS, plot_runs
+
+    keys = DEFAULT_KEYS + tuple(t for t in _split_csv(a.terms) if t not in DEFAULT_KEYS)
+    plot_runs(a.runs, a.out, keys)
+    print(f"plot: {a.out} ({', '.join(keys)} of {len(a.runs)} run{'s' if len(a.runs) > 1 else ''})")
+
+
 def cmd_checkpoint_verify(a) -> None:
     from llmcore.train import checkpoint, manifest
 
@@ -262,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--out", required=True)
     im.add_argument("--overwrite", action="store_true")
     im.set_defaults(fn=cmd_import_hf)
+    pt = sub.add_parser("plot", help="train/validation loss (and named terms) vs tokens of runs, from metrics.jsonl")
+    pt.add_argument("runs", nargs="+", help="run folders (train.out_dir)")
+    pt.add_argument("--out", default="curves.png", help="image file (.png, .pdf, .svg)")
+    pt.add_argument("--terms", help="comma-separated further keys of metrics.jsonl, e.g. fsp/loss,eval/code/loss")
+    pt.set_defaults(fn=cmd_plot)
+
     ck = sub.add_parser("checkpoint", help="checkpoint tools").add_subparsers(dest="action", required=True)
     cv = ck.add_parser("verify", help="check every file of a checkpoint against its manifest.json")
     cv.add_argument("checkpoint", help="checkpoint dir, run dir (its latest) or a latest/best file")
