@@ -40,12 +40,22 @@ def cmd_tokenizer_train(a) -> None:
 def cmd_data_prepare(a) -> None:
     from llmcore.data.prepare import prepare
     from llmcore.tokenizer import Tokenizer
+    from llmcore.tokenizer_hf import HFTokenizer, is_hf_folder, is_llmcore_folder
 
-    tok = Tokenizer.load(a.tokenizer)
+    if is_hf_folder(a.tokenizer) and not is_llmcore_folder(a.tokenizer):
+        # a Hugging Face folder as it comes: recipe special tokens placed as import-hf places them
+        from llmcore.recipe.registry import all_special_tokens
+
+        tok = HFTokenizer.from_hf_folder(a.tokenizer, all_special_tokens())
+    else:
+        tok = Tokenizer.load(a.tokenizer)
     manifest = prepare(a.input, tok, a.out, val_fraction=a.val_fraction, num_proc=a.num_proc,
                        text_field=a.text_field, sample_by=a.sample_by, overwrite=a.overwrite, seed=a.seed)
     # The run finds its tokenizer beside the data unless data.tokenizer says otherwise.
-    shutil.copytree(a.tokenizer, Path(a.out) / "tokenizer", dirs_exist_ok=True)
+    if tok.backend == "sentencepiece":
+        shutil.copytree(a.tokenizer, Path(a.out) / "tokenizer", dirs_exist_ok=True)
+    else:
+        tok.save(str(Path(a.out) / "tokenizer"), overwrite=True)
     splits = manifest["splits"]
     print(f"data: {a.out}: " + ", ".join(f"{k} {v['num_tokens']:,} tokens / {v['num_docs']:,} docs"
                                          for k, v in splits.items()))
