@@ -142,8 +142,12 @@ def cmd_eval(a) -> None:
     if a.tasks:
         res = exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens, recipes=recipes)
         out["exact_match"] = {k: v for k, v in res.items() if k != "examples"}
+    if a.text:
+        from llmcore.eval.bits_per_byte import bits_per_byte, read_documents
+
+        out["text"] = bits_per_byte(model, tok, read_documents(a.text, a.text_field))
     if not out:
-        raise LlmcoreError("eval needs --data (validation loss) and/or --tasks (exact match)")
+        raise LlmcoreError("eval needs --data (validation loss), --tasks (exact match) and/or --text (bits per byte)")
     print(json.dumps(out, indent=1))
 
 
@@ -248,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", help="prepared data folder (its val split)")
     ev.add_argument("--tasks", help="prompt/answer jsonl for exact match")
+    ev.add_argument("--text", help="raw text (.txt: one document; .jsonl: one per line) for bits per byte, "
+                                   "scored as lm-evaluation-harness scores loglikelihood_rolling")
+    ev.add_argument("--text-field", default="text", help="the .jsonl field holding each document")
     ev.add_argument("--seq-len", type=int, default=256)
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-batches", type=int, default=None)

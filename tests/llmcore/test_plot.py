@@ -5,23 +5,30 @@ from __future__ import annotations
 import json
 
 import pytest
-from run_configs import tiny_config
 
 from llmcore.cli.main import main
 from llmcore.errors import LlmcoreError
 from llmcore.train.curves import plot_runs
-from llmcore.train.loop import Trainer
 
 
 @pytest.fixture(scope="module")
-def runs(prepared, tmp_path_factory):
-    """Two short runs (4 sequences x 32 tokens a step) with the probe recipe's `probe/aux` term."""
+def runs(tmp_path_factory):
+    """Two run folders whose metrics.jsonl are laid out as the trainer writes them (4 sequences
+    x 32 tokens a step): train rows every step, evaluation rows (no `tokens`) at steps 2 and 4,
+    a recipe term `probe/aux`, a nested `data` entry, and a last row cut short by a kill."""
     root = tmp_path_factory.mktemp("plot")
-    for lr in ("1e-3", "3e-3"):
-        Trainer(tiny_config(prepared, root / f"lr{lr}", "data.seq_len=32", "train.global_batch_size=4",
-                            "model.n_layers=2", "train.max_steps=4", "train.log_every=1", "train.eval_every=2",
-                            "train.eval_batches=1", f"optim.lr={lr}", "recipes=[probe]")).fit()
-    return [root / "lr1e-3", root / "lr3e-3"]
+    out = []
+    for k, name in enumerate(("lr1e-3", "lr3e-3")):
+        lines = []
+        for step in range(1, 5):
+            lines.append(json.dumps({"time": 1.0 * step, "step": step, "tokens": step * 128, "loss": 6.0 - 0.3 * k - 0.1 * step,
+                                     "probe/aux": 0.01 * step, "lr": 1e-3, "data": {"samples": 4 * step}}))
+            if step % 2 == 0:
+                lines.append(json.dumps({"time": 1.5 * step, "step": step, "val_loss": 6.1 - 0.2 * k - 0.1 * step}))
+        (root / name).mkdir()
+        (root / name / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 5, "loss": 5.')
+        out.append(root / name)
+    return out
 
 
 def test_plotted_lines_are_the_metrics(runs, tmp_path):
@@ -34,7 +41,7 @@ def test_plotted_lines_are_the_metrics(runs, tmp_path):
     for ax, key in zip(axes, ("loss", "val_loss", "probe/aux")):
         assert [line.get_label() for line in ax.lines] == ["lr1e-3", "lr3e-3"]
         for line, run in zip(ax.lines, runs):
-            rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+            rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s.endswith("}")]
             want = [(r["step"] * 4 * 32, r[key]) for r in rows if key in r]
             assert list(zip(line.get_xdata(), line.get_ydata())) == want, (key, run.name)
     assert [len(ax.lines[0].get_xdata()) for ax in axes] == [4, 2, 4]
@@ -45,7 +52,7 @@ def test_cli_plot_and_an_absent_key(runs, tmp_path, capsys):
     out = tmp_path / "c.png"
     assert main(["plot", *map(str, runs), "--out", str(out), "--terms", "probe/aux"]) == 0
     assert out.is_file() and "loss, val_loss, probe/aux of 2 runs" in capsys.readouterr().out
-    with pytest.raises(LlmcoreError, match=r"no run has 'fsp/loss' in its metrics.jsonl \(numbers there: .*grad_norm"):
+    with pytest.raises(LlmcoreError, match=r"no run has 'fsp/loss' in its metrics.jsonl \(numbers there: .*probe/aux"):
         plot_runs(runs, tmp_path / "x.png", ("loss", "fsp/loss"))
     assert main(["plot", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "nope does not exist: `llmcore plot` takes run folders" in capsys.readouterr().err
