@@ -68,6 +68,8 @@ def test_lm_eval_bits_per_byte_equals_llmcore_eval(prepared, corpus_file, tmp_pa
                                       tasks=["local_bpb"], task_manager=TaskManager(include_path=str(tasks)),
                                       device="cpu", batch_size=1)
         got = out["results"]["local_bpb"]
+        print(f"max_length {max_length}: lm_eval bits_per_byte {got['bits_per_byte,none']:.6f}, "
+              f"llmcore {want['bits_per_byte']:.6f}")
         assert got["bits_per_byte,none"] == pytest.approx(want["bits_per_byte"], abs=1e-4), max_length
         assert got["byte_perplexity,none"] == pytest.approx(want["byte_perplexity"], abs=1e-4)
         assert got["word_perplexity,none"] == pytest.approx(want["word_perplexity"], rel=1e-4)
