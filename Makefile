@@ -36,6 +36,7 @@ test: setup
 	$(BIN)/python -m pytest -m "not slow and not cuda" -q
 
 test-all: setup
+	$(BIN)/python -m pip install -q -e ".[eval]"
 	$(BIN)/python -m pytest -m "not cuda" -q
 
 bench: setup

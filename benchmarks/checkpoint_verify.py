@@ -2,13 +2,15 @@
 
 Writes a checkpoint the way `checkpoint.save` lays it out (model.safetensors, AdamW state in
 optimizer.pt, RNG, state.json, manifest.json), then times, `--repeats` times each, what a resume
-reads (weights and optimizer state loaded into a model and an AdamW) with and without
-`manifest.verify` first. The page cache is warm for both (a resume right after a save or a
-requeue on the same node); a cold read costs the same disk pass once either way.
+reads (weights and optimizer state loaded into a model and an AdamW) alone, and with the
+manifest check running on a thread beside it as the trainer does: ours (xxh3_128 chunks, the
+v2 manifest) and the baseline (sha256 chunks, the same files with a v1 manifest), each with
+1 hash thread and with `manifest._threads()`. The page cache is warm for all (a resume right
+after a save or a requeue on the same node); a cold read costs the same disk pass once either way.
 
     PYTHONPATH=. python -m benchmarks.checkpoint_verify [--preset 150m] [--repeats 5]
 
-Prints a table and appends rows to benchmarks/results/checkpoint_verify.csv.
+Prints a table and appends rows to benchmarks/results/checkpoint_verify_xxh3.csv.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def v1_manifest(body: dict) -> dict:
+    """The same manifest as an older llmcore wrote it: sha256 chunks only (the baseline)."""
+    return {"format": manifest.FORMAT_V1, "chunk_bytes": body["chunk_bytes"],
+            "files": {n: {"bytes": e["bytes"], "sha256": e["sha256"]} for n, e in body["files"].items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="150m")
@@ -65,40 +73,58 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     model = Transformer(get_preset(a.preset))
+    many = manifest._threads()
+    rows = []
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         ckpt = Path(tmp) / "ckpt-000001"
         opt = write_checkpoint(ckpt, model)
-        t_write = timed(lambda: manifest.write(ckpt))  # hashes + fsyncs, as a save does
+        t_write = timed(lambda: manifest.write(ckpt))  # both digests + fsyncs, as a save does
+        v2 = (ckpt / manifest.MANIFEST).read_text()
+        v1 = json.dumps(v1_manifest(json.loads(v2)))
         size = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
         load(ckpt, model, opt)  # warm the page cache and the allocator
-        plain, verify, overlapped = [], [], []
+        plain = [timed(lambda: load(ckpt, model, opt)) for _ in range(a.repeats)]
 
-        def resume_load():  # what the trainer does: hash on a thread while our own files load
-            pending = manifest.verify_in_background(ckpt)
+        def resume_load(threads):  # what the trainer does: hash on a thread while our own files load
+            pending = manifest.verify_in_background(ckpt, threads=threads)
             load(ckpt, model, opt)
             assert pending.result()
 
-        for _ in range(a.repeats):
-            plain.append(timed(lambda: load(ckpt, model, opt)))
-            verify.append(timed(lambda: manifest.verify(ckpt)))
-            overlapped.append(timed(resume_load))
-    load_s, verify_s = statistics.median(plain), statistics.median(verify)
-    both_s = statistics.median(overlapped)
-    row = {"preset": a.preset, "params": sum(p.numel() for p in model.parameters()), "ckpt_bytes": size,
-           "device": "cpu", "cpus": os.cpu_count(), "threads": manifest._threads(), "repeats": a.repeats,
-           "load_s": round(load_s, 4), "verify_s": round(verify_s, 4),
-           "verify_pct_of_load": round(100 * verify_s / load_s, 1), "manifest_write_s": round(t_write, 4),
-           "overlapped_s": round(both_s, 4), "overlapped_extra_pct": round(100 * (both_s - load_s) / load_s, 1),
-           "commit": git_commit()}
-    print("| preset | checkpoint | CPUs (hash threads) | load | verify alone | verify / load | "
-          "load + verify overlapped (resume) | resume extra | manifest at save |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {a.preset} | {size / 1e9:.2f} GB | {row['cpus']} ({row['threads']}) | {load_s:.3f} s | "
-          f"{verify_s:.3f} s | {row['verify_pct_of_load']}% | {both_s:.3f} s | {row['overlapped_extra_pct']}% | "
-          f"{t_write:.3f} s |")
-    print(f"(median of {a.repeats}; load min/max {min(plain):.3f}/{max(plain):.3f} s, "
-          f"verify min/max {min(verify):.3f}/{max(verify):.3f} s)")
-    append_csv(ROOT / "benchmarks" / "results" / "checkpoint_verify_overlap.csv", [row])
+        for digest, text in (("xxh3_128 (v2, ours)", v2), ("sha256 (v1, baseline)", v1)):
+            (ckpt / manifest.MANIFEST).write_text(text)
+            for threads in sorted({1, many}):
+                alone, overlapped = [], []
+                for _ in range(a.repeats):  # interleaved with plain loads: the shared machine drifts
+                    plain.append(timed(lambda: load(ckpt, model, opt)))
+                    alone.append(timed(lambda t=threads: manifest.verify(ckpt, threads=t)))
+                    overlapped.append(timed(lambda t=threads: resume_load(t)))
+                rows.append({"digest": digest, "threads": threads, "verify_s": statistics.median(alone),
+                             "resume_s": statistics.median(overlapped),
+                             "resume_min_max": f"{min(overlapped):.3f}/{max(overlapped):.3f}"})
+        (ckpt / manifest.MANIFEST).write_text(v2)
+        t_full = timed(lambda: manifest.verify(ckpt, full=True))
+    load_s = statistics.median(plain)
+    load_avg = os.getloadavg()[0]  # other jobs on the machine take the core the hash thread overlaps on
+    print(f"{a.preset}: checkpoint {size / 1e9:.2f} GB, {os.cpu_count()} CPUs, median of {a.repeats} "
+          f"(load: of {len(plain)}, min/max {min(plain):.3f}/{max(plain):.3f} s); load alone {load_s:.3f} s; "
+          f"manifest at save (both digests + fsync) {t_write:.3f} s; full verify (both digests) {t_full:.3f} s; "
+          f"1-min load average at the end {load_avg:.2f}")
+    print("| digest | hash threads | verify alone | verify / load | load + verify overlapped (resume) | "
+          "resume min/max | resume extra over load |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    out = []
+    for r in rows:
+        extra = 100 * (r["resume_s"] - load_s) / load_s
+        print(f"| {r['digest']} | {r['threads']} | {r['verify_s']:.3f} s | {100 * r['verify_s'] / load_s:.0f}% | "
+              f"{r['resume_s']:.3f} s | {r['resume_min_max']} s | {extra:+.1f}% |")
+        out.append({"preset": a.preset, "params": sum(p.numel() for p in model.parameters()), "ckpt_bytes": size,
+                    "device": "cpu", "cpus": os.cpu_count(), "digest": r["digest"], "threads": r["threads"],
+                    "repeats": a.repeats, "load_s": round(load_s, 4), "verify_s": round(r["verify_s"], 4),
+                    "resume_s": round(r["resume_s"], 4), "resume_extra_pct": round(extra, 1),
+                    "manifest_write_s": round(t_write, 4), "full_verify_s": round(t_full, 4),
+                    "load_avg_1min": round(load_avg, 2),
+                    "commit": git_commit()})
+    append_csv(ROOT / "benchmarks" / "results" / "checkpoint_verify_xxh3.csv", out)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ def _hash(model_bytes: bytes, ids: dict[str, int]) -> str:
 class Tokenizer:
     """A loaded tokenizer. Build one with ``Tokenizer.train`` or ``Tokenizer.load``."""
 
+    backend = "sentencepiece"
+
     def __init__(self, model_bytes: bytes, ids: dict[str, int], path: str | None = None):
         self._model_bytes = model_bytes
         self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
@@ -125,10 +127,16 @@ class Tokenizer:
     # ------------------------------------------------------------------ files
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
-        """Load a tokenizer folder (``tokenizer.model`` + ``special_tokens.json``)."""
+        """Load a tokenizer folder (``tokenizer.model`` + ``special_tokens.json``); a folder
+        with a Hugging Face ``tokenizer.json`` instead loads as ``llmcore.tokenizer_hf.HFTokenizer``
+        (same interface)."""
         path = os.path.abspath(path)
         if not os.path.isdir(path):
             raise TokenizerError(f"tokenizer folder {path} does not exist")
+        from llmcore.tokenizer_hf import HFTokenizer, is_hf_folder
+
+        if is_hf_folder(path):
+            return HFTokenizer.load(path)  # type: ignore[return-value]
         files = {}
         for name in (MODEL_FILE, SPECIALS_FILE):
             f = os.path.join(path, name)

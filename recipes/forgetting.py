@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import yaml
 
+from llmcore.config.batch import resolve_micro_batch_size
+from llmcore.config.schema import TrainConfig
 from llmcore.errors import ConfigError
 from llmcore.eval.perturb import edited_weights
 from llmcore.pipeline.spec import Pipeline, Stage, Sweep
@@ -147,7 +149,11 @@ def _start_point(init: str, cfg: dict) -> tuple[float, float]:
     from llmcore.eval.loss import validation_loss
 
     model, _ = load(init)
-    seq_len, batch = cfg["data"]["seq_len"], cfg["train"]["micro_batch_size"]
+    t = cfg["train"]
+    # the batch the run's own (single-process) evaluations used; `auto` resolved as it was
+    batch = resolve_micro_batch_size(t["micro_batch_size"], t["global_batch_size"],
+                                     t.get("max_micro_batch_size", TrainConfig.max_micro_batch_size), 1)
+    seq_len = cfg["data"]["seq_len"]
     b = validation_loss(model, cfg["data"]["val_path"] or cfg["data"]["path"], seq_len, batch,
                         cfg["train"]["eval_batches"])["loss"]
     a = validation_loss(model, cfg["forgetting"]["val_path"], seq_len, batch, cfg["forgetting"]["eval_batches"])

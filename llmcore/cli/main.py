@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -41,12 +42,22 @@ def cmd_tokenizer_train(a) -> None:
 def cmd_data_prepare(a) -> None:
     from llmcore.data.prepare import prepare
     from llmcore.tokenizer import Tokenizer
+    from llmcore.tokenizer_hf import HFTokenizer, is_hf_folder, is_llmcore_folder
 
-    tok = Tokenizer.load(a.tokenizer)
+    if is_hf_folder(a.tokenizer) and not is_llmcore_folder(a.tokenizer):
+        # a Hugging Face folder as it comes: recipe special tokens placed as import-hf places them
+        from llmcore.recipe.registry import all_special_tokens
+
+        tok = HFTokenizer.from_hf_folder(a.tokenizer, all_special_tokens())
+    else:
+        tok = Tokenizer.load(a.tokenizer)
     manifest = prepare(a.input, tok, a.out, val_fraction=a.val_fraction, num_proc=a.num_proc,
                        text_field=a.text_field, sample_by=a.sample_by, overwrite=a.overwrite, seed=a.seed)
     # The run finds its tokenizer beside the data unless data.tokenizer says otherwise.
-    shutil.copytree(a.tokenizer, Path(a.out) / "tokenizer", dirs_exist_ok=True)
+    if tok.backend == "sentencepiece":
+        shutil.copytree(a.tokenizer, Path(a.out) / "tokenizer", dirs_exist_ok=True)
+    else:
+        tok.save(str(Path(a.out) / "tokenizer"), overwrite=True)
     splits = manifest["splits"]
     print(f"data: {a.out}: " + ", ".join(f"{k} {v['num_tokens']:,} tokens / {v['num_docs']:,} docs"
                                          for k, v in splits.items()))
@@ -66,7 +77,7 @@ def cmd_train(a) -> None:
         return
     from llmcore.train.loop import Trainer
 
-    result = Trainer(cfg).fit()
+    result = Trainer(cfg, command=a.command_line).fit()
     # The run is checkpointed and over. A stop signal still arriving now (a launcher repeating
     # the SIGTERM it forwards until the workers exit) must not turn this clean exit into a death
     # by signal, which torchrun and slurm would report as a failed job.
@@ -155,9 +166,13 @@ def cmd_eval(a) -> None:
         lo = 1 + max([tok.eos_id, tok.pad_id, *tok.special_ids.values()])
         out["copy_probe"] = copy_probe(model, lo=lo, hi=tok.vocab_size, span=a.copy_span, n_seqs=a.copy_n,
                                        seed=a.seed)
+    if a.text:
+        from llmcore.eval.bits_per_byte import bits_per_byte, read_documents
+
+        out["text"] = bits_per_byte(model, tok, read_documents(a.text, a.text_field))
     if not out:
         raise LlmcoreError("eval needs --data (validation loss), --tasks (exact match), --pass-at-k (sampled "
-                           "pass@k) and/or --copy-probe")
+                           "pass@k), --copy-probe and/or --text (bits per byte)")
     print(json.dumps(out, indent=1))
 
 
@@ -186,6 +201,24 @@ def cmd_import_hf(a) -> None:
 
     import_hf(a.model, a.out, overwrite=a.overwrite)
     print(f"imported {a.model} -> {a.out}")
+
+
+def cmd_plot(a) -> None:
+    from llmcore.train.curves import DEFAULT_KEYS, plot_runs
+
+    keys = DEFAULT_KEYS + tuple(t for t in _split_csv(a.terms) if t not in DEFAULT_KEYS)
+    plot_runs(a.runs, a.out, keys)
+    print(f"plot: {a.out} ({', '.join(keys)} of {len(a.runs)} run{'s' if len(a.runs) > 1 else ''})")
+
+
+def cmd_checkpoint_verify(a) -> None:
+    from llmcore.train import checkpoint, manifest
+
+    ckpt = checkpoint.resolve(a.checkpoint)
+    if not manifest.verify(ckpt, full=a.full):
+        raise LlmcoreError(f"{ckpt} has no {manifest.MANIFEST} (saved by an older llmcore): nothing to verify")
+    kinds = "xxh3_128 and sha256" if a.full else "xxh3_128 (sha256 for a v1 manifest)"
+    print(f"{ckpt}: every file matches {manifest.MANIFEST} ({kinds})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", help="prepared data folder (its val split)")
     ev.add_argument("--tasks", help="prompt/answer jsonl for exact match")
+    ev.add_argument("--text", help="raw text (.txt: one document; .jsonl: one per line) for bits per byte, "
+                                   "scored as lm-evaluation-harness scores loglikelihood_rolling")
+    ev.add_argument("--text-field", default="text", help="the .jsonl field holding each document")
     ev.add_argument("--seq-len", type=int, default=256)
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-batches", type=int, default=None)
@@ -294,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--out", required=True)
     im.add_argument("--overwrite", action="store_true")
     im.set_defaults(fn=cmd_import_hf)
+    pt = sub.add_parser("plot", help="train/validation loss (and named terms) vs tokens of runs, from metrics.jsonl")
+    pt.add_argument("runs", nargs="+", help="run folders (train.out_dir)")
+    pt.add_argument("--out", default="curves.png", help="image file (.png, .pdf, .svg)")
+    pt.add_argument("--terms", help="comma-separated further keys of metrics.jsonl, e.g. fsp/loss,eval/code/loss")
+    pt.set_defaults(fn=cmd_plot)
+
+    ck = sub.add_parser("checkpoint", help="checkpoint tools").add_subparsers(dest="action", required=True)
+    cv = ck.add_parser("verify", help="check every file of a checkpoint against its manifest.json")
+    cv.add_argument("checkpoint", help="checkpoint dir, run dir (its latest) or a latest/best file")
+    cv.add_argument("--full", action="store_true", help="check the sha256 chunks too (slower; the fast "
+                    "xxh3_128 check is what every load does)")
+    cv.set_defaults(fn=cmd_checkpoint_verify)
     add_recipe_commands(sub, builtin=set(sub.choices))
     return p
 
@@ -305,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmcore: error: {e}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["llmcore", *(sys.argv[1:] if argv is None else argv)])
     try:
         args.fn(args)
     except LlmcoreError as e:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from llmcore.config.batch import AUTO, resolve_micro_batch_size
 from llmcore.errors import ConfigError
 
 
@@ -130,8 +131,12 @@ class TrainConfig:
     max_steps: int = 1000
     out_dir: str = "runs/default"
     seed: int = 0
-    micro_batch_size: int = 8
-    """Sequences per forward pass on one process."""
+    micro_batch_size: int | str = "auto"
+    """Sequences per forward pass on one process. `auto`: the largest divisor of
+    global_batch_size / world size that is at most max_micro_batch_size (fewest accumulation
+    steps that fit), so the config runs unchanged on any number of processes."""
+    max_micro_batch_size: int = 8
+    """With micro_batch_size=auto: the most sequences one process may take in one pass (memory)."""
     global_batch_size: int = 8
     """Sequences per optimizer step over all processes; a multiple of micro_batch * world."""
     precision: str = "auto"
@@ -171,9 +176,19 @@ class TrainConfig:
     max_nonfinite_steps: int = 10
     """Abort (without saving) after this many consecutive steps with a non-finite gradient norm
     (0: never): a run of them means broken weights or data, not a spike."""
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    """Where metrics go: `jsonl` (metrics.jsonl, always), `tensorboard` (out_dir/tensorboard/),
+    `wandb` (offline unless WANDB_API_KEY is set); the last two are optional extras."""
+    wandb_project: str = "llmcore"
+    """W&B project of the run when `wandb` is in train.loggers (the run is named for out_dir)."""
     allow_config_change: bool = False
     """Resume even though model, data, optim or the batch sizes differ from the checkpoint's
     config (refused by default, naming the keys)."""
+
+    def micro_batch_for(self, world_size: int) -> int:
+        """micro_batch_size on `world_size` processes (`auto` resolved; an explicit size checked)."""
+        return resolve_micro_batch_size(self.micro_batch_size, self.global_batch_size,
+                                        self.max_micro_batch_size, world_size)
 
 
 @dataclass
@@ -233,14 +248,20 @@ class Config:
             raise ConfigError(f"engine.zero_stage must be 0-3, got {self.engine.zero_stage}")
         if self.engine.backend != "deepspeed" and self.engine.zero_stage:
             raise ConfigError("engine.zero_stage needs engine.backend=deepspeed")
-        for key in ("train.max_steps", "train.micro_batch_size", "train.global_batch_size", "data.seq_len"):
+        for key in ("train.max_steps", "train.max_micro_batch_size", "train.global_batch_size", "data.seq_len"):
             if _get(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {_get(self, key)}")
-        if self.train.global_batch_size % self.train.micro_batch_size:
+        if self.train.micro_batch_size == AUTO:
+            pass  # resolved against the world size when the run starts (TrainConfig.micro_batch_for)
+        elif isinstance(self.train.micro_batch_size, str) or self.train.micro_batch_size <= 0:
+            raise ConfigError(f"train.micro_batch_size must be a positive integer or {AUTO!r}, "
+                              f"got {self.train.micro_batch_size!r}")
+        elif self.train.global_batch_size % self.train.micro_batch_size:
             raise ConfigError(
                 f"train.global_batch_size={self.train.global_batch_size} is not a multiple of "
                 f"train.micro_batch_size={self.train.micro_batch_size}")
         _check_numbers(self)
+        _check_loggers(self.train.loggers)
         if not 0.0 <= self.schedule.anneal_fraction <= 1.0:
             raise ConfigError(f"schedule.anneal_fraction must be in [0, 1], got {self.schedule.anneal_fraction}")
         for name in self.eval.sets:
@@ -302,6 +323,20 @@ def _check_numbers(cfg: "Config") -> None:
             left, right = "[" if lo_in else "(", "]" if hi_in else ")"
             span = f"{left}{lo}, {hi}{right}" if hi is not None else (f">= {lo}" if lo_in else f"> {lo}")
             raise ConfigError(f"{key}={v} is out of range: must be {span} ({hint})")
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+def _check_loggers(names: list[str]) -> None:
+    unknown = [n for n in names if n not in LOGGERS]
+    if unknown:
+        raise ConfigError(f"train.loggers: unknown logger {unknown[0]!r} (have {', '.join(LOGGERS)})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train.loggers lists a logger twice: {names}")
+    if "jsonl" not in names:
+        raise ConfigError("train.loggers must include jsonl: metrics.jsonl is what resume, pipelines, "
+                          "`llmcore plot` and the model card read")
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

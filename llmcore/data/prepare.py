@@ -37,7 +37,7 @@ def prepare(inputs: list[str], tokenizer: Tokenizer | str, out_dir: str, *,
     ``val``. Shards hold at most ``shard_tokens`` tokens (a longer document gets a shard of
     its own) and documents never span shards.
     """
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
+    tok = Tokenizer.load(os.fspath(tokenizer)) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction={val_fraction} must be in [0, 1)")
     if sample_by not in SAMPLE_BY:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -23,10 +24,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from llmcore.errors import CheckpointError, ConfigError, LlmcoreError
-from llmcore.hf import convert as hf
 from llmcore.fsutil import check_output_dir, write_dir_atomically
+from llmcore.hf import convert as hf
+from llmcore.hf import model_card
 from llmcore.model.transformer import Transformer
 from llmcore.tokenizer import MODEL_FILE, SPECIALS_FILE, Tokenizer
+from llmcore.tokenizer_hf import BACKEND as HF_BACKEND
+from llmcore.tokenizer_hf import HF_FILE, HFTokenizer, is_hf_folder, is_llmcore_folder
 from llmcore.train import checkpoint
 
 log = logging.getLogger(__name__)
@@ -63,8 +67,9 @@ def export_hf(checkpoint_path: str, out_dir: str, *, max_shard_size: int | str =
     """Write a LlamaForCausalLM folder from one of our checkpoints; returns its path.
 
     The folder holds config.json, generation_config.json, model.safetensors (or shards of at
-    most `max_shard_size` plus model.safetensors.index.json) and the tokenizer (tokenizer.json,
-    tokenizer_config.json, special_tokens_map.json, tokenizer.model, special_tokens.json).
+    most `max_shard_size` plus model.safetensors.index.json), the tokenizer (tokenizer.json,
+    tokenizer_config.json, special_tokens_map.json, tokenizer.model, special_tokens.json) and
+    a README.md model card (`llmcore.hf.model_card`).
     `dtype` casts the weights (default: as stored). Recipe aux heads are dropped (logged).
     CheckpointError if the checkpoint is not a model LlamaForCausalLM can represent; an
     existing non-empty `out_dir` is refused unless `overwrite`.
@@ -73,9 +78,9 @@ def export_hf(checkpoint_path: str, out_dir: str, *, max_shard_size: int | str =
     out = check_output_dir(out_dir, overwrite, CheckpointError)
     shard_bytes, cast = parse_size(max_shard_size), parse_dtype(dtype)
     tok_dir = ckpt / "tokenizer"
-    if not (tok_dir / MODEL_FILE).is_file():
-        raise CheckpointError(f"{ckpt} has no tokenizer ({tok_dir / MODEL_FILE} is missing): "
-                              "an HF folder needs one")
+    if not (tok_dir / MODEL_FILE).is_file() and not is_hf_folder(str(tok_dir)):
+        raise CheckpointError(f"{ckpt} has no tokenizer ({tok_dir / MODEL_FILE} or {tok_dir / HF_FILE} "
+                              "is missing): an HF folder needs one")
     tokenizer = Tokenizer.load(str(tok_dir))
     args = checkpoint.model_args(ckpt, tokenizer.vocab_size)
     full = checkpoint.load_verified_weights(ckpt)
@@ -94,11 +99,22 @@ def export_hf(checkpoint_path: str, out_dir: str, *, max_shard_size: int | str =
     if cast is not None:
         weights = {k: v.to(cast) for k, v in weights.items()}
     stored = next(iter(weights.values())).dtype
+    card = model_card.render(ckpt, args, checkpoint.read_state(ckpt), (ckpt / "config.yaml").read_text(),
+                             tokenizer.vocab_size, str(stored).removeprefix("torch."))
 
     def write(tmp: Path) -> None:
         _write_weights(tmp, weights, shard_bytes)
+        (tmp / model_card.FILE).write_text(card)
         _write_json(tmp / "config.json", hf.to_hf_config(args, tokenizer, stored))
         _write_json(tmp / "generation_config.json", hf.generation_config(tokenizer))
+        if tokenizer.backend == HF_BACKEND:  # the HF tokenizer as trained with, recipe tokens placed
+            tokenizer.save(str(tmp / "tokenizer"))
+            for name in os.listdir(tmp / "tokenizer"):
+                os.replace(tmp / "tokenizer" / name, tmp / name)
+            os.rmdir(tmp / "tokenizer")
+            config, names = tokenizer.hf_config(args.max_seq_len)
+            _write_json(tmp / "tokenizer_config.json", config)
+            return
         _write_json(tmp / "tokenizer.json", hf.tokenizer_json(tokenizer.model_bytes, tokenizer.special_ids))
         config, names = hf.tokenizer_config(tokenizer, args.max_seq_len)
         _write_json(tmp / "tokenizer_config.json", config)
@@ -172,6 +188,8 @@ def import_hf(model_dir: str, out_dir: str, *, overwrite: bool = False) -> Path:
     check_output_dir(out_dir, overwrite, CheckpointError)
     weights = hf.from_hf(_read_hf_weights(src), args, str(src))
     tokenizer = _hf_tokenizer(src)
+    if tokenizer is not None and tokenizer.backend == HF_BACKEND and tokenizer.vocab_size > args.vocab_size:
+        weights, args = _grow_vocab(weights, args, tokenizer, src)
     if tokenizer is not None and tokenizer.vocab_size > args.vocab_size:
         raise CheckpointError(f"{src}: tokenizer.model has {tokenizer.vocab_size} tokens but "
                               f"config.json vocab_size is {args.vocab_size}")
@@ -211,10 +229,35 @@ def _read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def _hf_tokenizer(src: Path) -> Tokenizer | None:
+def _grow_vocab(weights: dict[str, torch.Tensor], args, tokenizer, src: Path):
+    """Embedding (and untied lm_head) rows for the special tokens appended to the vocabulary:
+    each new row is the mean of the existing ones (a neutral start that training moves)."""
+    import dataclasses
+
+    old, new = args.vocab_size, tokenizer.vocab_size
+    grown = dict(weights)
+    for name in ("embed_tokens.weight", "lm_head.weight"):
+        if name in grown:
+            w = grown[name]
+            grown[name] = torch.cat([w, w.float().mean(0, keepdim=True).to(w.dtype).expand(new - old, -1)])
+    added = [t for t, i in tokenizer.special_ids.items() if i >= old]
+    log.warning("import-hf: resized the embedding%s of %s from %d to %d rows for the special tokens %s "
+                "(no reserved token was free for them; new rows = the mean embedding)",
+                "" if args.tie_embeddings else " and lm_head", src, old, new, added)
+    return grown, dataclasses.replace(args, vocab_size=new)
+
+
+def _hf_tokenizer(src: Path) -> Tokenizer | HFTokenizer | None:
     """Our Tokenizer from an HF folder's tokenizer.model (+ our special_tokens.json when the
-    folder came from export-hf); None, with a warning, when there is none we can represent."""
+    folder came from export-hf), or its tokenizer.json (the HF tokenizers backend, with the
+    recipes' special tokens placed); None, with a warning, when there is none we can represent."""
     model = src / MODEL_FILE
+    if not model.is_file() and (src / HF_FILE).is_file():
+        if is_llmcore_folder(str(src)):
+            return HFTokenizer.load(str(src))  # exported by llmcore: exactly as trained
+        from llmcore.recipe.registry import all_special_tokens
+
+        return HFTokenizer.from_hf_folder(str(src), all_special_tokens())
     if not model.is_file():
         log.warning("import-hf: %s has no SentencePiece %s; the checkpoint gets no tokenizer/ "
                     "(add one before llmcore.load)", src, MODEL_FILE)

@@ -3,7 +3,7 @@
 Layout of `out_dir/ckpt-000100/`: `model.safetensors` (trunk, HF-style names), `aux.safetensors`
 (recipe modules, when any), `optimizer.pt` (or the engine's own files), `state.json` (step,
 loader state, world size), `rng-rank<r>.pt` (tensors only), `config.yaml`, `tokenizer/`, and
-`manifest.json` (size and sha256 of every other file, `llmcore.train.manifest`).
+`manifest.json` (size, xxh3_128 and sha256 of every other file, `llmcore.train.manifest`).
 
 The invariant a save keeps: a folder named `ckpt-N` is always complete, and `latest` always
 names a loadable one. A checkpoint is written as `ckpt-N.tmp`, hashed and fsynced, then renamed.

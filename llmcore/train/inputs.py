@@ -62,10 +62,12 @@ def default_eval_path(cfg: Config) -> str:
     return d.val_path or d.path or d.sources[0].path
 
 
-def eval_set_batches(cfg: Config, tokenizer, path: str, n: int, transform: Callable | None) -> list[dict]:
-    """Up to `n` micro-batches of the evaluation set at `path` (a prepared folder's `val`
-    split, or an SFT jsonl), transformed with a per-window seed; [] when there is none."""
-    d, mb, seed = cfg.data, cfg.train.micro_batch_size, cfg.train.seed
+def eval_set_batches(cfg: Config, tokenizer, path: str, n: int, transform: Callable | None,
+                     micro_batch: int) -> list[dict]:
+    """Up to `n` micro-batches (of `micro_batch` sequences, the run's resolved size) of the
+    evaluation set at `path` (a prepared folder's `val` split, or an SFT jsonl), transformed
+    with a per-window seed; [] when there is none."""
+    d, mb, seed = cfg.data, micro_batch, cfg.train.seed
     if not path:
         return []
     if d.format == "sft":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from llmcore.config.batch import AUTO
 from llmcore.config.schema import Config
 from llmcore.engine.build import build_engine
 from llmcore.engine.train_module import TrainModule
@@ -32,6 +33,7 @@ from llmcore.train import checkpoint, config_change, inputs, leftovers, manifest
 from llmcore.train.architecture import check_architecture
 from llmcore.train.callbacks import BestTracker, eval_metric_key
 from llmcore.train.losses import ntp_loss
+from llmcore.train.loggers import build_trackers
 from llmcore.train.metrics import MetricsWriter, log, progress_bar, setup_logging
 from llmcore.train.nonfinite import NonFiniteGuard
 from llmcore.train.optim import lr_multiplier
@@ -42,9 +44,12 @@ from llmcore.train.step import StepMaths
 class Trainer:
     """Builds everything a run needs from a Config and runs `fit()`."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, command: str = ""):
+        """`command`: the command line that started the run (`llmcore train ...`), recorded in
+        each checkpoint's state.json for the exported model card."""
         setup_logging()
         self.cfg = cfg
+        self.command = command
         torch.manual_seed(cfg.train.seed)  # model init depends on it; resume overwrites weights
         self.recipes = RecipeSet.from_config(cfg)
         self.tokenizer_dir = inputs.tokenizer_dir(cfg)
@@ -67,10 +72,12 @@ class Trainer:
         self.engine = build_engine(TrainModule(model, self.recipes.modules(self.model_args)), cfg)
         self.device = self.engine.device
         world = self.engine.world_size
-        if cfg.train.global_batch_size % (cfg.train.micro_batch_size * world):
-            raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
-                              f"micro_batch_size x world size = {cfg.train.micro_batch_size} x {world}")
-        self.accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * world)
+        self.micro_batch = cfg.train.micro_batch_for(world)
+        self.accum = cfg.train.global_batch_size // (self.micro_batch * world)
+        if cfg.train.micro_batch_size == AUTO and self.engine.is_main:
+            log.info("train.micro_batch_size=auto -> %d (global batch %d over %d processes, %d accumulation "
+                     "steps, train.max_micro_batch_size %d)", self.micro_batch, cfg.train.global_batch_size,
+                     world, self.accum, cfg.train.max_micro_batch_size)
         self.use_bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported())
         self.frozen = self.engine.place_frozen(frozen, torch.bfloat16 if self.use_bf16 else torch.float32)
@@ -96,6 +103,9 @@ class Trainer:
         self._lock_out_dir()
         try:
             self._restore()
+            if self.engine.is_main:
+                self.metrics.trackers = build_trackers(cfg.train.loggers, self.out_dir, self.step,
+                                                       cfg.train.wandb_project, cfg.to_dict())
         except BaseException:
             self.lock.release()
             raise
@@ -152,7 +162,8 @@ class Trainer:
                 state = checkpoint.read_state(ckpt)
                 checkpoint.check_compatible(ckpt, state, self.engine.world_size, self.engine.backend)
                 check_architecture(ckpt, self.model_args, self.cfg.model.preset)
-                changed = config_change.check(checkpoint.saved_config(ckpt), self.cfg, str(ckpt))
+                changed = config_change.check(checkpoint.saved_config(ckpt), self.cfg, str(ckpt),
+                                              int(state.get("world_size", 1)), self.engine.world_size)
                 if changed and self.engine.is_main:
                     log.warning("resuming %s with a changed config (train.allow_config_change): %s", ckpt,
                                 "; ".join(changed))
@@ -202,7 +213,7 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step; returns its metrics."""
         cfg = self.cfg
-        mb = cfg.train.micro_batch_size
+        mb = self.micro_batch
         full = self.loader.next_batch()  # this rank's share of the global batch
         micro = [self.maths.to_device({k: v[i * mb:(i + 1) * mb] for k, v in full.items()})
                  for i in range(self.accum)]
@@ -228,7 +239,7 @@ class Trainer:
     def eval_batches(self, path: str, n: int | None = None) -> list[dict]:
         """The evaluation batches of the set at `path` (the same windows at every evaluation)."""
         n = self.cfg.train.eval_batches if n is None else n
-        return inputs.eval_set_batches(self.cfg, self.tokenizer, path, n, self.transform)
+        return inputs.eval_set_batches(self.cfg, self.tokenizer, path, n, self.transform, self.micro_batch)
 
     @torch.no_grad()
     def _eval_path(self, path: str, max_batches: int | None = None) -> dict:
@@ -283,6 +294,8 @@ class Trainer:
 
     def save(self) -> Path:
         train_state = {"tokens_seen": self._tokens_seen(), "recipes": self.recipes.state_dict()}
+        if self.command:
+            train_state["command"] = self.command
         if self.best is not None:
             train_state["best"] = self.best.state_dict()
         return checkpoint.save(self.engine, str(self.out_dir), self.step, train_state,
@@ -361,6 +374,7 @@ class Trainer:
                 if by_signal or by_callback:
                     break
         except BaseException:
+            self.metrics.close()
             self.lock.release()
             for s, h in old.items():
                 signal.signal(s, h)
@@ -374,6 +388,7 @@ class Trainer:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            self.metrics.close()
             self.lock.release()
 
     def _finish(self, saved: Path | None, last: dict, by_signal: bool, by_callback: bool,

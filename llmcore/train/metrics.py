@@ -30,6 +30,8 @@ class MetricsWriter:
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
+        self.trackers: list = []
+        """Experiment trackers (`llmcore.train.loggers`) that get every row written here."""
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -59,6 +61,14 @@ class MetricsWriter:
         record = {"time": round(time.time(), 3), **record}
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def close(self) -> None:
+        """Close the trackers (flushes TensorBoard, finishes the W&B run); metrics.jsonl needs none."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str = "train"):

@@ -90,7 +90,7 @@ def test_every_file_is_in_the_manifest_and_a_bit_flip_is_named(finished, prepare
     data[-3] ^= 0x40  # one bit of one weight: still a valid file, a different number
     weights.write_bytes(bytes(data))
     (checkpoint.resolve(out) / "extra.pt").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match=r"extra\.pt is not in the manifest.*model\.safetensors fails its sha256 check"):
+    with pytest.raises(CheckpointError, match=r"extra\.pt is not in the manifest.*model\.safetensors fails its xxh3_128 check"):
         Trainer(cfg(prepared, out, "recipes=[probe]", "train.max_steps=4"))
 
 
@@ -263,8 +263,8 @@ def test_inference_loads_refuse_a_corrupt_weight_file(finished, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x01  # one flipped bit in the last tensor
     weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its sha256 check"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its xxh3_128 check"):
         llmcore.load(str(out), device="cpu")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its sha256 check"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its xxh3_128 check"):
         export_hf(str(out), str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()

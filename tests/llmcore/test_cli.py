@@ -86,7 +86,7 @@ def test_a_stop_signal_after_the_run_is_over_does_not_kill_the_exit(monkeypatch,
     import llmcore.train.loop
 
     class Finished:  # a run that has trained and checkpointed
-        def __init__(self, cfg):
+        def __init__(self, cfg, command=""):
             pass
 
         def fit(self):

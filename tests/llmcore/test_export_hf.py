@@ -126,7 +126,7 @@ def test_logits_and_greedy_match_transformers(exported):
 def test_files_config_and_aux_dropped(exported):
     model, tok, _, out = exported
     names = sorted(os.listdir(out))
-    assert names == sorted(["config.json", "generation_config.json", "model.safetensors",
+    assert names == sorted(["README.md", "config.json", "generation_config.json", "model.safetensors",
                             "special_tokens.json", "special_tokens_map.json", "tokenizer.json",
                             "tokenizer.model", "tokenizer_config.json"])
     cfg = json.loads((out / "config.json").read_text())
@@ -163,7 +163,8 @@ def test_import_gives_back_identical_weights(exported, tmp_path):
 
 def test_import_foreign_tokenizer_folders(exported, tmp_path):
     # an HF Llama folder not made by us: no special_tokens.json (the control ids come from the
-    # SentencePiece model), or no tokenizer.model at all (weights only, no tokenizer/)
+    # SentencePiece model), only a tokenizer.json (read by the tokenizers backend), or no
+    # tokenizer at all (weights only, no tokenizer/)
     _, tok, _, out = exported
     src = tmp_path / "src"
     shutil.copytree(out, src)
@@ -172,7 +173,12 @@ def test_import_foreign_tokenizer_folders(exported, tmp_path):
     assert (plain.bos_id, plain.eos_id, plain.pad_id, plain.vocab_size) == (1, 2, 3, tok.vocab_size)
     assert all(plain.encode(t) == tok.encode(t) for t in TEXTS if "<" not in t)
     (src / "tokenizer.model").unlink()
-    assert not (import_hf(str(src), str(tmp_path / "b")) / "tokenizer").exists()
+    json_only = Tokenizer.load(str(import_hf(str(src), str(tmp_path / "b")) / "tokenizer"))
+    assert json_only.backend == "hf-tokenizers" and (json_only.bos_id, json_only.eos_id) == (1, 2)
+    assert all(json_only.encode(t) == tok.encode(t) for t in TEXTS if "<" not in t and "\u2581" not in t)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (src / name).unlink()
+    assert not (import_hf(str(src), str(tmp_path / "c")) / "tokenizer").exists()
 
 
 def test_sharded_export_loads(exported, tmp_path):

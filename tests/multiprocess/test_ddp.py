@@ -36,6 +36,21 @@ def test_ddp_two_processes_match_single_process(prepared, tmp_path, single_ref):
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
+def test_auto_micro_batch_runs_unchanged_on_two_processes(prepared, tmp_path, single_ref):
+    """The default `train.micro_batch_size: auto` on 2 processes: 8 sequences split as 4 per rank
+    in one pass (an explicit 8 would be refused there), the same curve as one process."""
+    ref = single_ref("train.max_steps=4")
+    out = tmp_path / "auto"
+    torchrun(2, overrides(prepared, out, "train.max_steps=4", "engine.backend=ddp", "train.micro_batch_size=auto"))
+    assert_curves_close(ref, out, LOSS_REL)
+    refused = torchrun(2, overrides(prepared, tmp_path / "explicit", "train.max_steps=1", "engine.backend=ddp",
+                                    "train.micro_batch_size=8"), check=False)
+    assert refused.returncode != 0
+    assert "not a multiple of micro_batch_size x world size = 8 x 2" in refused.stderr
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_ddp_sigterm_then_resume_continues_identically(prepared, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     torchrun(2, overrides(prepared, straight, "train.max_steps=6", "engine.backend=ddp"))

@@ -32,7 +32,7 @@ def micro_batches(trainer) -> list[dict]:
     state = trainer.loader.state_dict()
     full = trainer.loader.next_batch()
     trainer.loader.load_state_dict(state)
-    mb = trainer.cfg.train.micro_batch_size
+    mb = trainer.micro_batch
     return [{k: v[i * mb:(i + 1) * mb] for k, v in full.items()} for i in range(trainer.accum)]
 
 

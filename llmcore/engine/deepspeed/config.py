@@ -44,10 +44,8 @@ def generate(cfg: Config, world_size: int, bf16: bool, pin_memory: bool = False)
         raise ConfigError(f"engine.backend=deepspeed needs engine.zero_stage 1, 2 or 3, got {stage} "
                           "(for plain data parallelism use engine.backend=ddp)")
     t = cfg.train
-    per_step = t.micro_batch_size * world_size
-    if t.global_batch_size % per_step:
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not a multiple of "
-                          f"micro_batch_size x world size = {t.micro_batch_size} x {world_size}")
+    micro = t.micro_batch_for(world_size)
+    per_step = micro * world_size
     zero: dict[str, Any] = {"stage": stage}
     if stage == 3:
         # DeepSpeed keeps parameters under this size gathered between steps; an in-place edit of
@@ -58,7 +56,7 @@ def generate(cfg: Config, world_size: int, bf16: bool, pin_memory: bool = False)
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
     return {
         "train_batch_size": t.global_batch_size,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": t.global_batch_size // per_step,
         "gradient_clipping": 0.0,  # the engine clips itself, before the step (see module doc)
         "bf16": {"enabled": bool(bf16)},
