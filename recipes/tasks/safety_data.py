@@ -201,7 +201,8 @@ def train_tokenizer(out_dir: str, special_tokens: list[str], vocab_size: int = 6
                                seed=seed, overwrite=True, progress=False)
 
 
-def write_prepared(out_dir: str, tokenizer, train_docs: list[dict], val_docs: list[dict]) -> dict:
+def write_prepared(out_dir: str, tokenizer, train_docs: list[dict], val_docs: list[dict],
+                   shard_tokens: int = 2**27) -> dict:
     """A prepared data folder whose split documents are `text + eos` in the given order
     (document i of `train` is `train_docs[i]`: what a per-document score side-car aligns
     with), the tokenizer copied to `<out_dir>/tokenizer`. Returns the manifest."""
@@ -211,6 +212,6 @@ def write_prepared(out_dir: str, tokenizer, train_docs: list[dict], val_docs: li
         return [tokenizer.encode(r["text"]) + [tokenizer.eos_id] for r in rows]
 
     manifest = write_token_folder(out_dir, {"train": ids(train_docs), "val": ids(val_docs)},
-                                  tokenizer=tokenizer_info(tokenizer), overwrite=True)
+                                  tokenizer=tokenizer_info(tokenizer), shard_tokens=shard_tokens, overwrite=True)
     tokenizer.save(str(Path(out_dir) / "tokenizer"), overwrite=True)
     return manifest
