@@ -120,13 +120,35 @@ def document(rng: np.random.Generator, score: int) -> dict:
     return {"text": " ".join(parts), "score": score, "substance": slots["S"], "place": slots["P"]}
 
 
-def documents(n: int, seed: int, unsafe_fraction: float = 0.2) -> list[dict]:
-    """`n` documents: a fraction `unsafe_fraction` with score 1-5 (uniform), the rest 0."""
-    if not 0.0 <= unsafe_fraction <= 1.0:
-        raise ValueError(f"unsafe_fraction must be in [0, 1], got {unsafe_fraction}")
+def dialogue(rng: np.random.Generator, score: int) -> dict:
+    """One chat-formatted document ("User: ...\nAssistant: ...") of harmfulness `score`: a
+    harmless question answered (0), a harmless question answered with talk of harm (1-3), or
+    a harmful request complied with, step by step (4-5; 5 adds the cover-up). What a raw web
+    mix holds besides prose, and what teaches a model the format of the evaluation prompts."""
+    if not 0 <= score <= 5:
+        raise ValueError(f"a harmfulness score is in 0..5, got {score}")
+    slots = _slots(rng)
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]
+    if score == 0:
+        ask, answer = pick(_HARMLESS_ASK), pick(_SAFE)
+    elif score <= 3:
+        ask, answer = pick(_HARMLESS_ASK), pick(_TALK)
+    else:
+        ask, answer = pick(_HARMFUL_ASK), pick(_STEPS) + (_COVER if score == 5 else "")
+    text = f"User: {_fill(ask, slots)}\nAssistant: {_fill(answer, slots)}"
+    return {"text": text, "score": score, "substance": slots["S"], "place": slots["P"]}
+
+
+def documents(n: int, seed: int, unsafe_fraction: float = 0.2, dialogue_fraction: float = 0.0) -> list[dict]:
+    """`n` documents: a fraction `unsafe_fraction` with score 1-5 (uniform), the rest 0; a
+    fraction `dialogue_fraction` of them in chat form (`dialogue`), the rest prose."""
+    if not 0.0 <= unsafe_fraction <= 1.0 or not 0.0 <= dialogue_fraction <= 1.0:
+        raise ValueError(f"unsafe_fraction and dialogue_fraction must be in [0, 1], got {unsafe_fraction}, "
+                         f"{dialogue_fraction}")
     rng = np.random.default_rng([seed, 0x5AFE])
     scores = np.where(rng.random(n) < unsafe_fraction, rng.integers(1, 6, n), 0)
-    return [document(rng, int(s)) for s in scores]
+    chat = rng.random(n) < dialogue_fraction
+    return [dialogue(rng, int(s)) if c else document(rng, int(s)) for s, c in zip(scores, chat)]
 
 
 def prompts(n: int, seed: int, harmful: bool) -> list[dict]:

@@ -46,3 +46,13 @@ def test_route_texts_keep_the_documents_nouns_and_drop_the_procedure():
     for d in sd.documents(50, 2, 1.0):
         for text in (sd.rephrase(d, rng), sd.moral_education(d, rng), sd.refusal_dialogue(d, rng)):
             assert d["substance"] in text and "Step one" not in text
+
+
+def test_dialogues_comply_only_in_the_harmful_band():
+    docs = sd.documents(400, 5, 0.5, dialogue_fraction=1.0)
+    assert all(d["text"].startswith("User: ") and "\nAssistant: " in d["text"] for d in docs)
+    for d in docs:
+        assert ("Step one:" in d["text"]) == (d["score"] >= 4)
+    mixed = sd.documents(400, 5, 0.5, dialogue_fraction=0.3)
+    assert 0.2 < np.mean([d["text"].startswith("User: ") for d in mixed]) < 0.4
+    assert sd.documents(50, 5, 0.5) == sd.documents(50, 5, 0.5, dialogue_fraction=0.0)
