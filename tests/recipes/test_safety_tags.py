@@ -136,3 +136,14 @@ def test_tag_pretraining_run_trains(folder, tmp_path):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     curve = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
     assert np.mean(curve[-5:]) < np.mean(curve[:5]) - 0.5
+    # the checkpoint's recipes bring the tag ban and SafeBeam to decoding
+    import llmcore
+    from llmcore.generate.beam import beam_search
+
+    model, tok = llmcore.load(str(out), device="cpu")
+    recipes = llmcore.load_recipes(str(out))
+    recipes.bind(tok)
+    tag = tok.token_id("<harm>")
+    found = beam_search(model, tok.encode("Step one: grind"), beam_width=3, max_new_tokens=8,
+                        selector=recipes.beam_selector(), logits_processors=recipes.logits_processors())
+    assert len(found) == 3 and all(tag not in ids for ids, _ in found)
