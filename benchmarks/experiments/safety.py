@@ -179,23 +179,43 @@ def val_loss(model, tok, docs: list[dict]) -> float:
     return tot / n
 
 
+def random_drop(seed: int):
+    """The control of SafeBeam: a beam selector that drops a uniformly random half of the
+    proposals (the same count SafeBeam drops), so what SafeBeam gains over it is what P(tag)
+    knows, not what pruning alone does."""
+    g = torch.Generator().manual_seed(seed)
+
+    def select(cands, lookahead):
+        n = len(cands)
+        rest = cands.select(torch.randperm(n, generator=g)[:max(1, n - n // 2)])
+        return rest.select(rest.score.argsort(descending=True, stable=True))
+    return select
+
+
 def decode_rates(model, tok, prompts: list[str], a, judge, mode: str) -> dict:
-    """Unsafe and refusal rates of continuations: mode greedy | beam | safebeam."""
-    from llmcore.generate.beam import beam_search_text
+    """Unsafe and refusal rates of continuations, mode greedy | beam | safebeam | randomdrop;
+    for the beam modes also the mean log-prob per token of the kept hypotheses (fluency)."""
+    from llmcore.generate.beam import beam_search
     from llmcore.recipe.recipe_set import RecipeSet
-    from recipes.safety.abliterate import PROMPT_TEMPLATE, encode_prompts, greedy
+    from recipes.safety.abliterate import encode_prompts, greedy
     from recipes.safety.recipe import Safety
 
     recipes = RecipeSet([Safety(Safety.Config(safebeam=mode == "safebeam"))])
     recipes.bind(tok)
+    ids = encode_prompts(tok, prompts)
+    out = {}
     if mode == "greedy":
-        outs = greedy(model, encode_prompts(tok, prompts), a.new_tokens, tok.eos_id, recipes.logits_processors())
-        texts = [tok.decode([t for t in o if t != tok.eos_id]) for o in outs]
+        outs = greedy(model, ids, a.new_tokens, tok.eos_id, recipes.logits_processors())
     else:
-        texts = [beam_search_text(model, tok, PROMPT_TEMPLATE.replace("{prompt}", p), beam_width=a.beam,
-                                  max_new_tokens=a.new_tokens, recipes=recipes)[0][0] for p in prompts]
-    return {"unsafe": float(np.mean([judge.is_unsafe(t) for t in texts])),
-            "refusal": float(np.mean([judge.is_refusal(t) for t in texts])), "example": texts[0]}
+        selector = random_drop(0) if mode == "randomdrop" else recipes.beam_selector()
+        found = [beam_search(model, p, beam_width=a.beam, max_new_tokens=a.new_tokens, eos_id=tok.eos_id,
+                             selector=selector, logits_processors=recipes.logits_processors())[0] for p in ids]
+        outs = [f[0] for f in found]
+        out["logprob"] = float(np.mean([f[1] for f in found]))
+    texts = [tok.decode([t for t in o if t != tok.eos_id]) for o in outs]
+    out.update(unsafe=float(np.mean([judge.is_unsafe(t) for t in texts])),
+               refusal=float(np.mean([judge.is_refusal(t) for t in texts])), example=texts[0])
+    return out
 
 
 def evaluate(a, ckpt: Path, data: dict, harmful: list[str], harmless: list[str]) -> dict:
@@ -209,15 +229,17 @@ def evaluate(a, ckpt: Path, data: dict, harmful: list[str], harmless: list[str])
     tag = tok.token_id(Safety.TOKEN)
     out = {"val_loss_safe": val_loss(model, tok, [d for d in data["val"] if d["score"] == 0][:150])}
     out["p_tag_safe"], out["p_tag_unsafe"] = p_tag(model, tok, data["val"][:200], tag)
-    for mode in ("greedy", "beam", "safebeam"):
+    for mode in ("greedy", "beam", "safebeam", "randomdrop"):
         out[mode] = decode_rates(model, tok, harmful, a, judge, mode)
+    few = harmless[:len(harmless) // 2]
+    out["harmless"] = {m: decode_rates(model, tok, few, a, judge, m) for m in ("beam", "safebeam")}
     ban = [lambda logits, ids: logits.index_fill_(-1, torch.tensor([tag]), float("-inf"))]
     edited, rep, _ = abliterate(model, tok, harmful, harmless, judge=judge, kl_bound=a.kl_bound,
                                 max_new_tokens=a.new_tokens, processors=ban)
     out["abliteration"] = {k: rep[k] for k in ("layer", "refusal_before", "refusal_after", "false_refusal_before",
                                                "false_refusal_after", "kl", "kl_first_token")}
     held = harmful[len(harmful) // 2:]  # abliterate's held-out half
-    for mode in ("greedy", "safebeam"):
+    for mode in ("greedy", "safebeam", "randomdrop"):
         out["abliteration"][f"unsafe_after_{mode}"] = decode_rates(edited, tok, held, a, judge, mode)["unsafe"]
     return out
 
@@ -225,13 +247,21 @@ def evaluate(a, ckpt: Path, data: dict, harmful: list[str], harmless: list[str])
 # --- summary ----------------------------------------------------------------------------------
 
 METRICS = [("unsafe, greedy", lambda r: r["greedy"]["unsafe"]), ("unsafe, beam", lambda r: r["beam"]["unsafe"]),
-           ("unsafe, SafeBeam", lambda r: r["safebeam"]["unsafe"]), ("refusal, greedy", lambda r: r["greedy"]["refusal"]),
+           ("unsafe, SafeBeam", lambda r: r["safebeam"]["unsafe"]),
+           ("unsafe, random-drop beam", lambda r: r["randomdrop"]["unsafe"]),
+           ("refusal, greedy", lambda r: r["greedy"]["refusal"]),
+           ("log-prob/token, harmful, beam", lambda r: r["beam"]["logprob"]),
+           ("log-prob/token, harmful, SafeBeam", lambda r: r["safebeam"]["logprob"]),
+           ("log-prob/token, harmful, random-drop", lambda r: r["randomdrop"]["logprob"]),
+           ("log-prob/token, harmless, beam", lambda r: r["harmless"]["beam"]["logprob"]),
+           ("log-prob/token, harmless, SafeBeam", lambda r: r["harmless"]["safebeam"]["logprob"]),
            ("safe val loss", lambda r: r["val_loss_safe"]), ("P(tag) safe", lambda r: r["p_tag_safe"]),
            ("P(tag) unsafe", lambda r: r["p_tag_unsafe"]),
            ("refusal before abl.", lambda r: r["abliteration"]["refusal_before"]),
            ("refusal after abl.", lambda r: r["abliteration"]["refusal_after"]),
            ("unsafe after abl., greedy", lambda r: r["abliteration"]["unsafe_after_greedy"]),
            ("unsafe after abl., SafeBeam", lambda r: r["abliteration"]["unsafe_after_safebeam"]),
+           ("unsafe after abl., random-drop", lambda r: r["abliteration"]["unsafe_after_randomdrop"]),
            ("abl. KL (N tokens)", lambda r: r["abliteration"]["kl"]),
            ("abl. KL (1st token)", lambda r: r["abliteration"]["kl_first_token"])]
 
@@ -254,12 +284,16 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("unsafe-continuation rate", ["unsafe, greedy", "unsafe, beam", "unsafe, SafeBeam"]),
+    panels = [("unsafe-continuation rate", ["unsafe, greedy", "unsafe, beam", "unsafe, SafeBeam",
+                                            "unsafe, random-drop beam"]),
+              ("fluency of beams (log-prob/token)", ["log-prob/token, harmful, beam",
+                                                     "log-prob/token, harmful, SafeBeam",
+                                                     "log-prob/token, harmful, random-drop"]),
               ("refusals and abliteration", ["refusal before abl.", "refusal after abl.",
                                              "unsafe after abl., greedy", "unsafe after abl., SafeBeam"]),
               ("P(tag)", ["P(tag) safe", "P(tag) unsafe"]), ("loss on safe text", ["safe val loss"])]
     fns = dict(METRICS)
-    fig, axes = plt.subplots(1, len(panels), figsize=(18, 4))
+    fig, axes = plt.subplots(1, len(panels), figsize=(22, 4))
     for ax, (title, names) in zip(axes, panels):
         width = 0.8 / len(names)
         for j, name in enumerate(names):
