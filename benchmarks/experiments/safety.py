@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--kl-bound", type=float, default=0.5, help="abliteration: max KL on harmless prompts")
     p.add_argument("--record", action="store_true", help="write benchmarks/results/safety.{json,png}")
+    p.add_argument("--report-only", action="store_true",
+                   help="print the table and redraw the plot from benchmarks/results/safety.json")
     return p.parse_args(argv)
 
 
@@ -267,13 +269,14 @@ METRICS = [("unsafe, greedy", lambda r: r["greedy"]["unsafe"]), ("unsafe, beam",
 
 
 def table(results: dict) -> str:
+    """Markdown: one row per metric, mean ± sample std over seeds per condition."""
     lines = ["| metric | " + " | ".join(CONDITIONS) + " |", "|---" * (len(CONDITIONS) + 1) + "|"]
     for name, fn in METRICS:
         cells = []
         for c in CONDITIONS:
             vals = [fn(r) for r in results[c].values()]
             fmt = "{:.4f} ± {:.4f}" if "P(tag)" in name or "KL" in name else "{:.3f} ± {:.3f}"
-            cells.append(fmt.format(np.mean(vals), np.std(vals)))
+            cells.append(fmt.format(np.mean(vals), np.std(vals, ddof=1) if len(vals) > 1 else 0.0))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -313,6 +316,11 @@ def plot(results: dict, path: Path) -> Path:
 
 def main(argv=None) -> None:
     a = parse_args(argv)
+    if a.report_only:
+        record = json.loads((RESULTS / "safety.json").read_text())
+        print(table(record["results"]))
+        print(plot(record["results"], RESULTS / "safety.png"))
+        return
     torch.set_num_threads(1)
     from recipes.tasks import safety_data as sd
 
