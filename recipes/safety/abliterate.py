@@ -17,6 +17,9 @@ Used by `llmcore safety abliterate` and `benchmarks.experiments.safety`. Steps:
 Choices the papers leave open, made here:
 - Layer l's state is the residual stream after block l (`return_layers` index l, 1..L); the
   embedding output (index 0) is no candidate: it carries the token identity only.
+- Positions: Arditi et al. keep one candidate per layer and post-instruction position; here
+  the last `positions` prompt positions are averaged into one candidate per layer (1 by
+  default: the position that predicts the first answer token).
 - "Not in the last 20%": l <= 0.8 L. "From layer 1 on": every block (1-indexed), i.e. all.
 - Prompts are split in order: the first half gives the directions, the second half is held
   out for the refusal and KL measurements (`held_out` sets the fraction).

@@ -106,6 +106,7 @@ def _write_report(report: dict, path: str | None) -> None:
 
 
 def cmd_abliterate(a) -> None:
+    """Abliterate a checkpoint, save the edited one with `llmcore.save`, print the report."""
     import llmcore
     from recipes.safety.abliterate import PROMPT_TEMPLATE, abliterate
 
@@ -210,6 +211,8 @@ def _classifier_rows(src: str, dst: Path, tok, seq_len: int) -> str:
 
 
 def cmd_train_classifier(a) -> None:
+    """Build the classifier run (SFT rows, init_from the trunk, ntp off, the head recipe) in
+    `--out` (its `classifier.yaml`) and train it with the trainer; rerunning resumes it."""
     import yaml
 
     from llmcore.config.load import load_run_config
@@ -235,6 +238,7 @@ def cmd_train_classifier(a) -> None:
 
 
 def cmd_score(a) -> None:
+    """Score every document of a prepared folder into a per-document side-car (resumable)."""
     from llmcore.data.shards import sha256_file
     from recipes.safety.classifier import Classifier
     from recipes.safety.scoring import score_folder
@@ -248,6 +252,7 @@ def cmd_score(a) -> None:
 
 
 def cmd_route(a) -> None:
+    """Route a scored folder into weighted keep / rephrase / refusal / moral sources."""
     from recipes.safety.route import ModelRewriter, TemplateRewriter, Thresholds, route
 
     weights = {}
@@ -280,6 +285,8 @@ def continuations(model, tok, recipes, prompts: list[str], template: str, new_to
 
 
 def cmd_eval(a) -> None:
+    """Refusal, unsafe-continuation and false-refusal rates of a checkpoint, with the pattern
+    judge, an optional model judge and their agreement on a labelled subset."""
     from recipes.safety.abliterate import PROMPT_TEMPLATE
     from recipes.safety.judge import agreement, rate
 
