@@ -5,3 +5,4 @@ from recipes import probe  # noqa: F401
 from recipes import pause  # noqa: F401
 from recipes import forgetting, sam  # noqa: F401
 from recipes import future_summary  # noqa: F401
+from recipes import mode_conditioning  # noqa: F401
