@@ -128,7 +128,16 @@ def cmd_eval(a) -> None:
                                                      ignore_ids=recipes.ignore_ids())
         # The context-free baseline: a useful model's loss is well below it.
         out["validation"]["unigram_entropy"] = unigram_entropy(shards)
-    if a.tasks:
+    if a.pass_at_k:
+        from llmcore.eval.sampled import evaluate_pass_at_k
+
+        if not a.tasks:
+            raise LlmcoreError("eval --pass-at-k samples the prompts of --tasks; give a task jsonl")
+        ks = [int(k) for k in _split_csv(a.pass_at_k)]
+        out["pass_at_k"] = evaluate_pass_at_k(model, tok, a.tasks, ks, n=a.samples, recipes=recipes,
+                                              verifier=a.verifier, max_new_tokens=a.max_new_tokens,
+                                              temperature=a.temperature, seed=a.seed, max_tasks=a.max_tasks)
+    elif a.tasks:
         res = exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens, recipes=recipes)
         out["exact_match"] = {k: v for k, v in res.items() if k != "examples"}
     if not out:
@@ -215,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     sw.set_defaults(fn=cmd_sweep)
 
-    ev = sub.add_parser("eval", help="validation loss and/or exact match of a checkpoint")
+    ev = sub.add_parser("eval", help="validation loss, exact match or pass@k of a checkpoint")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", help="prepared data folder (its val split)")
     ev.add_argument("--tasks", help="prompt/answer jsonl for exact match")
@@ -223,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-batches", type=int, default=None)
     ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--pass-at-k", help="e.g. 1,2,4,8: sample --tasks prompts and report pass@k (split over the "
+                                        "recipes' fan-out, e.g. ModC's modes) with 95%% bootstrap intervals")
+    ev.add_argument("--samples", type=int, default=None, help="pass@k: samples per prompt (default: the largest k)")
+    ev.add_argument("--verifier", help="pass@k: module:function(prompt, answer, completion) -> bool "
+                                       "(default: exact match of the first line)")
+    ev.add_argument("--temperature", type=float, default=1.0, help="pass@k: sampling temperature")
+    ev.add_argument("--seed", type=int, default=0, help="pass@k: sampling seed")
+    ev.add_argument("--max-tasks", type=int, default=None, help="pass@k: only the first N prompts")
     ev.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("generate", help="sample continuations (prompts from --prompt or stdin)")
