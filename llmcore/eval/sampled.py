@@ -13,7 +13,7 @@ any proportional split when n >= k).
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from llmcore.data.sft import read_tasks
 from llmcore.errors import ConfigError
@@ -98,7 +98,7 @@ def evaluate_pass_at_k(model, tokenizer, tasks_path: str, ks: Sequence[int], *, 
                        prompts_per_batch: int = 8) -> dict:
     """`llmcore eval --pass-at-k`: n (default max(ks)) samples per prompt of a jsonl task file,
     split over the recipes' fan-out, judged by `verifier`; the curve of `pass_at_k_curve`."""
-    ks = sorted(set(int(k) for k in ks))
+    ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ConfigError(f"--pass-at-k needs values >= 1, got {list(ks)}")
     n = n or ks[-1]
