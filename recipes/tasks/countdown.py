@@ -6,14 +6,15 @@ arXiv 2404.03683) of a depth-first and of a breadth-first search, so a model may
 and pass@k can gain from sampling both. Used by `benchmarks.experiments.modc` and its tests.
 
 A problem is three numbers in 1..`max_number` and a target reachable in two steps: first two
-of the numbers combined by + - * (minus: larger minus smaller), then that result and the third
-number by + or - (kept so small that a tiny model can do the sums). The search tree has 9
-first-step nodes (pairs (0,1), (0,2), (1,2) x ops + - *, the generation order) of two
-children each. Traces, one character per token:
+of the numbers combined by + or *, then that result and the third number by + or - (larger
+minus smaller). Fewer operations than the full game keep traces short enough (<= 103
+characters, mean 42 / 61) for a tiny model at seq_len 112. The search tree has 6 first-step
+nodes (pairs (0,1), (0,2), (1,2) x ops + *, the generation order) of two children each.
+Traces, one character per token:
 
     prompt  "5,3,2>17|"
-    dfs     "3*2=6:11,1;3-2=1:6,4;3+2=5:10,0;5*2=10:13,7;5-2=3:6,0;5+2=7:10,4;5*3=15:17;#(5*3)+2"
-    bfs     "[8,2,15,7,3,10,5,1,6]5+3=8:10,6;5-3=2:4,0;5*3=15:17;#(5*3)+2"
+    dfs     "3*2=6:11,1;3+2=5:10,0;5*2=10:13,7;5+2=7:10,4;5*3=15:17;#(5*3)+2"
+    bfs     "[8,15,7,10,5,6]5+3=8:10,6;5*3=15:17;#(5*3)+2"
 
 - dfs: a stack search. The first-step nodes are pushed in generation order, so the last one
   is expanded first; each node's line names it and lists its children's values.
@@ -21,8 +22,9 @@ children each. Traces, one character per token:
   first, then the nodes are expanded in generation order.
 Both stop at the first child equal to the target (the line ends there) and finish with
 `#` and the solving expression. The two styles put a given problem's solution at opposite
-ends of their order, so a problem that is long (hard) in one style is short in the other:
-their per-problem success rates differ, which is what splitting k across modes exploits.
+ends of their order, so a problem that is long (hard) in one style is short in the other
+(trace lengths correlate at -0.46 over all problems with numbers up to 9): their per-problem
+success rates differ, which is what splitting k across modes exploits.
 
 `verify` parses the final expression with `ast` (never `eval`): only integer constants, + - *
 and parentheses; it must use exactly the prompt's numbers (as a multiset) and equal the
@@ -46,7 +48,7 @@ from llmcore.errors import ConfigError
 
 STYLES = ("dfs", "bfs")
 CHARS = "0123456789+-*=,:;[]#()>|"
-_FIRST_OPS = ("+", "-", "*")
+_FIRST_OPS = ("+", "*")
 _PAIRS = ((0, 1), (0, 2), (1, 2))
 
 
@@ -59,7 +61,7 @@ def _apply(a: int, op: str, b: int) -> tuple[int, str]:
 
 
 def first_level(numbers: list[int]) -> list[tuple[str, int, int]]:
-    """The 9 first-step nodes in generation order: (expression, value, the unused number)."""
+    """The 6 first-step nodes in generation order: (expression, value, the unused number)."""
     out = []
     for i, j in _PAIRS:
         rest = numbers[3 - i - j]
