@@ -8,8 +8,8 @@ Two stages are timed, each for both paths and alternated so both see the same ma
   projection for both paths: a loop path that projected one example at a time would
   regenerate the random matrix per example and look far worse than the backward loop itself).
 Examples/s is the median over the timed repeats. Memory: CUDA, torch's peak allocated per path;
-CPU, the peak RSS growth of a fresh child process running one path (the CPU allocator caches,
-so RSS is the honest measure there). Target: batched >= 10x the loop's examples/s.
+CPU, the peak resident-memory growth (sampled every ms) of a fresh child process running one
+path after a one-example warm-up (the CPU allocator caches, so RSS is the honest measure there). Target: batched >= 10x the loop's examples/s.
 
     python -m benchmarks.modc_gradients                          # tiny preset, CPU-sized
     python -m benchmarks.modc_gradients --preset demo --batch 64 --seq-len 256 --dim 4096
@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -79,6 +78,39 @@ def run_path(path: str, model, batch, names, projection):
     return projection(grads) if projection is not None else grads
 
 
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled from /proc/self/statm every
+    millisecond on a thread (the process high-water mark would also count import-time peaks)."""
+
+    def __enter__(self):
+        import os
+        import threading
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.peak = self._now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _now(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _watch(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._now())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._now())
+
+    @property
+    def grew(self) -> int:
+        return self.peak - self.base
+
+
 def child(a) -> None:
     """One path once in a fresh process: print its peak RSS growth in bytes."""
     from recipes.mode_conditioning.projection import RademacherProjection
@@ -89,9 +121,9 @@ def child(a) -> None:
     proj = RademacherProjection(a.dim, 0) if stage == "features" else None
     small = {k: v[:1] for k, v in batch.items()}
     run_path(path, model, small, names, proj)  # warm-up on one example
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run_path(path, model, batch, names, proj)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    with PeakRSS() as rss:
+        run_path(path, model, batch, names, proj)
+    print(rss.grew)
 
 
 def peak_bytes(a, path: str, stage: str, device) -> int:
