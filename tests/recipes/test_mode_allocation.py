@@ -62,3 +62,18 @@ def test_eval_pass_at_k_splits_samples_across_modes(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--tasks", train, "--pass-at-k", "1",
                  "--verifier", "recipes.tasks.countdown:nope"]) == 2
     assert "cannot be loaded" in capsys.readouterr().err
+
+
+def test_shipped_configs_load_and_the_specialists_pipeline_plans_two_half_budget_runs(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from llmcore.config.load import load_run_config
+    from llmcore.pipeline.run import load_plan
+
+    root = Path(__file__).resolve().parents[2] / "recipes" / "configs"
+    cfg = load_run_config(str(root / "modc_countdown.yaml"), [])
+    assert cfg.recipes == ["mode_conditioning"] and cfg.recipe["mode_conditioning"].mode_field == "style"
+    monkeypatch.chdir(tmp_path)
+    _, runs = load_plan(str(root / "modc_specialists.yaml"))
+    assert [r.config.data.path for r in runs] == [f"runs/countdown/train.mode_{m}.jsonl" for m in (0, 1)]
+    assert all(r.config.train.max_steps * 2 == cfg.train.max_steps and r.config.recipes == [] for r in runs)
