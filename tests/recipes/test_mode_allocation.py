@@ -74,6 +74,6 @@ def test_shipped_configs_load_and_the_specialists_pipeline_plans_two_half_budget
     cfg = load_run_config(str(root / "modc_countdown.yaml"), [])
     assert cfg.recipes == ["mode_conditioning"] and cfg.recipe["mode_conditioning"].mode_field == "style"
     monkeypatch.chdir(tmp_path)
-    _, runs = load_plan(str(root / "modc_specialists.yaml"))
+    _, runs = load_plan(str(root / "pipelines" / "modc_specialists.yaml"))
     assert [r.config.data.path for r in runs] == [f"runs/countdown/train.mode_{m}.jsonl" for m in (0, 1)]
     assert all(r.config.train.max_steps * 2 == cfg.train.max_steps and r.config.recipes == [] for r in runs)
