@@ -115,7 +115,7 @@ def cmd_eval(a) -> None:
     from llmcore.eval.tasks import exact_match
 
     model, tok = llmcore.load(a.checkpoint)
-    recipes = llmcore.load_recipes(a.checkpoint)
+    recipes = llmcore.load_recipes(a.checkpoint, a.recipe_option)
     recipes.bind(tok)
     out: dict = {}
     if a.data:
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, default=1.0, help="pass@k: sampling temperature")
     ev.add_argument("--seed", type=int, default=0, help="pass@k: sampling seed")
     ev.add_argument("--max-tasks", type=int, default=None, help="pass@k: only the first N prompts")
+    ev.add_argument("--recipe-option", action="append", default=[], metavar="RECIPE.KEY=VALUE",
+                    help="change a decoding option of the checkpoint's recipes, e.g. "
+                         "mode_conditioning.allocation=weights 'mode_conditioning.weights=[0.3,0.1]'")
     ev.set_defaults(fn=cmd_eval)
 
     g = sub.add_parser("generate", help="sample continuations (prompts from --prompt or stdin)")

@@ -59,6 +59,18 @@ def test_eval_pass_at_k_splits_samples_across_modes(tmp_path, capsys):
     assert sorted(res["groups"]) == ["mode_0", "mode_1"] and sorted(res["groups"]["mode_0"]) == ["1", "2"]
     for point in res["overall"].values():
         assert point["lo"] <= point["mean"] <= point["hi"]
+    # validation pass@1 weights at decoding: 6 of the 8 samples to mode 0, so mode 1 (2 samples)
+    # has no pass@4 of its own (the uniform split of the first call gives both modes 2 of 4)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--tasks", train, "--pass-at-k", "1,4",
+                 "--samples", "8",
+                 "--verifier", "recipes.tasks.countdown:verify", "--max-tasks", "2", "--max-new-tokens", "4",
+                 "--recipe-option", "mode_conditioning.allocation=weights",
+                 "--recipe-option", "mode_conditioning.weights=[0.3,0.1]"]) == 0
+    res = json.loads(capsys.readouterr().out)["pass_at_k"]
+    assert sorted(res["groups"]["mode_0"]) == ["1", "4"] and sorted(res["groups"]["mode_1"]) == ["1"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--tasks", train, "--pass-at-k", "1",
+                 "--recipe-option", "optim.lr=1"]) == 2
+    assert "only options of the checkpoint's recipes (mode_conditioning)" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--tasks", train, "--pass-at-k", "1",
                  "--verifier", "recipes.tasks.countdown:nope"]) == 2
     assert "cannot be loaded" in capsys.readouterr().err
