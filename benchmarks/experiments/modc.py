@@ -10,8 +10,9 @@ every cell; only the conditioning differs:
 - `sft`: plain answer-only SFT; sampled unconditioned (64 samples per test problem);
 - `modc_true`: `<mode_style>` prefix from the recorded style; 32 samples per mode;
 - `modc_cluster`: prefix from `llmcore modes cluster` on the same seed's `sft` checkpoint
-  (per-example gradients of the last block and the final norm, Rademacher projection to
-  `--dim`, k-means++ with 8 restarts); the validation file gets the nearest centroid;
+  (per-example gradients of log p of the first `--cluster-tokens` answer tokens over the last
+  block and the final norm, Rademacher projection to `--dim`, k-means++ with 8 restarts); the
+  validation file gets the nearest centroid;
 - `specialists`: one model per true style on that style's rows, each for half the steps (the
   same total budget), 32 samples from each.
 
@@ -58,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--dim", type=int, default=512, help="gradient projection size for the clusters")
+    p.add_argument("--cluster-tokens", type=int, default=4,
+                   help="answer tokens per example in the clustered log p(y|x) (0: all)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--table", help="only print the table of an existing results.json")
@@ -116,8 +119,8 @@ def cluster(root: Path, d: dict, seed: int, a) -> dict:
     from recipes.mode_conditioning.cluster import ClusterSettings, cluster_file
     from recipes.mode_conditioning.kmeans import adjusted_rand_index, purity
 
-    s = ClusterSettings(modes=2, dim=a.dim, batch_size=32, project_batch=256, seed=seed, name=f"clusters_s{seed}",
-                        seq_len=d["seq_len"])
+    s = ClusterSettings(modes=2, dim=a.dim, batch_size=32, project_batch=256, seed=seed,
+                        name=cluster_name(seed, a), seq_len=d["seq_len"], answer_tokens=a.cluster_tokens)
     t = time.time()
     summary = cluster_file(str(root / "sft" / f"train.seed={seed}"), d["train"], s, assign_to=[d["val"]],
                            progress=False)
@@ -128,13 +131,21 @@ def cluster(root: Path, d: dict, seed: int, a) -> dict:
             "sizes": summary["sidecars"][d["train"]], "seconds": round(time.time() - t, 1)}
 
 
+def cluster_name(seed: int, a) -> str:
+    return f"clusters_t{a.cluster_tokens}_s{seed}"
+
+
+def cluster_dir(a) -> str:
+    return f"modc_cluster_t{a.cluster_tokens}"
+
+
 def phase_two(root: Path, d: dict, seeds: list[int], a):
     from llmcore.pipeline.spec import Pipeline, Stage
 
     base = base_overrides(d, a)
-    stages = [Stage(name=f"modc_cluster_s{s}", out_dir=f"modc_cluster/train.seed={s}",
-                    overrides=base + MODC + [f"train.seed={s}", f"data.sidecars=[clusters_s{s}]",
-                                             f"mode_conditioning.mode_field=clusters_s{s}"]) for s in seeds]
+    stages = [Stage(name=f"modc_cluster_s{s}", out_dir=f"{cluster_dir(a)}/train.seed={s}",
+                    overrides=base + MODC + [f"train.seed={s}", f"data.sidecars=[{cluster_name(s, a)}]",
+                                             f"mode_conditioning.mode_field={cluster_name(s, a)}"]) for s in seeds]
     return Pipeline(out_dir=str(root), stages=stages)
 
 
@@ -162,7 +173,7 @@ def evaluate(root: Path, d: dict, method: str, seed: int, a) -> dict:
                 for x, y in zip(judged, part)]
         alloc = lambda k: dict(zip(("mode_0", "mode_1"), allocate(k, [1, 1])))
     else:
-        folder = "modc_cluster" if method == "modc_cluster" else method
+        folder = cluster_dir(a) if method == "modc_cluster" else method
         ckpt = str(root / folder / f"train.seed={seed}")
         model, tok = llmcore.load(ckpt)
         recipes = llmcore.load_recipes(ckpt)

@@ -31,6 +31,8 @@ def build(parser) -> None:
     c.add_argument("--precondition", action="store_true", help="divide by Adam's sqrt(v_hat) + eps")
     c.add_argument("--name", default="modes", help="side-car name (train with data.sidecars: [name])")
     c.add_argument("--seq-len", type=int, default=256)
+    c.add_argument("--answer-tokens", type=int, default=0,
+                   help="only the first N answer tokens enter log p(y|x) (0: all)")
     c.add_argument("--overwrite", action="store_true", help="recompute features made with other settings")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(fn=_cluster)
@@ -45,7 +47,7 @@ def _cluster(a) -> None:
     settings = ClusterSettings(modes=a.modes, dim=a.dim, params=[p for p in a.params.split(",") if p],
                                batch_size=a.batch_size, project_batch=a.project_batch, seed=a.seed,
                                method=a.method, restarts=a.restarts, precondition=a.precondition, name=a.name,
-                               seq_len=a.seq_len)
+                               seq_len=a.seq_len, answer_tokens=a.answer_tokens)
     out = cluster_file(a.checkpoint, a.data, settings, assign_to=a.assign, overwrite=a.overwrite,
                        progress=not a.no_progress)
     print(json.dumps(out, indent=1))

@@ -66,6 +66,9 @@ class ClusterSettings:
     precondition: bool = False
     name: str = "modes"
     seq_len: int = 256
+    answer_tokens: int = 0
+    """Only the first N answer tokens of each example enter log p(y|x) (0: all of them): where
+    the modes differ in how an answer starts, the rest of a long answer would drown that."""
 
 
 def features(model, tokenizer, jsonl: str, s: ClusterSettings, work: Path, made_from: dict,
@@ -90,6 +93,8 @@ def features(model, tokenizer, jsonl: str, s: ClusterSettings, work: Path, made_
             grads: dict[str, list] = {n: [] for n in names}
             for b in range(0, len(chunk), s.batch_size):
                 batch = {k: v.to(device) for k, v in to_batch(chunk[b:b + s.batch_size]).items()}
+                if s.answer_tokens:
+                    batch["labels"] = first_targets(batch["labels"], s.answer_tokens)
                 for n, g in batched_gradients(model, names, batch, precondition).items():
                     grads[n].append(g)
                 bar.update(min(s.batch_size, len(chunk) - b))
@@ -102,6 +107,12 @@ def features(model, tokenizer, jsonl: str, s: ClusterSettings, work: Path, made_
         parts.append(np.load(file))
     bar.close()
     return np.concatenate(parts)
+
+
+def first_targets(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """labels [B, T] with every target after each row's first n (those != -100) set to -100."""
+    keep = (labels != -100) & ((labels != -100).cumsum(1) <= n)
+    return labels.masked_fill(~keep, -100)
 
 
 def _open_work(work: Path, meta: dict, overwrite: bool) -> None:
@@ -139,7 +150,7 @@ def cluster_file(checkpoint: str, data: str, settings: ClusterSettings, *, assig
     model.eval()
     made_from = {"checkpoint": str(ckpt), "model_sha256": sha256_file(str(ckpt / "model.safetensors")),
                  "params": s.params, "dim": s.dim, "seed": s.seed, "precondition": s.precondition,
-                 "seq_len": s.seq_len}
+                 "seq_len": s.seq_len, "answer_tokens": s.answer_tokens}
     pre = None
     if s.precondition:
         opt = ckpt / "optimizer.pt"

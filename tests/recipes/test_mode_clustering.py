@@ -179,3 +179,11 @@ def test_cli_cluster_assign_and_split(tok, ckpt, tmp_path, monkeypatch, capsys):
     assert [len(Path(f).read_text().splitlines()) for f in capsys.readouterr().out.split()] == np.bincount(truth).tolist()
     assert main(["modes", "cluster", "--checkpoint", ckpt, "--data", str(data), "--params", "nope."]) == 2
     assert "matches no parameter" in capsys.readouterr().err
+
+
+def test_first_targets_keeps_only_each_rows_first_answer_tokens():
+    from recipes.mode_conditioning.cluster import first_targets
+
+    labels = torch.tensor([[-100, 5, 6, 7, -100], [-100, -100, -100, 8, 9]])
+    assert first_targets(labels, 2).tolist() == [[-100, 5, 6, -100, -100], [-100, -100, -100, 8, 9]]
+    assert first_targets(labels, 1).tolist() == [[-100, 5, -100, -100, -100], [-100, -100, -100, 8, -100]]
