@@ -154,8 +154,8 @@ def loop_gradients(model, names: Sequence[str], batch: dict,
 def adam_preconditioner(model, optimizer_state: dict, names: Sequence[str], eps: float = 1e-8) -> dict[str, torch.Tensor]:
     """name -> [numel] 1 / (sqrt(v_hat) + eps) from a torch AdamW state dict saved by llmcore's
     single/DDP engine (`optimizer.pt`), whose parameter order is the decay group (matrices)
-    then the no-decay group, each in the model's order. CheckpointError-style ConfigError
-    when the state does not fit the model."""
+    then the no-decay group, each in the model's order. A ConfigError when the state does not
+    fit the model."""
     groups = optimizer_state.get("param_groups", [])
     state = optimizer_state.get("state", {})
     decay = [n for n, p in model.named_parameters() if p.ndim >= 2]

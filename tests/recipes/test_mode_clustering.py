@@ -187,3 +187,29 @@ def test_first_targets_keeps_only_each_rows_first_answer_tokens():
     labels = torch.tensor([[-100, 5, 6, 7, -100], [-100, -100, -100, 8, 9]])
     assert first_targets(labels, 2).tolist() == [[-100, 5, 6, -100, -100], [-100, -100, -100, 8, 9]]
     assert first_targets(labels, 1).tolist() == [[-100, 5, -100, -100, -100], [-100, -100, -100, 8, -100]]
+
+
+def test_adam_preconditioning_after_one_step_divides_by_that_steps_gradient(tok, tmp_path):
+    """After one AdamW step v = (1 - b2) g^2, so v_hat = g^2 and the preconditioner is
+    1 / (|g| + eps) of the step's gradient g, for every selected parameter by name."""
+    from llmcore.train.optim import param_groups
+    from recipes.mode_conditioning.gradients import (
+        adam_preconditioner,
+        answer_log_likelihood,
+    )
+
+    model = tiny_model(tok.vocab_size)
+    rows = encode_examples([{"prompt": f"Count: {i}", "answer": f" {i + 1}."} for i in range(4)], tok, 16, "t")
+    batch = to_batch(rows)
+    names = select_parameters(model)
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    loss = -answer_log_likelihood(model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    pre = adam_preconditioner(model, opt.state_dict(), names)
+    assert set(pre) == set(names)
+    for n in names:
+        torch.testing.assert_close(pre[n], 1.0 / (grads[n].abs().reshape(-1) + 1e-8), rtol=1e-4, atol=0, msg=n)
+    with pytest.raises(ConfigError, match="does not match the model"):
+        adam_preconditioner(tiny_model(tok.vocab_size, layers=3), opt.state_dict(), names)
