@@ -39,9 +39,10 @@ def save(model, tokenizer, out_dir: str, config=None, *, overwrite: bool = False
     return checkpoint.save_model(model, tokenizer, out_dir, config, overwrite=overwrite)
 
 
-def load_recipes(path: str):
+def load_recipes(path: str, overrides: list[str] | None = None):
     """The recipes (a RecipeSet, bound to nothing yet) a checkpoint was trained with, for
-    their decoding hooks: `generate_text(..., recipes=llmcore.load_recipes(path))`."""
+    their decoding hooks: `generate_text(..., recipes=llmcore.load_recipes(path))`.
+    `overrides` change their options for decoding (`mode_conditioning.allocation=weights`)."""
     from llmcore.train import checkpoint
 
-    return checkpoint.recipes(checkpoint.resolve(path))
+    return checkpoint.recipes(checkpoint.resolve(path), overrides)

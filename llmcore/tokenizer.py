@@ -61,6 +61,7 @@ class Tokenizer:
         self.special_ids = {k: v for k, v in ids.items() if k not in CONTROL}
         self.vocab_size = self._sp.get_piece_size()
         self.hash = _hash(model_bytes, self._ids)
+        self._aliases: dict[str, int] = {}  # run-time tokens in reserved slots (`reserve`)
         self._mark_bytes = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE_MARK.encode()]
 
     # ------------------------------------------------------------------ training
@@ -200,10 +201,11 @@ class Tokenizer:
     def __getstate__(self) -> dict:
         # The SentencePiece processor itself cannot be pickled; datasets' multiprocess map
         # sends the tokenizer to its workers as the model bytes and rebuilds it there.
-        return {"model": self._model_bytes, "ids": self._ids, "path": self.path}
+        return {"model": self._model_bytes, "ids": self._ids, "path": self.path, "aliases": self._aliases}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["model"], state["ids"], state["path"])
+        self._aliases = dict(state.get("aliases", {}))
 
     def __repr__(self) -> str:
         return (f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size}, "
@@ -248,10 +250,33 @@ class Tokenizer:
 
     def token_id(self, name: str) -> int:
         """The id of a special token by name ("<pause>", "eos", ...)."""
+        if name in self._aliases:
+            return self._aliases[name]
         if name not in self._ids:
             raise TokenizerError(f"tokenizer {self.path or ''} has no special token {name!r}; "
                                  f"available: {sorted(self._ids)}")
         return self._ids[name]
+
+    def reserve(self, names: Sequence[str]) -> dict[str, int]:
+        """Give each special token in ``names`` that this tokenizer lacks the next free
+        ``<reserved_i>`` slot (lowest id first), so a recipe's config-dependent tokens
+        (``<mode_0..C-1>``) need no retraining; tokens it has keep their ids. Returns name -> id.
+
+        The slots are aliases held in memory (``token_id`` resolves them; ``decode`` still
+        prints ``<reserved_i>``): the files, the encoding and ``hash`` are unchanged, and the
+        assignment is a pure function of the tokenizer and the order of ``names`` (a run's
+        recipes in config order), so training and decoding agree. Reserving the same names
+        again changes nothing. A TokenizerError names the tokens when the free slots run out.
+        """
+        lent = set(self._aliases.values())
+        free = sorted(i for n, i in self._ids.items() if n.startswith("<reserved_") and i not in lent)
+        missing = [n for n in dict.fromkeys(names) if n not in self._ids and n not in self._aliases]
+        if len(missing) > len(free):
+            raise TokenizerError(f"tokenizer {self.path or ''} has {len(free)} free <reserved_i> slots but "
+                                 f"{len(missing)} special tokens need one: {missing}")
+        _check_specials(missing)
+        self._aliases.update(zip(missing, free))
+        return {n: self.token_id(n) for n in names}
 
     def id_to_piece(self, i: int) -> str:
         """The vocabulary entry of one id (for debugging and export)."""

@@ -7,3 +7,4 @@ from recipes import forgetting, sam  # noqa: F401
 from recipes import future_summary  # noqa: F401
 from recipes import distill  # noqa: F401
 from recipes import safety  # noqa: F401
+from recipes import mode_conditioning  # noqa: F401

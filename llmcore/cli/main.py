@@ -127,7 +127,7 @@ def cmd_sweep(a) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{a.key:>16}  {'train loss':>10}  {'val loss':>10}  out_dir")
         for value, row in zip(values, rows):
-            fmt = lambda x: f"{x:10.4f}" if isinstance(x, float) else f"{'-':>10}"  # noqa: E731
+            fmt = lambda x: f"{x:10.4f}" if isinstance(x, float) else f"{'-':>10}"
             print(f"{value:>16}  {fmt(row.get('loss'))}  {fmt(row.get('val_loss'))}  {row['out_dir']}")
 
 
@@ -137,7 +137,7 @@ def cmd_eval(a) -> None:
     from llmcore.eval.tasks import exact_match
 
     model, tok = llmcore.load(a.checkpoint)
-    recipes = llmcore.load_recipes(a.checkpoint)
+    recipes = llmcore.load_recipes(a.checkpoint, a.recipe_option)
     recipes.bind(tok)
     out: dict = {}
     if a.data:
@@ -150,16 +150,25 @@ def cmd_eval(a) -> None:
                                                      ignore_ids=recipes.ignore_ids())
         # The context-free baseline: a useful model's loss is well below it.
         out["validation"]["unigram_entropy"] = unigram_entropy(shards)
-    if a.tasks:
+    if a.pass_at_k:
+        from llmcore.eval.sampled import (
+            evaluate_pass_at_k,
+            evaluate_pass_at_k_temperatures,
+        )
+
+        if not a.tasks:
+            raise LlmcoreError("eval --pass-at-k samples the prompts of --tasks; give a task jsonl")
+        ks = [int(k) for k in _split_csv(a.pass_at_k)]
+        temps = [float(t) for t in _split_csv(a.temperature)]
+        kw = {"n": a.samples, "recipes": recipes, "verifier": a.verifier, "max_new_tokens": a.max_new_tokens,
+              "max_tasks": a.max_tasks}
+        # One temperature: the curve itself; several: one curve per "T=<t>".
+        out["pass_at_k"] = (evaluate_pass_at_k(model, tok, a.tasks, ks, temperature=temps[0], seed=a.seed, **kw)
+                            if len(temps) == 1 else
+                            evaluate_pass_at_k_temperatures(model, tok, a.tasks, ks, temps, seed=a.seed, **kw))
+    elif a.tasks:
         res = exact_match(model, tok, a.tasks, max_new_tokens=a.max_new_tokens, recipes=recipes)
         out["exact_match"] = {k: v for k, v in res.items() if k != "examples"}
-    if a.pass_at_k:
-        from llmcore.eval.sampled_tasks import pass_at_k_sweep
-
-        out["pass_at_k"] = pass_at_k_sweep(model, tok, a.pass_at_k, n=a.samples, ks=[int(k) for k in _split_csv(a.ks)],
-                                           temperatures=[float(t) for t in _split_csv(a.temperatures)],
-                                           match=a.match, max_new_tokens=a.max_new_tokens, seed=a.seed,
-                                           recipes=recipes)
     if a.copy_probe:
         from llmcore.eval.copy_probe import copy_probe
 
@@ -280,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     sw.set_defaults(fn=cmd_sweep)
 
-    ev = sub.add_parser("eval", help="validation loss, exact match, sampled pass@k, copy probe of a checkpoint")
+    ev = sub.add_parser("eval", help="validation loss, exact match, sampled pass@k, copy probe, bits per byte")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", help="prepared data folder (its val split)")
     ev.add_argument("--tasks", help="prompt/answer jsonl for exact match")
@@ -291,16 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--max-batches", type=int, default=None)
     ev.add_argument("--max-new-tokens", type=int, default=32)
-    ev.add_argument("--pass-at-k", metavar="TASKS", help="prompt/answer jsonl: pass@k of sampled answers")
-    ev.add_argument("--samples", type=int, default=32, help="--pass-at-k: samples per prompt (n)")
-    ev.add_argument("--ks", default="1,4,16,32", help="--pass-at-k: comma-separated k (each <= --samples)")
-    ev.add_argument("--temperatures", default="0.5,1.0", help="--pass-at-k: comma-separated sampling temperatures")
-    ev.add_argument("--match", default="exact", choices=["exact", "regex"],
-                    help="--pass-at-k: an answer equals the task's, or fully matches it as a regex")
+    ev.add_argument("--pass-at-k", help="e.g. 1,2,4,8: sample --tasks prompts and report pass@k (split over the "
+                                        "recipes' fan-out, e.g. ModC's modes) with 95%% bootstrap intervals")
+    ev.add_argument("--samples", type=int, default=None, help="pass@k: samples per prompt (default: the largest k)")
+    ev.add_argument("--verifier", help="pass@k: exact (default: the first line equals the answer), regex (it fully "
+                                       "matches the answer as a regular expression) or module:function(prompt, "
+                                       "answer, completion) -> bool")
+    ev.add_argument("--temperature", default="1.0",
+                    help="pass@k: sampling temperature, or a comma-separated list (one curve per T=<t>; 0 = greedy)")
+    ev.add_argument("--seed", type=int, default=0, help="pass@k / --copy-probe: seed")
+    ev.add_argument("--max-tasks", type=int, default=None, help="pass@k: only the first N prompts")
+    ev.add_argument("--recipe-option", action="append", default=[], metavar="RECIPE.KEY=VALUE",
+                    help="change a decoding option of the checkpoint's recipes, e.g. "
+                         "mode_conditioning.allocation=weights 'mode_conditioning.weights=[0.3,0.1]'")
     ev.add_argument("--copy-probe", action="store_true", help="induction probe: random spans shown twice")
     ev.add_argument("--copy-span", type=int, default=16, help="--copy-probe: tokens per span")
     ev.add_argument("--copy-n", type=int, default=64, help="--copy-probe: sequences")
-    ev.add_argument("--seed", type=int, default=0, help="--pass-at-k / --copy-probe: seed")
     ev.set_defaults(fn=cmd_eval)
     sensitivity.add_parser(sub)
 

@@ -95,7 +95,9 @@ class DataConfig:
     sidecars: list[str] = field(default_factory=list)
     """tokens: side-cars (written beside the shards, `<path>/sidecars/<name>/`) whose rows for
     each window join the batch as `batch[name]` [B, T, ...], aligned with `labels`; every
-    source (and the validation folder) must carry each of them."""
+    source (and the validation folder) must carry each of them. sft: per-example side-cars
+    beside the jsonl (`<stem>.sidecars/<name>/`, `llmcore.data.example_sidecar`) as
+    `batch[name]` [B, ...], like `sft_fields`; every evaluation jsonl must carry them too."""
     sft_fields: list[str] = field(default_factory=list)
     """sft: extra jsonl fields (a number or a fixed-length list of numbers on every line)
     carried to the batch as `batch[name]` [B, ...]."""

@@ -8,6 +8,8 @@ the boundary, e.g. append pauses after the prompt) and the extra jsonl fields na
 `data.sft_fields` (numbers or fixed-length number lists: int64 when every line's are integers,
 else float32); provenance is the file and the example's ordinal in it. Batches come from the
 same `to_batch` as packed data, so `batch["prompt_len"]` and each extra field are [b, ...].
+Per-example side-cars beside the file (`data.sidecars`, `llmcore.data.example_sidecar`)
+arrive the same way, as values.
 The loader has PackedLoader's interface: the global batch is the same for any world size,
 rank r takes rows r, r+W, ...; resumable; a transform gets
 `rng = default_rng([seed, global_index, 7])`.
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from llmcore.data.collate import check_extra_names, to_batch
+from llmcore.data.example_sidecar import read_example_sidecar
 from llmcore.data.files import check_utf8
 from llmcore.data.sample import Sample, checked
 from llmcore.errors import ConfigError, DataError
@@ -134,6 +137,20 @@ def encode_examples(examples: list[dict], tokenizer, seq_len: int, where: str) -
     return rows
 
 
+def attach_sidecars(rows: list[Sample], path: str, sidecars: Sequence[str], fields: Sequence[str] = ()) -> None:
+    """Give each row `values[name]`, its row of per-example side-car `name` of `path`
+    (`llmcore.data.example_sidecar`), as an extra jsonl field would arrive."""
+    check_extra_names(sidecars, "data.sidecars")
+    clash = sorted(set(sidecars) & set(fields) | set(sidecars) & {"prompt_len"})
+    if clash or len(set(sidecars)) != len(sidecars):
+        raise ConfigError(f"data.sidecars {list(sidecars)} names a value twice or one of data.sft_fields / "
+                          f"prompt_len: {clash or list(sidecars)}")
+    for name in sidecars:
+        arr = read_example_sidecar(path, name, len(rows))
+        for row, v in zip(rows, arr):
+            row.values[name] = v
+
+
 def _check_fields(fields: Sequence[str]) -> None:
     check_extra_names(fields, "data.sft_fields")
     if "prompt_len" in fields:
@@ -145,7 +162,8 @@ class SFTLoader:
 
     def __init__(self, path: str, tokenizer, seq_len: int, global_batch_size: int, *, seed: int,
                  rank: int = 0, world_size: int = 1, transform: Callable | None = None,
-                 prompt_field: str = "prompt", answer_field: str = "answer", fields: Sequence[str] = ()):
+                 prompt_field: str = "prompt", answer_field: str = "answer", fields: Sequence[str] = (),
+                 sidecars: Sequence[str] = ()):
         if global_batch_size % world_size:
             raise ConfigError(f"global batch {global_batch_size} is not divisible by world size {world_size}")
         self.path, self.seq_len, self.seed = path, seq_len, seed
@@ -153,6 +171,7 @@ class SFTLoader:
         self.transform = transform
         _check_fields(fields)
         self.rows = encode_examples(read_tasks(path, prompt_field, answer_field, fields), tokenizer, seq_len, path)
+        attach_sidecars(self.rows, path, sidecars, fields)
         self.samples = 0
         self._perm_epoch, self._perm = -1, None
 
@@ -197,10 +216,11 @@ class SFTLoader:
 def sft_eval_batches(path: str, tokenizer, seq_len: int, batch_size: int, max_batches: int | None = None,
                      transform: Callable | None = None, seed: int = 0,
                      prompt_field: str = "prompt", answer_field: str = "answer",
-                     fields: Sequence[str] = ()) -> Iterator[dict]:
+                     fields: Sequence[str] = (), sidecars: Sequence[str] = ()) -> Iterator[dict]:
     """The examples of `path` in file order, batched; `transform` applied as in training."""
     _check_fields(fields)
     rows = encode_examples(read_tasks(path, prompt_field, answer_field, fields), tokenizer, seq_len, path)
+    attach_sidecars(rows, path, sidecars, fields)
     if transform is not None:
         rows = [checked(transform, transform(r, np.random.default_rng([seed, i, 13])), seq_len + 1, path)
                 for i, r in enumerate(rows)]

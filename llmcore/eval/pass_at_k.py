@@ -67,3 +67,20 @@ def pass_at_k_allocated(groups: Mapping[str, tuple[int, int, int]]) -> float:
         _check(n, c, k, f" of group {label!r}")
         miss *= _miss(n, c, k)
     return 1.0 - miss
+
+
+def bootstrap_ci(values, *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of per-prompt `values`: prompts are
+    resampled with replacement (seeded), so the interval reflects which prompts were drawn,
+    the variation a pass@k curve over a small test set has. One value gives (v, v)."""
+    import numpy as np
+
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        raise ConfigError("bootstrap: no values")
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"bootstrap: level must be in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

@@ -317,15 +317,26 @@ def model_args(ckpt: Path, vocab_size: int | None):
         raise CheckpointError(f"{ckpt / 'config.yaml'}: {e}") from None
 
 
-def recipes(ckpt: Path):
-    """The RecipeSet the checkpoint was trained with (for its decoding hooks: pauses, bans, …)."""
-    from llmcore.config.load import from_dict
+def recipes(ckpt: Path, overrides: list[str] | None = None):
+    """The RecipeSet the checkpoint was trained with (for its decoding hooks: pauses, bans, …).
+
+    `overrides` (`mode_conditioning.allocation=weights`) change options of those recipes for
+    decoding only; a key outside their sections is a ConfigError naming the recipes."""
+    import copy
+
+    from llmcore.config.load import _apply_override, from_dict
     from llmcore.recipe.recipe_set import RecipeSet
     from llmcore.recipe.registry import recipe_config_class
 
     raw = saved_config(ckpt)
     names = raw.get("recipes") or []
-    sections = {n: raw[n] for n in names if n in raw}
+    sections = {n: copy.deepcopy(raw[n]) for n in names if n in raw}
+    for item in overrides or []:
+        section = item.split("=", 1)[0].split(".", 1)[0]
+        if section not in names or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"recipe option {item!r}: only options of the checkpoint's recipes "
+                              f"({', '.join(names) or 'none'}) may be changed at decoding, as <recipe>.<key>=<value>")
+        _apply_override(sections, item)
     cfg = from_dict({"data": {"path": "-"}, "recipes": names, **sections}, source=str(ckpt / "config.yaml"),
                     recipe_configs=recipe_config_class)
     return RecipeSet.from_config(cfg)

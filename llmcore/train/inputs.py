@@ -46,7 +46,7 @@ def train_loader(cfg: Config, tokenizer, rank: int, world_size: int, transform: 
     common = dict(seed=t.seed, rank=rank, world_size=world_size, transform=transform)
     if d.format == "sft":
         return SFTLoader(d.path, tokenizer, d.seq_len, t.global_batch_size, prompt_field=d.prompt_field,
-                         answer_field=d.answer_field, fields=d.sft_fields, **common)
+                         answer_field=d.answer_field, fields=d.sft_fields, sidecars=d.sidecars, **common)
     specs = ([(s.name or Path(s.path).name, s.path, s.weight, s.max_tokens, s.skip_tokens) for s in d.sources]
              or [(Path(d.path).name, d.path, 1.0, None, 0)])
     sources = [(name, TokenShards(path, "train", expected_tokenizer_hash=tokenizer.hash, verify=d.verify), w, cap,
@@ -73,7 +73,7 @@ def eval_set_batches(cfg: Config, tokenizer, path: str, n: int, transform: Calla
     if d.format == "sft":
         return list(sft_eval_batches(path, tokenizer, d.seq_len, mb, n, transform=transform, seed=seed,
                                      prompt_field=d.prompt_field, answer_field=d.answer_field,
-                                     fields=d.sft_fields))
+                                     fields=d.sft_fields, sidecars=d.sidecars))
     shards = TokenShards(path, "val", expected_tokenizer_hash=tokenizer.hash, verify=d.verify)
     per_window = None
     if transform is not None:

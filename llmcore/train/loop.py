@@ -54,9 +54,7 @@ class Trainer:
         self.recipes = RecipeSet.from_config(cfg)
         self.tokenizer_dir = inputs.tokenizer_dir(cfg)
         self.tokenizer = Tokenizer.load(self.tokenizer_dir)
-        for tok in self.recipes.special_tokens():
-            self.tokenizer.token_id(tok)  # raises, naming the token, if the tokenizer lacks it
-        self.recipes.bind(self.tokenizer)
+        self.recipes.bind(self.tokenizer)  # reserves what the tokenizer lacks, or raises naming it
         self.model_args = resolve_model_args(cfg.model, self.tokenizer.vocab_size)
         if self.model_args.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(f"model.vocab_size={self.model_args.vocab_size} is smaller than the "

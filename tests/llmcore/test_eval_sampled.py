@@ -15,7 +15,7 @@ import llmcore
 from llmcore.cli.main import main
 from llmcore.errors import ConfigError
 from llmcore.eval.copy_probe import copy_probe
-from llmcore.eval.sampled_tasks import pass_at_k_sweep
+from llmcore.eval.sampled import evaluate_pass_at_k, evaluate_pass_at_k_temperatures
 from llmcore.eval.tasks import first_line
 from llmcore.model.args import ModelArgs
 from llmcore.model.transformer import Transformer
@@ -38,14 +38,16 @@ def test_pass_at_k_of_a_uniform_model_matches_the_closed_form(prepared):
             for i in range(tok.vocab_size) if i != tok.eos_id) / tok.vocab_size
     assert 0.005 < p < 0.2
     tasks = [{"prompt": f"Count: {i}", "answer": answer} for i in range(40)]
-    out = pass_at_k_sweep(model, tok, tasks, n=32, ks=[1, 8, 32], temperatures=[1.0], match="regex",
-                          max_new_tokens=1)
-    got = out["T=1"]
+    out = evaluate_pass_at_k_temperatures(model, tok, tasks, [1, 8, 32], [1.0], n=32, verifier="regex",
+                                          max_new_tokens=1)
+    got = {k: v["mean"] for k, v in out["T=1"]["overall"].items()}
     for k in (1, 8, 32):
         want = 1 - (1 - p) ** k
         se = math.sqrt(want * (1 - want) / 40) + 0.02
-        assert abs(got[f"pass@{k}"] - want) < 3 * se, (k, got, want)
-    assert got["pass@1"] < got["pass@8"] < got["pass@32"]
+        assert abs(got[k] - want) < 3 * se, (k, got, want)
+        lo, hi = out["T=1"]["overall"][k]["lo"], out["T=1"]["overall"][k]["hi"]
+        assert lo <= got[k] <= hi
+    assert got[1] < got[8] < got[32]
 
 
 def test_greedy_pass_at_k_is_exact_match_for_every_k(prepared, tmp_path):
@@ -62,12 +64,14 @@ def test_greedy_pass_at_k_is_exact_match_for_every_k(prepared, tmp_path):
     # make half the answers the greedy prediction, so the accuracy is 0.5
     for r, e in zip(rows[:3], preds[:3]):
         r["answer"] = e["prediction"]
-    out = pass_at_k_sweep(model, tok, rows, n=4, ks=[1, 4], temperatures=[0.0], max_new_tokens=4)
-    assert out["T=0"] == {"pass@1": 0.5, "pass@4": 0.5}
-    with pytest.raises(ConfigError, match="1 <= k <= n"):
-        pass_at_k_sweep(model, tok, rows, n=4, ks=[8], temperatures=[1.0])
+    out = evaluate_pass_at_k(model, tok, rows, [1, 4], n=4, temperature=0.0, max_new_tokens=4)
+    assert {k: v["mean"] for k, v in out["overall"].items()} == {1: 0.5, 4: 0.5}
+    with pytest.raises(ConfigError, match="needs at least 8 samples"):
+        evaluate_pass_at_k(model, tok, rows, [8], n=4)
     with pytest.raises(ConfigError, match="not a regular expression"):
-        pass_at_k_sweep(model, tok, [{"prompt": "a", "answer": "("}], n=1, ks=[1], temperatures=[1.0], match="regex")
+        evaluate_pass_at_k(model, tok, [{"prompt": "a", "answer": "("}], [1], n=1, verifier="regex")
+    with pytest.raises(ConfigError, match="temperature"):
+        evaluate_pass_at_k(model, tok, rows, [1], n=1, temperature=float("nan"))
 
 
 class _InductionOracle(torch.nn.Module):
@@ -112,10 +116,10 @@ def test_cli_eval_pass_at_k_and_copy_probe(prepared, tmp_path, capsys):
     llmcore.save(_uniform_model(tok.vocab_size), tok, str(tmp_path / "m"))
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Count: {i}", "answer": "[0-9]+"}) + "\n" for i in range(3)))
-    assert main(["eval", "--checkpoint", str(tmp_path / "m"), "--pass-at-k", str(path), "--samples", "4",
-                 "--ks", "1,4", "--temperatures", "0.5,1", "--match", "regex", "--max-new-tokens", "2",
+    assert main(["eval", "--checkpoint", str(tmp_path / "m"), "--tasks", str(path), "--pass-at-k", "1,4",
+                 "--samples", "4", "--temperature", "0.5,1", "--verifier", "regex", "--max-new-tokens", "2",
                  "--copy-probe", "--copy-span", "8", "--copy-n", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out["pass_at_k"]) == {"n", "prompts", "T=0.5", "T=1"} and out["pass_at_k"]["n"] == 4
-    assert set(out["pass_at_k"]["T=1"]) == {"pass@1", "pass@4"}
+    assert set(out["pass_at_k"]) == {"T=0.5", "T=1"} and out["pass_at_k"]["T=1"]["n"] == 4
+    assert set(out["pass_at_k"]["T=1"]["overall"]) == {"1", "4"}  # JSON keys
     assert out["copy_probe"]["positions"] == 4 * 7

@@ -77,3 +77,46 @@ def test_bad_group_is_named():
         pass_at_k_allocated({"mode_0": (4, 1, 2), "mode_1": (2, 1, 3)})
     with pytest.raises(ConfigError, match="no groups"):
         pass_at_k_allocated({})
+
+
+# --- in expectation, bootstrap intervals, the curve over prompts ------------------------------
+
+def test_allocated_estimator_equals_the_closed_form_in_expectation():
+    """E over c_m ~ Binomial(n_m, p_m) of the estimator is exactly 1 - prod_m (1 - p_m)^k_m."""
+    from llmcore.eval.pass_at_k import pass_at_k_allocated
+
+    for (n1, p1, k1), (n2, p2, k2) in [((6, 0.3, 2), (5, 0.7, 3)), ((8, 0.05, 4), (8, 0.5, 4)), ((4, 0.9, 0), (7, 0.2, 5))]:
+        expect = 0.0
+        for c1 in range(n1 + 1):
+            for c2 in range(n2 + 1):
+                w = (math.comb(n1, c1) * p1 ** c1 * (1 - p1) ** (n1 - c1)
+                     * math.comb(n2, c2) * p2 ** c2 * (1 - p2) ** (n2 - c2))
+                expect += w * pass_at_k_allocated({"a": (n1, c1, k1), "b": (n2, c2, k2)})
+        assert expect == pytest.approx(1 - (1 - p1) ** k1 * (1 - p2) ** k2, abs=1e-12)
+
+
+def test_bootstrap_interval_matches_the_normal_width_and_repeats_for_a_seed():
+    import numpy as np
+
+    from llmcore.eval.pass_at_k import bootstrap_ci
+
+    v = (np.random.default_rng(0).random(400) < 0.3).astype(float)
+    lo, hi = bootstrap_ci(v, seed=1)
+    assert lo < v.mean() < hi and bootstrap_ci(v, seed=1) == (lo, hi)
+    normal = 2 * 1.96 * math.sqrt(v.mean() * (1 - v.mean()) / len(v))
+    assert hi - lo == pytest.approx(normal, rel=0.15)
+    assert bootstrap_ci([0.5]) == (0.5, 0.5)
+
+
+def test_curve_averages_the_allocated_estimator_and_refuses_k_beyond_the_draws():
+    from llmcore.eval.sampled import pass_at_k_curve
+
+    records = [{"mode_0": (4, 1), "mode_1": (4, 0)}, {"mode_0": (4, 0), "mode_1": (4, 4)}]
+    split = {1: {"mode_0": 1, "mode_1": 0}, 2: {"mode_0": 1, "mode_1": 1}, 4: {"mode_0": 2, "mode_1": 2}}
+    curve = pass_at_k_curve(records, [1, 2, 4], split.__getitem__, resamples=200)
+    assert curve["overall"][1]["mean"] == pytest.approx((0.25 + 0.0) / 2)
+    assert curve["overall"][2]["mean"] == pytest.approx((0.25 + 1.0) / 2)
+    assert curve["overall"][4]["mean"] == pytest.approx((brute(4, 1, 2) + 1.0) / 2)
+    assert curve["groups"]["mode_1"][4] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="allocated 5 samples but only 4"):
+        pass_at_k_curve(records, [5], lambda k: {"mode_0": 5, "mode_1": 0})
