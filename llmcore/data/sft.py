@@ -18,15 +18,15 @@ rank r takes rows r, r+W, ...; resumable; a transform gets
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from llmcore.data.collate import check_extra_names, to_batch
 from llmcore.data.example_sidecar import read_example_sidecar
-from llmcore.data.files import check_utf8
+from llmcore.data.jsonl import read_json_lines
 from llmcore.data.sample import Sample, checked
 from llmcore.errors import ConfigError, DataError
 
@@ -43,13 +43,7 @@ def read_tasks(path: str, prompt_field: str = "prompt", answer_field: str = "ans
     not a number or a list of as many numbers as on the first line.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"task file {p} does not exist")
-    try:
-        tasks, raw = _read_rows(p, prompt_field, answer_field, fields)
-    except UnicodeDecodeError:
-        check_utf8(str(p))  # names the line and byte
-        raise
+    tasks, raw = _read_rows(p, prompt_field, answer_field, fields)
     if not tasks:
         raise DataError(f"task file {p} holds no examples")
     for j, name in enumerate(fields):
@@ -72,22 +66,13 @@ def _text(p: Path, lineno: int, row: dict, key: str) -> str:
 
 def _read_rows(p: Path, prompt_field: str, answer_field: str, fields: Sequence[str]) -> tuple[list, list]:
     tasks, raw = [], []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in (prompt_field, answer_field, *fields) if k not in row]
-            if missing:
-                raise DataError(f"{p}:{lineno}: missing field(s) {missing} (has {sorted(row)})")
-            tasks.append({"prompt": _text(p, lineno, row, prompt_field),
-                          "answer": _text(p, lineno, row, answer_field)})
-            raw.append((lineno, [row[k] for k in fields]))
+    for lineno, row in read_json_lines(p, "task file"):
+        missing = [k for k in (prompt_field, answer_field, *fields) if k not in row]
+        if missing:
+            raise DataError(f"{p}:{lineno}: missing field(s) {missing} (has {sorted(row)})")
+        tasks.append({"prompt": _text(p, lineno, row, prompt_field),
+                      "answer": _text(p, lineno, row, answer_field)})
+        raw.append((lineno, [row[k] for k in fields]))
     return tasks, raw
 
 

@@ -13,13 +13,14 @@ all documents together; also word and byte perplexity, as the harness reports th
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 import torch
 
+from llmcore.data.files import check_utf8
+from llmcore.data.jsonl import read_json_lines
 from llmcore.errors import DataError
 
 
@@ -29,22 +30,19 @@ def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
-    raw = path.read_bytes()
+    if path.suffix == ".jsonl":
+        return _jsonl_documents(path, text_field)
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 (byte {e.start})") from None
-    if path.suffix != ".jsonl":
-        return [text]
+        return [path.read_bytes().decode("utf-8")]
+    except UnicodeDecodeError:
+        check_utf8(str(path))  # names the line and byte
+        raise
+
+
+def _jsonl_documents(path: Path, text_field: str) -> list[str]:
     docs = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{path}:{n} is not JSON: {e}") from None
-        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+    for n, row in read_json_lines(path, "document file"):
+        if not isinstance(row.get(text_field), str):
             raise DataError(f"{path}:{n} has no string field {text_field!r}")
         docs.append(row[text_field])
     return docs

@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from llmcore.data.jsonl import read_json_lines
 from llmcore.errors import DataError
 
 log = logging.getLogger("llmcore")
@@ -22,17 +23,9 @@ log = logging.getLogger("llmcore")
 def read_prompts(path: str, field: str = "prompt") -> list[str]:
     """The `field` strings of a JSON-lines file (DataError naming the file and line)."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"prompt file {p} does not exist")
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{p}:{lineno}: not a JSON line: {e}") from None
-        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+    for lineno, row in read_json_lines(p, "prompt file"):
+        if not isinstance(row.get(field), str):
             raise DataError(f"{p}:{lineno}: needs a string field {field!r}")
         out.append(row[field])
     if not out:
@@ -174,18 +167,9 @@ def _add_rest(actions) -> None:
 
 def _labelled_rows(path: str, text_field: str, label_field: str) -> list[tuple[str, float]]:
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"labelled file {p} does not exist")
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{p}:{lineno}: not a JSON line: {e}") from None
-        if not isinstance(row, dict) or not isinstance(row.get(text_field), str) or \
-                not isinstance(row.get(label_field), (int, float, bool)):
+    for lineno, row in read_json_lines(p, "labelled file"):
+        if not isinstance(row.get(text_field), str) or not isinstance(row.get(label_field), (int, float, bool)):
             raise DataError(f"{p}:{lineno}: needs a string {text_field!r} and a number {label_field!r}")
         out.append((row[text_field], float(row[label_field])))
     if not out:

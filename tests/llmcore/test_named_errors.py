@@ -335,3 +335,26 @@ def test_eval_seq_len_beyond_max_seq_len_is_refused(prepared, run, capsys):
     assert main(["eval", "--checkpoint", str(run), "--data", str(prepared), "--seq-len", "1500"]) == 2
     assert ("seq_len=1500 exceeds the model's max_seq_len=1024 (positions it was never trained on); "
             "use --seq-len 1024 or less") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reader", ["tasks", "documents", "prompts"])
+@pytest.mark.parametrize("body, message", [
+    (b'{"prompt": "a", "answer": "b", "text": "c"}\n{"prompt": "' + LATIN1 + b'"}\n',
+     rf"invalid UTF-8 at line 2 \(byte offset {44 + 12 + 3},"),  # line 1 + newline, then `{"prompt": "`, `caf`
+    (b'{"prompt": "a", "answer": "b", "text": "c"}\n\n[1, 2]\n', r":3: expected a JSON object, got list"),
+    (b'{"prompt": "a", "answer": "b", "text": "c"}\n{"prompt": \n', r":2: not valid JSON"),
+])
+def test_every_jsonl_reader_names_the_file_and_line(tmp_path, reader, body, message):
+    """Task files, bits-per-byte documents and a recipe's prompt files share one reader."""
+    from llmcore.data.sft import read_tasks
+    from llmcore.errors import DataError
+    from llmcore.eval.bits_per_byte import read_documents
+    from recipes.safety.cli import read_prompts
+
+    read = {"tasks": read_tasks, "documents": read_documents, "prompts": read_prompts}[reader]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(body)
+    with pytest.raises(DataError, match=rf"{src}{message}" if message.startswith(":") else rf"{src}: {message}"):
+        read(str(src))
+    with pytest.raises(DataError, match=rf"{tmp_path / 'missing.jsonl'} does not exist"):
+        read(str(tmp_path / "missing.jsonl"))
