@@ -200,3 +200,32 @@ def test_fields_added_since_a_save_change_nothing_but_a_changed_source_list_does
     saved_path.write_text(yaml.safe_dump(saved))
     with pytest.raises(ConfigError, match=re.escape("finished with another config (data.sources.0.weight: 0.25 -> 0.5)")):
         run_pipeline(spec, print_summary=False)
+
+
+def test_dropout_in_a_stage_started_from_an_earlier_stage(prepared, tmp_path):
+    """Stage 2's optional dropout: a stage may turn `model.dropout` on over a checkpoint trained
+    without it (dropout has no weights, so the architecture check allows it), and it acts: the
+    same first batch from the same weights gives another training loss than without dropout."""
+    import json
+
+    from llmcore.config.load import load_run_config
+
+    base = [f"data.path={prepared}", "model.preset=tiny", "train.progress=false", *RECIPE_RUN,
+            "train.log_every=1"]
+    first = tmp_path / "pre"
+    Trainer(load_run_config(None, [*base, f"train.out_dir={first}", "train.max_steps=3"])).fit()
+
+    def stage_two(name, dropout):
+        out = tmp_path / name
+        Trainer(load_run_config(None, [*base, f"train.out_dir={out}", "train.max_steps=2",
+                                       f"train.init_from={first}", f"model.dropout={dropout}"])).fit()
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return [r["loss"] for r in rows if "loss" in r], yaml.safe_load((checkpoint.resolve(out) / "config.yaml").read_text())
+
+    plain, plain_cfg = stage_two("plain", 0.0)
+    dropped, dropped_cfg = stage_two("dropout", 0.3)
+    assert plain_cfg["model"]["dropout"] == 0.0 and dropped_cfg["model"]["dropout"] == 0.3
+    assert len(plain) == len(dropped) == 2
+    assert dropped[0] != plain[0]
+    again, _ = stage_two("dropout_again", 0.3)
+    assert again == dropped  # seeded: the same masks on a rerun
