@@ -18,14 +18,14 @@ import hashlib
 import io
 import json
 import os
-import shutil
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
 from llmcore.errors import TokenizerError
-from llmcore.fsutil import replace_dir
+from llmcore.fsutil import write_dir_atomically
 
 MODEL_FILE = "tokenizer.model"
 SPECIALS_FILE = "special_tokens.json"
@@ -71,7 +71,7 @@ class Tokenizer:
               max_sentence_length: int = 16384, input_sentence_size: int = 1_000_000,
               seed: int = 0, *, text_field: str = "text", sample_by: str = "paragraph",
               character_coverage: float = 0.9995, overwrite: bool = False,
-              progress: bool = True) -> "Tokenizer":
+              progress: bool = True) -> Tokenizer:
         """Train a BPE tokenizer on text/jsonl/parquet files (or directories) into ``out_dir``.
 
         Ids: unk=0, bos=1, eos=2, pad=3, then ``special_tokens`` in the given order from 4,
@@ -127,7 +127,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ files
     @classmethod
-    def load(cls, path: str) -> "Tokenizer":
+    def load(cls, path: str) -> Tokenizer:
         """Load a tokenizer folder (``tokenizer.model`` + ``special_tokens.json``); a folder
         with a Hugging Face ``tokenizer.json`` instead loads as ``llmcore.tokenizer_hf.HFTokenizer``
         (same interface)."""
@@ -171,20 +171,12 @@ class Tokenizer:
         if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
             raise TokenizerError(f"tokenizer folder {out_dir} exists and is not empty; "
                                  "pass overwrite=True to replace it")
-        tmp = f"{out_dir}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)  # beside out_dir, so the final rename stays on one file system
-        try:
-            with open(os.path.join(tmp, MODEL_FILE), "wb") as f:
-                f.write(self._model_bytes)
+        def write(tmp: Path) -> None:
+            (tmp / MODEL_FILE).write_bytes(self._model_bytes)
             meta = dict(self._ids, vocab_size=self.vocab_size, hash=self.hash)
-            with open(os.path.join(tmp, SPECIALS_FILE), "w") as f:
-                json.dump(meta, f, indent=1)
-                f.write("\n")
-            replace_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            (tmp / SPECIALS_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+        write_dir_atomically(Path(out_dir), write)
         if self.path is None:
             self.path = out_dir
         return out_dir

@@ -23,12 +23,11 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from llmcore.errors import TokenizerError
-from llmcore.fsutil import replace_dir
+from llmcore.fsutil import write_dir_atomically
 
 HF_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -178,23 +177,15 @@ class HFTokenizer:
         out_dir = os.path.abspath(out_dir)
         if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
             raise TokenizerError(f"tokenizer folder {out_dir} exists and is not empty; pass overwrite=True")
-        tmp = f"{out_dir}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        try:
-            with open(os.path.join(tmp, HF_FILE), "w", encoding="utf-8") as f:
-                f.write(self._json)
+        def write(tmp: Path) -> None:
+            (tmp / HF_FILE).write_text(self._json, encoding="utf-8")
             config, names = self.hf_config(self._config.get("model_max_length") or 1 << 30)
             for name, obj in ((CONFIG_FILE, config), (MAP_FILE, names),
                               (META_FILE, {"backend": BACKEND, "ids": self._ids, "config": self._config,
                                            "vocab_size": self.vocab_size, "hash": self.hash})):
-                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-                    json.dump(obj, f, indent=1, ensure_ascii=False)
-                    f.write("\n")
-            replace_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                (tmp / name).write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+        write_dir_atomically(Path(out_dir), write)
         if self.path is None:
             self.path = out_dir
         return out_dir
