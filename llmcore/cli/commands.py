@@ -12,24 +12,18 @@ raises prints one line and exits 2, as for every command.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from llmcore.errors import ConfigError
+from llmcore.targets import load_target
 
 GROUP = "llmcore.commands"
 
 
 def _load(name: str, target: str, where: str) -> Callable[[argparse.ArgumentParser], None]:
-    module, _, attr = target.partition(":")
-    if not attr:
-        raise ConfigError(f"{where}: command {name!r} -> {target!r} is not of the form module:function")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"{where}: command {name!r} -> {target!r} cannot be loaded: {e}") from None
+    return load_target(target, f"{where}: command {name!r} ->")
 
 
 def recipe_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]:

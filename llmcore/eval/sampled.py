@@ -14,7 +14,6 @@ any proportional split when n >= k).
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +23,7 @@ from llmcore.errors import ConfigError
 from llmcore.eval.pass_at_k import bootstrap_ci, pass_at_k_allocated
 from llmcore.eval.tasks import first_line
 from llmcore.generate.groups import sample_groups_many
+from llmcore.targets import load_target
 
 Verifier = Callable[[str, str, str], bool]
 
@@ -49,13 +49,7 @@ def load_verifier(target: str | None) -> Verifier:
         return exact_first_line
     if target in BUILT_IN:
         return BUILT_IN[target]
-    module, _, attr = target.partition(":")
-    if not attr:
-        raise ConfigError(f"verifier {target!r} is not of the form module:function")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"verifier {target!r} cannot be loaded: {e}") from None
+    return load_target(target, "verifier")
 
 
 def sample_and_judge(model, tokenizer, tasks: Sequence[dict], n: int, verifier: Verifier, *, recipes=None,
