@@ -49,6 +49,16 @@ def _lse(m, s):
 
 
 @triton.jit
+def _grad_scales(kdw_ptr, row, alpha, temperature, z_loss, lse, scale, HAS_KDW: tl.constexpr):
+    """d loss / d logit scales of a row's KD term (its routing weight included) and of its CE +
+    z-loss term: both row kernels share them."""
+    c_kd = alpha * temperature * scale
+    if HAS_KDW:
+        c_kd = c_kd * tl.load(kdw_ptr + row).to(tl.float32)
+    return c_kd, (1.0 - alpha) * (1.0 + 2.0 * z_loss * lse) * scale
+
+
+@triton.jit
 def _kd_sparse_rows_kernel(logits_ptr, labels_ptr, ids_ptr, logq_ptr, kdw_ptr, out_ptr,
                            stride_row, stride_k, V, K, alpha, inv_t, temperature, z_loss, scale,
                            HAS_KDW: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
@@ -83,10 +93,7 @@ def _kd_sparse_rows_kernel(logits_ptr, labels_ptr, ids_ptr, logq_ptr, kdw_ptr, o
     tl.store(out_ptr + row * 2, ce)
     tl.store(out_ptr + row * 2 + 1, kl)
     if COMPUTE_GRAD:
-        c_kd = alpha * temperature * scale
-        if HAS_KDW:
-            c_kd = c_kd * tl.load(kdw_ptr + row).to(tl.float32)
-        c_ce = (1.0 - alpha) * (1.0 + 2.0 * z_loss * lse) * scale
+        c_kd, c_ce = _grad_scales(kdw_ptr, row, alpha, temperature, z_loss, lse, scale, HAS_KDW)
         c_s = c_kd * tl.sum(q, axis=0)  # Q s_T: the q need not sum to 1 (importance weights)
         gcols = tl.arange(0, BLOCK_VG)
         for start in range(0, V, BLOCK_VG):
@@ -142,10 +149,7 @@ def _kd_dense_rows_kernel(logits_ptr, t_ptr, labels_ptr, kdw_ptr, out_ptr, strid
     tl.store(out_ptr + row * 2, ce)
     tl.store(out_ptr + row * 2 + 1, kl)
     if COMPUTE_GRAD:
-        c_kd = alpha * temperature * scale
-        if HAS_KDW:
-            c_kd = c_kd * tl.load(kdw_ptr + row).to(tl.float32)
-        c_ce = (1.0 - alpha) * (1.0 + 2.0 * z_loss * lse) * scale
+        c_kd, c_ce = _grad_scales(kdw_ptr, row, alpha, temperature, z_loss, lse, scale, HAS_KDW)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
             mask = idx < V
