@@ -17,6 +17,7 @@ Leftovers of a crash at any point are tidied by `llmcore.train.leftovers` at the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from safetensors.torch import load_file, save_file
 from llmcore.errors import CheckpointError, ConfigError
 from llmcore.fsutil import check_output_dir, write_dir_atomically
 from llmcore.train import manifest, rng_state
+
+log = logging.getLogger("llmcore")
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 ASIDE = ".old"
@@ -234,9 +237,9 @@ def load_verified_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     """`load_weights` after checking the weight files against the checkpoint's manifest (when
     it has one): what inference loads (`llmcore.load`, export-hf) read, so a corrupt or
     modified weight file is refused by name instead of producing NaNs."""
-    from llmcore.train import manifest
-
-    manifest.verify(ckpt, only=WEIGHT_FILES)
+    if not manifest.verify(ckpt, only=WEIGHT_FILES):
+        log.warning("%s has no %s (saved by an older llmcore): its weight files are not checksummed",
+                    ckpt, manifest.MANIFEST)
     return load_weights(ckpt)
 
 

@@ -32,8 +32,8 @@ from llmcore.tokenizer import Tokenizer
 from llmcore.train import checkpoint, config_change, inputs, leftovers, manifest
 from llmcore.train.architecture import check_architecture
 from llmcore.train.callbacks import BestTracker, eval_metric_key
-from llmcore.train.losses import ntp_loss
 from llmcore.train.loggers import build_trackers
+from llmcore.train.losses import ntp_loss
 from llmcore.train.metrics import MetricsWriter, log, progress_bar, setup_logging
 from llmcore.train.nonfinite import NonFiniteGuard
 from llmcore.train.optim import lr_multiplier
@@ -183,9 +183,10 @@ class Trainer:
             log.info("resumed from %s at step %d", ckpt, self.step)
         elif self.cfg.train.init_from:
             src = checkpoint.resolve(self.cfg.train.init_from)
-            self._verified(src, manifest.verify_in_background(src))
             check_architecture(src, self.model_args, self.cfg.model.preset, action="initialise")
-            weights = checkpoint.load_weights(src)
+            # Only the weight files are read (never the optimizer or DeepSpeed's pickles), so
+            # only they are checked.
+            weights = checkpoint.load_verified_weights(src)
             own_aux = set(self.engine.module.aux.keys())
             dropped = sorted({k.split(".")[1] for k in weights if k.startswith("aux.")} - own_aux)
             if dropped:  # heads of recipes this run does not use (an MTP pretrain, then plain SFT)

@@ -112,3 +112,27 @@ def test_resume_accepts_a_v1_checkpoint_and_the_cli_verifies(prepared, tmp_path,
     flip_bit(old / "optimizer.pt", 100)
     assert main(["checkpoint", "verify", str(old)]) == 2
     assert "optimizer.pt fails its sha256 check" in capsys.readouterr().err
+
+
+def test_init_from_checks_only_the_weights_it_reads(prepared, tmp_path):
+    """`train.init_from` reads the weight files alone: their manifest entries are checked (a flip
+    is refused by name), while a corrupt optimizer file, or DeepSpeed pickles in a folder without
+    a manifest, are never read and so do not stop it (the README's route for old DeepSpeed runs)."""
+    steps = ("data.seq_len=32", "train.micro_batch_size=2", "train.global_batch_size=4", "model.n_layers=2",
+             "train.eval_batches=1")
+    src = tmp_path / "src"
+    Trainer(tiny_config(prepared, src, *steps, "train.max_steps=1")).fit()
+    ckpt = checkpoint.resolve(src)
+    flip_bit(ckpt / "optimizer.pt", 100)
+    start = [*steps, "train.max_steps=1", f"train.init_from={ckpt}"]
+    assert Trainer(tiny_config(prepared, tmp_path / "a", *start)).fit()["step"] == 1
+    (ckpt / "manifest.json").unlink()
+    (ckpt / "deepspeed").mkdir()
+    (ckpt / "deepspeed" / "mp_rank_00_model_states.pt").write_bytes(b"not a pickle we read")
+    assert Trainer(tiny_config(prepared, tmp_path / "b", *start)).fit()["step"] == 1
+    other = tmp_path / "other"
+    Trainer(tiny_config(prepared, other, *steps, "train.max_steps=1")).fit()
+    flip_bit(checkpoint.resolve(other) / "model.safetensors", 4000)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        Trainer(tiny_config(prepared, tmp_path / "c", *steps, "train.max_steps=1",
+                            f"train.init_from={checkpoint.resolve(other)}")).fit()
