@@ -71,6 +71,7 @@ class Trainer:
         self.device = self.engine.device
         world = self.engine.world_size
         self.micro_batch = cfg.train.micro_batch_for(world)
+        self._eval_cache: dict[tuple[str, int], list[dict]] = {}
         self.accum = cfg.train.global_batch_size // (self.micro_batch * world)
         if cfg.train.micro_batch_size == AUTO and self.engine.is_main:
             log.info("train.micro_batch_size=auto -> %d (global batch %d over %d processes, %d accumulation "
@@ -236,9 +237,13 @@ class Trainer:
         return {"val": inputs.default_eval_path(self.cfg), **self.cfg.eval.sets}
 
     def eval_batches(self, path: str, n: int | None = None) -> list[dict]:
-        """The evaluation batches of the set at `path` (the same windows at every evaluation)."""
+        """The evaluation batches of the set at `path` (the same windows at every evaluation, so
+        they are read, checked and transformed once per run and kept)."""
         n = self.cfg.train.eval_batches if n is None else n
-        return inputs.eval_set_batches(self.cfg, self.tokenizer, path, n, self.transform, self.micro_batch)
+        if (path, n) not in self._eval_cache:
+            self._eval_cache[path, n] = inputs.eval_set_batches(self.cfg, self.tokenizer, path, n, self.transform,
+                                                                self.micro_batch)
+        return self._eval_cache[path, n]
 
     @torch.no_grad()
     def _eval_path(self, path: str, max_batches: int | None = None) -> dict:
