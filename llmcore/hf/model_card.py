@@ -9,12 +9,12 @@ the tokens trained (state.json), the recipes, the last validation loss (the run'
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
 from llmcore.model.args import ModelArgs
+from llmcore.train.metrics import read_metrics
 
 FILE = "README.md"
 
@@ -22,18 +22,8 @@ FILE = "README.md"
 def final_validation(run_dir: Path, step: int) -> dict | None:
     """The last evaluation row (with `val_loss`) of `run_dir/metrics.jsonl` at or before `step`;
     None when the run has no metrics file or never evaluated."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    best = None
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a row cut short by a kill
-        if isinstance(row, dict) and "val_loss" in row and isinstance(row.get("step"), int) and row["step"] <= step:
-            best = row
-    return best
+    rows = [row for row in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in row and row["step"] <= step]
+    return rows[-1] if rows else None
 
 
 def render(ckpt: Path, args: ModelArgs, state: dict, config_yaml: str, vocab_size: int, dtype: str) -> str:

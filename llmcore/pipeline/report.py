@@ -13,7 +13,6 @@ empty and is listed.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import re
@@ -29,6 +28,7 @@ from llmcore.pipeline.run import load_plan
 from llmcore.pipeline.spec import Frontier, Pipeline, value_text
 from llmcore.train import checkpoint
 from llmcore.train.callbacks import eval_metric_key
+from llmcore.train.metrics import read_metrics
 
 log = logging.getLogger("llmcore.pipeline")
 REPORT_DIR = "report"
@@ -51,17 +51,8 @@ def metric_value(run: Run, set_name: str) -> float | None:
 
 
 def _eval_at(path: Path, step: int, key: str) -> float | None:
-    if not path.is_file():
-        return None
-    found = None
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get("step") == step and key in row:
-            found = float(row[key])  # the last one: a resumed run may log the step again
-    return found
+    found = [row[key] for row in read_metrics(path) if row["step"] == step and key in row]
+    return float(found[-1]) if found else None  # the last one: a resumed run may log the step again
 
 
 def _ancestors(run: Run, by_name: dict[str, Run]) -> dict[str, Run]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcore.errors import CheckpointError
+from llmcore.train.metrics import read_metrics
 
 RESULT_FILE = "result.json"
 # fit() keys that describe the run rather than measure it
@@ -28,11 +29,7 @@ def scalar_metrics(fit_result: dict) -> dict[str, float | int]:
 def last_train_metrics(out_dir: Path, step: int) -> dict:
     """Training metrics of `step` from metrics.jsonl: what fit() cannot report when a run is
     resumed at its last step (e.g. it crashed during the final evaluation)."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    found = [r for r in rows if r.get("step") == step and "loss" in r]
+    found = [r for r in read_metrics(out_dir / "metrics.jsonl") if r["step"] == step and "loss" in r]
     return scalar_metrics({k: v for k, v in found[-1].items() if k not in ("time", "tokens")}) if found else {}
 
 

@@ -9,10 +9,10 @@ extra, imported only here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from llmcore.errors import ConfigError, LlmcoreError
+from llmcore.train.metrics import read_metrics
 
 DEFAULT_KEYS = ("loss", "val_loss")
 
@@ -25,15 +25,7 @@ def read_rows(run: str | Path) -> list[dict]:
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise LlmcoreError(f"{path} does not exist: `llmcore plot` takes run folders (train.out_dir)")
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+    return read_metrics(path)
 
 
 def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:

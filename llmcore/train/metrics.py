@@ -24,6 +24,25 @@ def setup_logging(level: int = logging.INFO) -> None:
         log.propagate = False
 
 
+def parse_row(line: str) -> dict | None:
+    """One line of metrics.jsonl as its row (an object with an integer `step`), or None: a row
+    cut short by a kill is never complete and never read."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Every row of a metrics.jsonl file, in order (a resumed run may repeat a step: later rows
+    win); [] when there is no such file. Used by plots, reports, model cards and the pipeline."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [row for row in map(parse_row, path.read_text(errors="replace").splitlines()) if row is not None]
+
+
 class MetricsWriter:
     """Appends one JSON object per call to `out_dir/metrics.jsonl` (appending keeps the history
     of a resumed run in one file)."""
@@ -43,11 +62,8 @@ class MetricsWriter:
         lines = self.path.read_text().splitlines(keepends=True)
         keep = []
         for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a row cut short by a kill: never complete, never read
-            if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step):
+            row = parse_row(line)
+            if row is not None and row["step"] <= step:
                 keep.append(line if line.endswith("\n") else line + "\n")
         if len(keep) != len(lines):
             tmp = self.path.with_name(self.path.name + ".tmp")
