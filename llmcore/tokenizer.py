@@ -26,6 +26,7 @@ import sentencepiece as spm
 
 from llmcore.errors import TokenizerError
 from llmcore.fsutil import write_dir_atomically
+from llmcore.reserved_slots import lend
 
 MODEL_FILE = "tokenizer.model"
 SPECIALS_FILE = "special_tokens.json"
@@ -261,13 +262,8 @@ class Tokenizer:
         again changes nothing. A TokenizerError names the tokens when the free slots run out.
         """
         lent = set(self._aliases.values())
-        free = sorted(i for n, i in self._ids.items() if n.startswith("<reserved_") and i not in lent)
-        missing = [n for n in dict.fromkeys(names) if n not in self._ids and n not in self._aliases]
-        if len(missing) > len(free):
-            raise TokenizerError(f"tokenizer {self.path or ''} has {len(free)} free <reserved_i> slots but "
-                                 f"{len(missing)} special tokens need one: {missing}")
-        _check_specials(missing)
-        self._aliases.update(zip(missing, free))
+        free = [i for n, i in self._ids.items() if n.startswith("<reserved_") and i not in lent]
+        lend(names, self._ids, self._aliases, free, self.path or "", check=_check_specials)
         return {n: self.token_id(n) for n in names}
 
     def id_to_piece(self, i: int) -> str:

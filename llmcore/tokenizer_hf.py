@@ -28,6 +28,7 @@ from pathlib import Path
 
 from llmcore.errors import TokenizerError
 from llmcore.fsutil import write_dir_atomically
+from llmcore.reserved_slots import lend
 
 HF_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -84,6 +85,7 @@ class HFTokenizer:
         self.pad_id = ids.get("pad", self.eos_id)  # pads are never trained on or attended to
         self.unk_id = ids.get("unk", -1)  # byte-level BPEs have no unknown token
         self.special_ids = {k: v for k, v in ids.items() if k not in _ROLES}
+        self._aliases: dict[str, int] = {}  # run-time tokens in reserved slots (`reserve`)
         h = hashlib.sha256(hf_json.encode())
         h.update(json.dumps(ids, sort_keys=True).encode())
         self.hash = h.hexdigest()
@@ -205,10 +207,12 @@ class HFTokenizer:
         return config, names
 
     def __getstate__(self) -> dict:
-        return {"json": self._json, "ids": self._ids, "config": self._config, "path": self.path}
+        return {"json": self._json, "ids": self._ids, "config": self._config, "path": self.path,
+                "aliases": self._aliases}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["json"], state["ids"], state["config"], state["path"])
+        self._aliases = dict(state.get("aliases", {}))
 
     def __repr__(self) -> str:
         return (f"HFTokenizer(path={self.path!r}, vocab_size={self.vocab_size}, "
@@ -237,10 +241,22 @@ class HFTokenizer:
 
     def token_id(self, name: str) -> int:
         """The id of a special token by name ("<pause>", "eos", ...)."""
+        if name in self._aliases:
+            return self._aliases[name]
         if name not in self._ids:
             raise TokenizerError(f"tokenizer {self.path or ''} has no special token {name!r}; "
                                  f"available: {sorted(self._ids)}")
         return self._ids[name]
+
+    def reserve(self, names: Sequence[str]) -> dict[str, int]:
+        """`Tokenizer.reserve`'s contract for this backend: each of `names` the tokenizer lacks
+        gets the next free reserved added token (`<|reserved_special_token_i|>`, `<reserved_i>`),
+        held in memory (files, encoding and `hash` unchanged). Returns name -> id."""
+        taken = set(self._ids.values()) | set(self._aliases.values())
+        free = [e["id"] for e in json.loads(self._json).get("added_tokens", [])
+                if _RESERVED.match(e["content"]) and e["id"] not in taken]
+        lend(names, self._ids, self._aliases, free, self.path or "")
+        return {n: self.token_id(n) for n in names}
 
     def id_to_piece(self, i: int) -> str:
         """The vocabulary entry of one id."""

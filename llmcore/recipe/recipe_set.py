@@ -80,9 +80,7 @@ class RecipeSet:
         Tokens the recipes need that the tokenizer was not trained with (a count set by config,
         `<mode_0..C-1>`) first take its free reserved slots (`Tokenizer.reserve`), in config
         order, the same way in training and decoding."""
-        reserve = getattr(tokenizer, "reserve", None)
-        if reserve is not None:
-            reserve(self.special_tokens())
+        tokenizer.reserve(self.special_tokens())
         for r in self.recipes:
             if _has(r, "bind"):
                 r.bind(tokenizer)

@@ -128,3 +128,21 @@ def test_import_train_pause_export_round_trip(hf_model, corpus_file, tmp_path, m
     back = import_hf(str(out), str(tmp_path / "again"))  # the exported folder imports as it was trained
     assert Tokenizer.load(str(back / "tokenizer")).hash == tok.hash
     assert checkpoint.read_state(checkpoint.resolve(back))["step"] == 0
+
+
+def test_config_dependent_recipe_tokens_take_free_reserved_slots_of_an_hf_tokenizer(corpus_file, tmp_path):
+    """`RecipeSet.bind` reserves a recipe's config-dependent tokens (`<mode_0..C-1>`) on either
+    backend: here the slots an HF tokenizer's recipe tokens left free, files and hash unchanged."""
+    from llmcore.recipe.recipe_set import RecipeSet
+    from recipes.mode_conditioning import ModeConditioning
+
+    build_hf_tokenizer(corpus_file, tmp_path, reserved=4)
+    tok = HFTokenizer.from_hf_folder(str(tmp_path), ["<pause>", "<harm>"])
+    before = tok.hash
+    slot = tok._tok.token_to_id
+    RecipeSet([ModeConditioning(ModeConditioning.Config(modes=2))]).bind(tok)
+    assert [tok.token_id(f"<mode_{m}>") for m in range(2)] == [slot(f"<|reserved_special_token_{i}|>")
+                                                                for i in (2, 3)]
+    assert tok.hash == before and tok.token_id("<pause>") == slot("<pause>")
+    with pytest.raises(TokenizerError, match="free <reserved_i> slots"):
+        RecipeSet([ModeConditioning(ModeConditioning.Config(modes=3))]).bind(tok)
