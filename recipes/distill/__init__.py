@@ -195,10 +195,12 @@ class Distill(Recipe):
 
     def _check_cache(self, cfg) -> None:
         from recipes.distill.cache import check_cache, sidecar_names
+        from recipes.distill.teacher import teacher_identity
 
         c = self.config
         paths = [s.path for s in cfg.data.sources] or [cfg.data.path]
-        infos = [check_cache(p, c.cache, c.teacher or None) for p in paths]
+        identity = teacher_identity(c.teacher) if c.teacher else None  # hashed once, not per source
+        infos = [check_cache(p, c.cache, c.teacher or None, identity) for p in paths]
         info = infos[0]
         sampled = info.get("mode") == "sampled"
         need = sidecar_names(c.cache, sampled)

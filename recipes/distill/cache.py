@@ -71,11 +71,12 @@ def read_cache_info(data_path: str, cache: str) -> dict:
     return read_sidecar_manifest(data_path, f"{cache}_ids").get("made_from", {})
 
 
-def check_cache(data_path: str, cache: str, teacher_path: str | None) -> dict:
-    """The cache's `made_from`, after checking it was made by `teacher_path` (when given)."""
+def check_cache(data_path: str, cache: str, teacher_path: str | None, teacher: dict | None = None) -> dict:
+    """The cache's `made_from`, after checking it was made by `teacher_path` (when given;
+    `teacher`: its `teacher_identity`, when the caller checks several data folders)."""
     info = read_cache_info(data_path, cache)
     if teacher_path:
-        want = teacher_identity(teacher_path)
+        want = teacher or teacher_identity(teacher_path)
         have = info.get("teacher", {})
         if have.get("sha256") != want["sha256"]:
             raise ConfigError(f"distill.cache={cache!r} in {data_path} was made by teacher {have.get('path')} "

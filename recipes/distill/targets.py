@@ -46,8 +46,9 @@ def teacher_topk(th: torch.Tensor, tw: torch.Tensor, k: int, block_rows: int = 1
     logp = torch.empty(n, k, dtype=torch.float32, device=th.device)
     lse = torch.empty(n, dtype=torch.float32, device=th.device)
     ent = torch.empty(n, dtype=torch.float32, device=th.device)
+    wt = tw.float().T  # one fp32 copy of a half-precision head per call, not one per block
     for lo, hi in _blocks(n, block_rows):
-        z = th[lo:hi].float() @ tw.float().T  # (R, V)
+        z = th[lo:hi].float() @ wt  # (R, V)
         top = z.topk(k, dim=-1)  # its first value is the row max: one pass fewer for the statistics
         lse[lo:hi], ent[lo:hi] = _lse_entropy(z, top.values[:, :1])
         ids[lo:hi], logp[lo:hi] = top.indices, top.values - lse[lo:hi, None]
@@ -78,8 +79,9 @@ def teacher_samples(th: torch.Tensor, tw: torch.Tensor, n_samples: int, temperat
     ids = torch.empty(n, n_samples, dtype=torch.long, device=th.device)
     lse = torch.empty(n, dtype=torch.float32, device=th.device)
     ent = torch.empty(n, dtype=torch.float32, device=th.device)
+    wt = tw.float().T
     for lo, hi in _blocks(n, block_rows):
-        z = th[lo:hi].float() @ tw.float().T
+        z = th[lo:hi].float() @ wt
         lse[lo:hi], ent[lo:hi] = _lse_entropy(z)
         q = torch.softmax(z / temperature, dim=-1)
         ids[lo:hi] = torch.multinomial(q, n_samples, replacement=True, generator=generator)

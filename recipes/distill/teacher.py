@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import llmcore
+from llmcore.data.shards import sha256_file
 from llmcore.errors import CheckpointError, ConfigError
 from llmcore.hf.folder import import_hf
 from llmcore.train import checkpoint
@@ -61,9 +62,9 @@ def teacher_identity(path: str) -> dict:
         root = checkpoint.resolve(path).resolve()
         files = [root / "manifest.json"] if (root / "manifest.json").is_file() else sorted(root.glob("*.safetensors"))
     h = hashlib.sha256()
-    for f in files:
+    for f in files:  # file by file in chunks: a teacher's weights need not fit in memory
         h.update(f.name.encode())
-        h.update(f.read_bytes())
+        h.update(sha256_file(str(f)).encode())
     return {"path": str(root), "sha256": h.hexdigest()}
 
 
