@@ -324,7 +324,9 @@ class Distill(Recipe):
                    ent_rows=0.0, alpha=0.0, T=1.0) -> None:
         vals = [hard, soft, n, kd, routed, 0.0 if mass is None else mass, 0.0 if mass is None else mass_rows,
                 ent, ent_rows]
-        t = torch.tensor([float(v) for v in vals], dtype=torch.float64)
+        device = next((v.device for v in vals if torch.is_tensor(v)), None)
+        # stacked where the values live: no host sync per micro-batch (on_step_end reads them once)
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in vals])
         self._stats = t if self._stats is None else self._stats + t
         self._last = (alpha, T)
 
