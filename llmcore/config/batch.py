@@ -30,6 +30,7 @@ def resolve_micro_batch_size(micro: int | str, global_batch: int, max_micro: int
     if not isinstance(micro, int) or isinstance(micro, bool) or micro <= 0:
         raise ConfigError(f"train.micro_batch_size must be a positive integer or {AUTO!r}, got {micro!r}")
     if global_batch % (micro * world_size):
-        raise ConfigError(f"train.global_batch_size={global_batch} is not a multiple of "
-                          f"micro_batch_size x world size = {micro} x {world_size}")
+        split = (f"train.micro_batch_size={micro}" if world_size == 1 else
+                 f"micro_batch_size x world size = {micro} x {world_size}")
+        raise ConfigError(f"train.global_batch_size={global_batch} is not a multiple of {split}")
     return micro

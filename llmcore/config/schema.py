@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from llmcore.config.batch import AUTO, resolve_micro_batch_size
+from llmcore.config.batch import resolve_micro_batch_size
 from llmcore.errors import ConfigError
 
 
@@ -253,15 +253,7 @@ class Config:
         for key in ("train.max_steps", "train.max_micro_batch_size", "train.global_batch_size", "data.seq_len"):
             if _get(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {_get(self, key)}")
-        if self.train.micro_batch_size == AUTO:
-            pass  # resolved against the world size when the run starts (TrainConfig.micro_batch_for)
-        elif isinstance(self.train.micro_batch_size, str) or self.train.micro_batch_size <= 0:
-            raise ConfigError(f"train.micro_batch_size must be a positive integer or {AUTO!r}, "
-                              f"got {self.train.micro_batch_size!r}")
-        elif self.train.global_batch_size % self.train.micro_batch_size:
-            raise ConfigError(
-                f"train.global_batch_size={self.train.global_batch_size} is not a multiple of "
-                f"train.micro_batch_size={self.train.micro_batch_size}")
+        self.train.micro_batch_for(1)  # the one batch rule; `auto` is resolved again when the run starts
         _check_numbers(self)
         _check_loggers(self.train.loggers)
         if not 0.0 <= self.schedule.anneal_fraction <= 1.0:
