@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from llmcore.errors import ConfigError
+from llmcore.plots import pyplot
 
 CSV_COLUMNS = ("checkpoint", "step", "tokens", "probe", "law", "sigma", "seeds", "finetune_steps", "finetune_lr",
                "base_loss", "loss_mean", "loss_std", "rise_mean", "rise_std")
@@ -81,14 +81,7 @@ def write_tables(rows: list[dict], out_dir: str | Path) -> list[Path]:
 
 def require_matplotlib():
     """matplotlib.pyplot on the Agg backend, or a ConfigError saying how to get it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("the sensitivity plot needs matplotlib, the optional `plots` extra: "
-                          "pip install 'llmcore[plots]' (or skip the plot with --no-plot)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    return pyplot("the sensitivity plot", " (or skip the plot with --no-plot)")
 
 
 def plot(rows: list[dict], path: str | Path, title: str = "Loss rise across checkpoints") -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from llmcore.errors import ConfigError
+from llmcore.plots import pyplot
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -53,14 +53,7 @@ def frontier_areas(curves: dict[str, list[tuple[float, float]]]) -> tuple[dict[s
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("llmcore report draws its frontier plots with matplotlib, which is not installed: "
-                          "pip install 'llmcore[plots]', or pass --no-plots for the tables alone") from None
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-    return plt
+    return pyplot("llmcore report's frontier plots", ", or pass --no-plots for the tables alone")
 
 
 def plot_frontier(path: Path, curves: dict[str, list[tuple[float, float, str]]], areas: dict[str, dict],

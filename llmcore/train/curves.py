@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmcore.errors import ConfigError, LlmcoreError
+from llmcore.errors import LlmcoreError
+from llmcore.plots import pyplot
 from llmcore.train.metrics import read_metrics
 
 DEFAULT_KEYS = ("loss", "val_loss")
@@ -52,12 +53,7 @@ def plot_runs(runs: list[str | Path], out: str | Path, keys: tuple[str, ...] = D
     """Draw `keys` of every run (a panel per key, a line per run, x = tokens) to the image `out`
     (the format from its suffix: .png, .pdf, .svg); returns the matplotlib figure.
     LlmcoreError when a key is in none of the runs; ConfigError when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("llmcore plot needs matplotlib: pip install 'llmcore[plots]'") from None
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
+    plt = pyplot("llmcore plot")
 
     data = {str(run): read_rows(run) for run in runs}
     absent = [k for k in keys if not any(series(rows, k)[0] for rows in data.values())]
