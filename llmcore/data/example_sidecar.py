@@ -22,15 +22,14 @@ a reader sees the old side-car or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from llmcore.data.collate import check_extra_names
-from llmcore.data.shards import sha256_file
+from llmcore.data.shards import read_format_json, sha256_file
 from llmcore.errors import DataError
+from llmcore.fsutil import write_dir_atomically
 
 FORMAT = "llmcore-example-sidecar-v1"
 MANIFEST = "sidecar.json"
@@ -72,25 +71,14 @@ def write_example_sidecar(jsonl_path: str, name: str, values: np.ndarray, *, mad
     out = example_sidecar_dir(jsonl_path, name)
     if out.exists() and not overwrite:
         raise DataError(f"side-car {name!r} of {src} exists ({out}); pass overwrite to replace it")
-    tmp = out.parent / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    def write(tmp: Path) -> None:
         np.save(tmp / VALUES, values)
         meta = {"format": FORMAT, "name": name, "dtype": values.dtype.name, "shape": list(values.shape[1:]),
                 "rows": rows, "sha256": sha256_file(str(tmp / VALUES)), "data_file": src.name,
                 "data_sha256": sha256_file(str(src)), "made_from": made_from or {}}
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
-        if out.exists():
-            old = out.parent / f".{name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomically(out, write)
     return out
 
 
@@ -105,15 +93,10 @@ def read_example_sidecar(jsonl_path: str, name: str, rows: int, verify: str = "l
     where = f"side-car {name!r} of {jsonl_path}"
     if not (folder / MANIFEST).is_file():
         raise DataError(f"{where} does not exist (available: {available_example_sidecars(jsonl_path) or 'none'})")
-    try:
-        meta = json.loads((folder / MANIFEST).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{where}: {folder / MANIFEST} is not valid JSON ({e})") from None
-    for key in ("format", "dtype", "shape", "rows", "sha256", "data_sha256"):
+    meta = read_format_json(str(folder / MANIFEST), FORMAT, where)
+    for key in ("dtype", "shape", "rows", "sha256", "data_sha256"):
         if key not in meta:
             raise DataError(f"{where}: {folder / MANIFEST} lacks key {key!r}; rewrite the side-car")
-    if meta["format"] != FORMAT:
-        raise DataError(f"{where}: format {meta['format']!r}, expected {FORMAT!r}")
     if meta["data_sha256"] != sha256_file(str(jsonl_path)):
         raise DataError(f"{where} was made from another version of {jsonl_path} (sha256 differs); recompute it")
     if int(meta["rows"]) != rows:
