@@ -80,7 +80,9 @@ class RecipeSet:
         Tokens the recipes need that the tokenizer was not trained with (a count set by config,
         `<mode_0..C-1>`) first take its free reserved slots (`Tokenizer.reserve`), in config
         order, the same way in training and decoding."""
-        tokenizer.reserve(self.special_tokens())
+        names = self.special_tokens()
+        if names:  # both tokenizer backends have reserve(); no recipe token, nothing to place
+            tokenizer.reserve(names)
         for r in self.recipes:
             if _has(r, "bind"):
                 r.bind(tokenizer)
