@@ -44,10 +44,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from llmcore.data import Sample
 from llmcore.errors import ConfigError, DataError
+from llmcore.generate.sampling import ban_tokens
 from recipes.base import Recipe, register
 
 _MODES = ("pretrain", "finetune")
@@ -111,12 +111,7 @@ class Pause(Recipe):
         return ids
 
     def logits_processors(self):
-        pause_id = self._id()
-
-        def ban_pause(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            logits[..., pause_id] = float("-inf")  # (B, V): never sample a pause
-            return logits
-        return [ban_pause]
+        return [ban_tokens([self._id()])]  # never sample a pause
 
 
 def num_pauses(seq_len: int, fraction: float) -> int:

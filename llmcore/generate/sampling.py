@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 
 # fn(logits (B, V) fp32, ids (B, t) prompt + generated so far, left pads included) -> logits
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ban_tokens(ids) -> LogitsProcessor:
+    """A processor that never lets `ids` be sampled (their logits -inf): a recipe's signal
+    tokens (pauses, harm tags, mode prefixes) are inputs, never outputs."""
+    banned = [int(i) for i in ids]
+
+    def ban(logits: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        logits[..., banned] = float("-inf")  # (B, V)
+        return logits
+    return ban
 
 
 def prefill(model, input_ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,

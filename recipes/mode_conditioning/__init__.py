@@ -34,10 +34,10 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from llmcore.data import Sample
 from llmcore.errors import ConfigError, DataError
+from llmcore.generate.sampling import ban_tokens
 from recipes.base import Recipe, register
 from recipes.mode_conditioning.allocation import allocate
 
@@ -114,12 +114,7 @@ class ModeConditioning(Recipe):
 
     # --- decoding --------------------------------------------------------------------------------
     def logits_processors(self):
-        banned = list(self._ids())
-
-        def ban_modes(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            logits[..., banned] = float("-inf")  # (B, V): a mode token is never an output
-            return logits
-        return [ban_modes]
+        return [ban_tokens(self._ids())]  # a mode token is never an output
 
     def fan_out(self, prompt_ids: list[int], k: int) -> list[tuple[list[int], int, str]]:
         """k samples split over the modes: [(<mode_m> + prompt, k_m, "mode_m")] (see allocation)."""

@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from llmcore.data import Sample
 from llmcore.errors import ConfigError
+from llmcore.generate.sampling import ban_tokens
 from recipes.base import Recipe, register
 from recipes.safety.safebeam import safebeam_selector
 from recipes.safety.tags import insert_tags
@@ -91,12 +91,7 @@ class Safety(Recipe):
 
     # --- decoding --------------------------------------------------------------------------------
     def logits_processors(self):
-        tag = self._id()
-
-        def ban_tag(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            logits[..., tag] = float("-inf")  # (B, V): the tag is a signal, never output
-            return logits
-        return [ban_tag]
+        return [ban_tokens([self._id()])]  # the tag is a signal, never output
 
     def beam_selector(self):
         return safebeam_selector(self._id(), self.config.drop_fraction) if self.config.safebeam else None
