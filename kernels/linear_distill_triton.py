@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels._triton_utils import check_dtype, next_pow2
-from kernels.vocab_chunks import rows_per_chunk, vocab_chunk_pass
+from kernels.vocab_chunks import vocab_chunk_pass
 
 MAX_BLOCK_V = 4096
 # columns x teacher ids compared per gradient block: bounds the membership matrix in registers
@@ -233,13 +233,11 @@ def distill_row_loss_triton(logits, *data, want_grad, alpha, temperature, z_loss
 
 
 def _chunk_rows(n, width, per_row_vocab, compacting):
-    """Rows per chunk under linear CE's Triton budget (``logits_budget``): per row the
-    student's logits (and a dense teacher's) plus, when compacting, the gathered rows."""
+    """Rows per chunk under linear CE's Triton budget: per row the student's logits (and a
+    dense teacher's) plus, when compacting, the gathered rows."""
     from kernels import linear_cross_entropy_triton as lt
 
-    per_row = per_row_vocab + (width if compacting else 0)
-    return rows_per_chunk(n, lt.logits_budget(n, width), per_row, lt.MIN_CHUNK_ROWS,
-                          lt.ROW_MULTIPLE)
+    return lt.chunk_size(n, width, per_row_vocab, compacting)
 
 
 def chunk_pass_triton(h, w, rows, teacher, row_data, opts, scale, want_dh, want_dw):
