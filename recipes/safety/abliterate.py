@@ -136,10 +136,13 @@ def refusal_rate(model, tokenizer, prompts: Sequence[Sequence[int]], judge, max_
 
 @torch.inference_mode()
 def generation_kl(original, edited, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                  eos_id: int | None, processors: Sequence[Callable] = ()) -> tuple[float, float]:
+                  eos_id: int | None, processors: Sequence[Callable] = (),
+                  conts: Sequence[Sequence[int]] | None = None) -> tuple[float, float]:
     """(KL over the first N generated tokens, KL of the first token only), both
-    KL(original || edited) averaged over positions of the original's greedy continuations."""
-    conts = greedy(original, prompts, max_new_tokens, eos_id, processors)
+    KL(original || edited) averaged over positions of the original's greedy continuations
+    (`conts`, when the caller has them: they do not change between edits)."""
+    if conts is None:
+        conts = greedy(original, prompts, max_new_tokens, eos_id, processors)
     device = next(original.parameters()).device
     total, n, first = 0.0, 0, 0.0
     for p, c in zip(prompts, conts):
@@ -198,23 +201,22 @@ def abliterate(model, tokenizer, harmful: Sequence[str], harmless: Sequence[str]
     layers = [layer] if layer is not None else candidate_layers(L)
     if not layers:
         raise ConfigError(f"a {L}-layer model has no layer outside its last 20%: give --layer")
+    conts = greedy(model, gv, max_new_tokens, eos, processors)  # the original's, shared by every candidate
     candidates = []
     for i in layers:
         edited = orthogonalize(model, directions[i], embedding)
-        kl, _ = generation_kl(model, edited, gv, max_new_tokens, eos, processors)
+        kl, kl_first = generation_kl(model, edited, gv, max_new_tokens, eos, processors, conts)
         refusal = refusal_rate(edited, tokenizer, hv, judge, max_new_tokens, processors)
-        candidates.append({"layer": i, "refusal": refusal, "kl": kl})
+        candidates.append({"layer": i, "refusal": refusal, "kl": kl, "kl_first_token": kl_first})
         log(f"layer {i}/{L}: refusal {refusal:.3f}, KL {kl:.4g}")
     chosen = candidates[0] if layer is not None else choose_layer(candidates, kl_bound)
     edited = orthogonalize(model, directions[chosen["layer"]], embedding)
-    kl, kl_first = generation_kl(model, edited, gv, max_new_tokens, eos, processors)
     report = {"layer": chosen["layer"], "n_layers": L, "embedding": embedding, "positions": positions,
               "kl_bound": kl_bound, "max_new_tokens": max_new_tokens,
               "n_harmful_held_out": len(hv), "n_harmless_held_out": len(gv),
-              "refusal_before": before, "refusal_after": refusal_rate(edited, tokenizer, hv, judge,
-                                                                      max_new_tokens, processors),
+              "refusal_before": before, "refusal_after": chosen["refusal"],  # greedy: the same edit, the same text
               "false_refusal_before": false_before,
               "false_refusal_after": refusal_rate(edited, tokenizer, gv, judge, max_new_tokens, processors),
-              "kl": kl, "kl_first_token": kl_first, "candidates": candidates,
+              "kl": chosen["kl"], "kl_first_token": chosen["kl_first_token"], "candidates": candidates,
               "edited": edited_names(model, embedding)}
     return edited, report, directions[chosen["layer"]]
