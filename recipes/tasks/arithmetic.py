@@ -23,14 +23,13 @@ accuracy of each answer digit) through `llmcore.eval.tasks.exact_match`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from llmcore.errors import ConfigError
+from recipes.tasks import files
 
 CHARS = "0123456789+="
 
@@ -70,42 +69,18 @@ def problems(n: int, seed: int, digits: int | tuple[int, int], chain: float = 0.
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> str:
     """Rows as JSON lines ({"prompt", "answer"}), the format of `data.format: sft` and
     `llmcore eval --tasks`."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return str(path)
+    return files.write_jsonl(path, rows)
 
 
 def train_tokenizer(out_dir: str, special_tokens: list[str], overwrite: bool = True):
     """The smallest tokenizer for the task: one piece per character of CHARS (no merges),
     the control tokens, `special_tokens` and the reserved/byte pieces every llmcore tokenizer
-    has. One piece per digit also keeps encode(prompt) + encode(answer) == encode(prompt +
-    answer), so pretraining documents and SFT rows tokenize alike."""
-    from llmcore.tokenizer import Tokenizer
-
-    num_reserved = 16
-    vocab = 4 + len(special_tokens) + num_reserved + 256 + len(CHARS)  # SentencePiece's exact maximum
-    with tempfile.TemporaryDirectory() as tmp:
-        text = Path(tmp) / "chars.txt"
-        rows = problems(200, 0, (1, 4))
-        text.write_text("\n\n".join(r["prompt"] + r["answer"] for r in rows) + "\n")
-        return Tokenizer.train([str(text)], out_dir, vocab, special_tokens=special_tokens,
-                               num_reserved=num_reserved, overwrite=overwrite, progress=False)
+    has (`recipes.tasks.files.char_tokenizer`)."""
+    sample = [r["prompt"] + r["answer"] for r in problems(200, 0, (1, 4))]
+    return files.char_tokenizer(out_dir, CHARS, sample, special_tokens, overwrite)
 
 
-def write_pretraining_data(out_dir: str, tokenizer, train_rows: list[dict], val_rows: list[dict]) -> dict:
-    """A prepared data folder (what `llmcore data prepare` makes) whose documents are
-    `prompt + answer + eos`, with the tokenizer copied to `<out_dir>/tokenizer`."""
-    from llmcore.data import tokenizer_info, write_token_folder
-
-    def docs(rows):
-        return [tokenizer.encode(r["prompt"] + r["answer"]) + [tokenizer.eos_id] for r in rows]
-
-    manifest = write_token_folder(out_dir, {"train": docs(train_rows), "val": docs(val_rows)},
-                                  tokenizer=tokenizer_info(tokenizer), overwrite=True)
-    tokenizer.save(str(Path(out_dir) / "tokenizer"), overwrite=True)
-    return manifest
+write_pretraining_data = files.write_pretraining_data
 
 
 def score(model, tokenizer, jsonl_path: str, *, recipes=None, batch_size: int = 256) -> dict:

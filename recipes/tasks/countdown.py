@@ -36,15 +36,13 @@ one-piece-per-character tokenizer, the jsonl writer (the style is recorded per e
 from __future__ import annotations
 
 import ast
-import json
 import os
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
 from llmcore.errors import ConfigError
+from recipes.tasks import files
 
 STYLES = ("dfs", "bfs")
 CHARS = "0123456789+-*=,:;[]#()>|"
@@ -197,10 +195,7 @@ def style_of(completion: str) -> int:
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> str:
     """Rows as JSON lines {"prompt", "answer", "style"}: `data.format: sft` with
     `data.sft_fields: [style]`, and `llmcore eval --tasks`."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps({k: r[k] for k in ("prompt", "answer", "style")}) + "\n" for r in rows)
-    return str(path)
+    return files.write_jsonl(path, rows, fields=("prompt", "answer", "style"))
 
 
 def split_by(rows: list[dict], labels) -> list[list[dict]]:
@@ -210,16 +205,9 @@ def split_by(rows: list[dict], labels) -> list[list[dict]]:
 
 
 def train_tokenizer(out_dir: str, special_tokens: list[str] = (), overwrite: bool = True):
-    """One piece per character of CHARS and no merges, so every digit and operator is one token
-    and encode(prompt) + encode(answer) == encode(prompt + answer)."""
-    from llmcore.tokenizer import Tokenizer
+    """One piece per character of CHARS and no merges (`recipes.tasks.files.char_tokenizer`), so
+    every digit and operator is one token and encode(prompt) + encode(answer) == encode(prompt + answer)."""
+    sample = [r["prompt"] + r["answer"] for r in problems(200, 0)]
+    return files.char_tokenizer(out_dir, CHARS, sample, special_tokens, overwrite)
 
-    special_tokens = list(special_tokens)
-    num_reserved = 16
-    vocab = 4 + len(special_tokens) + num_reserved + 256 + len(CHARS)
-    with tempfile.TemporaryDirectory() as tmp:
-        text = Path(tmp) / "chars.txt"
-        rows = problems(200, 0)
-        text.write_text("\n\n".join([CHARS] + [r["prompt"] + r["answer"] for r in rows]))
-        return Tokenizer.train([str(text)], out_dir, vocab, special_tokens=special_tokens,
-                               num_reserved=num_reserved, overwrite=overwrite, progress=False)
+

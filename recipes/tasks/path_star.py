@@ -22,14 +22,12 @@ Also here: the task's one-piece-per-character tokenizer and exact-match scoring 
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from llmcore.errors import ConfigError
+from recipes.tasks import files
 
 NODES = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 CHARS = NODES + ",|="
@@ -69,26 +67,14 @@ def problems(n: int, seed: int, degree: int, path_len: int, num_nodes: int,
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> str:
     """Rows as JSON lines: the format of `data.format: sft` and `llmcore eval --tasks`."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    return str(path)
+    return files.write_jsonl(path, rows)
 
 
 def train_tokenizer(out_dir: str, special_tokens: list[str] = (), overwrite: bool = True):
-    """One piece per character of CHARS and no merges (the vocabulary is exactly what
-    SentencePiece needs), so every node is one token and encode(prompt) + encode(answer) ==
-    encode(prompt + answer)."""
-    from llmcore.tokenizer import Tokenizer
-
-    special_tokens = list(special_tokens)
-    num_reserved = 16
-    vocab = 4 + len(special_tokens) + num_reserved + 256 + len(CHARS)
-    with tempfile.TemporaryDirectory() as tmp:
-        text = Path(tmp) / "chars.txt"
-        text.write_text("\n\n".join([CHARS] + [r["prompt"] + r["answer"] for r in problems(200, 0, 2, 5, len(NODES))]))
-        return Tokenizer.train([str(text)], out_dir, vocab, special_tokens=special_tokens,
-                               num_reserved=num_reserved, overwrite=overwrite, progress=False)
+    """One piece per character of CHARS and no merges (`recipes.tasks.files.char_tokenizer`),
+    so every node is one token and encode(prompt) + encode(answer) == encode(prompt + answer)."""
+    sample = [r["prompt"] + r["answer"] for r in problems(200, 0, 2, 5, len(NODES))]
+    return files.char_tokenizer(out_dir, CHARS, sample, special_tokens, overwrite)
 
 
 def edges_of(prompt: str) -> set[tuple[str, str]]:
