@@ -341,53 +341,49 @@ class Trainer:
         last_eval: tuple[int, dict] | None = None
         saved: Path | None = None
         guard = NonFiniteGuard(cfg.train.max_nonfinite_steps, str(self.out_dir))
+        # One cleanup for every way out (an exception in the loop or in the final save, or a
+        # normal return). Our signal handlers stay until the final checkpoint is written: a
+        # second SIGTERM (torchrun forwarding slurm's, a user pressing twice) must not kill the
+        # process mid-save.
         try:
-            while self.step < cfg.train.max_steps:
-                t0 = time.perf_counter()
-                last = self.train_step()
-                guard.after_step(self.step, last)  # raises before this step can save or prune
-                saved = None
-                dt = time.perf_counter() - t0
-                tokens = cfg.train.global_batch_size * cfg.data.seq_len
-                last["tokens_per_s"] = tokens / dt
-                if self.peak_flops:
-                    last["mfu"] = self.flops_per_token * tokens / dt / (self.peak_flops * self.engine.world_size)
-                last.update(self.recipes.callback("step_end", self.ctx, last))
-                bar.update(1)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}",
-                                mfu=f"{last['mfu']:.1%}" if "mfu" in last else "n/a")
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
-                    self.metrics.write({"step": self.step, "tokens": self._tokens_seen(), **last,
-                                        "data": self.loader.stats()})
-                    if not show_bar and is_main:
-                        log.info("step %d loss %.4f lr %.2e tok/s %.0f", self.step, last["loss"], last["lr"],
-                                 last["tokens_per_s"])
-                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
-                    ev = self.evaluate()
-                    if ev:
-                        last_eval = (self.step, ev)
-                        self.metrics.write({"step": self.step, **ev})
-                        bar.write(f"step {self.step}: val_loss {ev.get('val_loss', float('nan')):.4f}")
-                        saved = self._keep_if_best(saved)
-                # no periodic save inside a run of non-finite steps: its saves would prune good checkpoints
-                periodic = cfg.train.save_every and self.step % cfg.train.save_every == 0
-                if ((periodic or self.step in cfg.train.save_at_steps)
-                        and self.step < cfg.train.max_steps and saved is None and guard.run == 0):
-                    saved = self.save()
-                by_signal, by_callback = self._stop_requested()
-                if by_signal or by_callback:
-                    break
-        except BaseException:
-            self.metrics.close()
-            self.lock.release()
-            for s, h in old.items():
-                signal.signal(s, h)
-            raise
-        finally:
-            bar.close()
-        try:
-            # our handlers stay until the final checkpoint is written: a second SIGTERM (torchrun
-            # forwarding slurm's, a user pressing twice) must not kill the process mid-save
+            try:
+                while self.step < cfg.train.max_steps:
+                    t0 = time.perf_counter()
+                    last = self.train_step()
+                    guard.after_step(self.step, last)  # raises before this step can save or prune
+                    saved = None
+                    dt = time.perf_counter() - t0
+                    tokens = cfg.train.global_batch_size * cfg.data.seq_len
+                    last["tokens_per_s"] = tokens / dt
+                    if self.peak_flops:
+                        last["mfu"] = self.flops_per_token * tokens / dt / (self.peak_flops * self.engine.world_size)
+                    last.update(self.recipes.callback("step_end", self.ctx, last))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}",
+                                    mfu=f"{last['mfu']:.1%}" if "mfu" in last else "n/a")
+                    if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
+                        self.metrics.write({"step": self.step, "tokens": self._tokens_seen(), **last,
+                                            "data": self.loader.stats()})
+                        if not show_bar and is_main:
+                            log.info("step %d loss %.4f lr %.2e tok/s %.0f", self.step, last["loss"], last["lr"],
+                                     last["tokens_per_s"])
+                    if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.max_steps:
+                        ev = self.evaluate()
+                        if ev:
+                            last_eval = (self.step, ev)
+                            self.metrics.write({"step": self.step, **ev})
+                            bar.write(f"step {self.step}: val_loss {ev.get('val_loss', float('nan')):.4f}")
+                            saved = self._keep_if_best(saved)
+                    # no periodic save inside a run of non-finite steps: its saves would prune good checkpoints
+                    periodic = cfg.train.save_every and self.step % cfg.train.save_every == 0
+                    if ((periodic or self.step in cfg.train.save_at_steps)
+                            and self.step < cfg.train.max_steps and saved is None and guard.run == 0):
+                        saved = self.save()
+                    by_signal, by_callback = self._stop_requested()
+                    if by_signal or by_callback:
+                        break
+            finally:
+                bar.close()
             return self._finish(saved, last, by_signal, by_callback, last_eval)
         finally:
             for s, h in old.items():
