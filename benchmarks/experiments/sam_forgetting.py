@@ -1,29 +1,37 @@
 """SAM vs AdamW pretraining, then forgetting: fine-tuning on a second domain and 4-bit weights.
 
 Small-scale check of sharpness-aware pretraining (METHODS.md "Sharpness-aware pretraining";
-Foret et al. arXiv 2010.01412, Watts, Li, Goyal et al. 2026). Per seed, one small model is
-pretrained on domain A (the bundled Jargon File) with AdamW and once more with SAM
-(`recipes: [sam]`, rho 0.05, every step) — same init, same tokens in the same order, same
-WSD schedule; SAM only changes the gradient. Each checkpoint is then measured with the
-`recipes.forgetting` harness (its noise is `llmcore.eval.perturb`):
+Foret et al. arXiv 2010.01412, Watts, Li, Goyal et al. 2026): a SAM-pretrained model should
+lose less of its pretraining-domain loss when fine-tuned on another domain (at a matched
+fine-tune loss), under 4-bit round-to-nearest weights and under fixed Gaussian weight noise.
 
-- fine-tuning forgetting: fine-tuned on domain B (generated ship's-log records, below) at a
-  sweep of learning rates; the frontier of (B validation loss, A validation loss) over every
-  evaluation of every run gives the A loss kept at a given fine-tune loss. Reported: the rise
-  of the A loss over the pretrained model's, at the lowest B loss every checkpoint reaches
-  (one target for all seeds and both optimizers);
-- 4-bit round-to-nearest, symmetric, per output channel and per group of 32 (block matrices;
-  embeddings and norms kept): the rise of the A validation loss;
-- Gaussian weight noise, law `tensor_rms` (W += sigma * rms(W) * xi, sigma 0.1; block
-  matrices), mean over 3 noise seeds: the rise of the A validation loss.
+Design (choices the paper leaves open, made here):
+- domain A is the bundled Jargon File, domain B generated ship's-log records (below); one BPE
+  tokenizer (vocab 512) over both;
+- a budget where forgetting is large and measurable: a 2-layer d_model-64 model trained for
+  `--pretrain-steps` (3000 x 16 x 64 tokens = 3.3 epochs of A by default), where 4-bit RTN
+  costs ~1% of the A loss, far above the seed-to-seed spread of that cost;
+- tuned as the paper tunes SAM, with the same budget for AdamW: on seed 0, AdamW sweeps
+  the peak LR over `--adamw-lrs` (4 runs) and SAM sweeps peak LR x rho over `--sam-lrs` x
+  `--rhos` (4 runs); each optimizer's configuration with the lowest A validation loss is
+  then trained on the other seeds (same init, same tokens in the same order per seed, WSD
+  schedule with a 20% anneal to 0.1x for both);
+- measurements with the `recipes.forgetting` harness: each checkpoint fine-tuned on B at
+  `--finetune-lrs` (frontier of (B loss, A loss) over every evaluation of every run; the A
+  rise at matched B losses), 4-bit RTN per output channel and per group of 32 (block matrices),
+  and `tensor_rms` noise sigma 0.1 (mean over 3 noise seeds), all on the same A windows;
+- every contrast is SAM minus AdamW per seed with a 95% t interval
+  (`benchmarks.experiments.stats`): the seeds share init and data order.
 
-    nice -n 5 python -m benchmarks.experiments.sam_forgetting              # full run, 2 seeds
+    nice -n 5 python -m benchmarks.experiments.sam_forgetting              # the CPU record
+    python -m benchmarks.experiments.sam_forgetting --scale gpu            # larger, one H100/H200
     python -m benchmarks.experiments.sam_forgetting --quick                # plumbing check
     python -m benchmarks.experiments.sam_forgetting --report-only          # tables again
 
-Writes <out>/results.json and prints the markdown tables that go into benchmarks/EXPERIMENTS.md.
-Every training run is one pipeline (`llmcore.pipeline`): a rerun skips finished runs, resumes
-an interrupted one, and <out>/summary.csv has every run's final losses.
+Training runs are `<out>/pipeline.yaml`, trained by `llmcore pipeline --config` (twice: the
+tuning runs, then the file grown by the chosen configurations' seeds and the fine-tunes; a
+rerun skips what finished). Writes <out>/results.json, benchmarks/results/sam_forgetting.{json,png}
+and prints the markdown tables that go into benchmarks/EXPERIMENTS.md.
 """
 
 from __future__ import annotations
@@ -39,32 +47,54 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.experiments.stats import fmt_ci, mean_std, paired
+
 ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
 CORPUS_A = ROOT / "llmcore" / "data" / "corpus" / "jargon-4.4.7.txt.gz"
-MODEL = ["model.preset=tiny", "model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
-         "model.ffn_hidden=176", "model.max_seq_len=64"]
-SEQ_LEN, BATCH = 64, 16
+SCALES = {
+    "cpu": {"d_model": 64, "layers": 2, "batch": 16, "seq_len": 64, "pretrain_steps": 3000, "threads": 1},
+    # domain A is only 0.93M tokens: a larger model, not many more epochs (6.6 here)
+    "gpu": {"d_model": 128, "layers": 4, "batch": 16, "seq_len": 128, "pretrain_steps": 3000, "threads": 8},
+}
+MATCHED_B = (2.5, 2.0, 1.5, 1.2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     p.add_argument("--out", default="runs/sam_forgetting")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--pretrain-steps", type=int, default=240)
-    p.add_argument("--lr", type=float, default=3e-3, help="pretraining peak learning rate (both optimizers)")
-    p.add_argument("--rho", type=float, default=0.05)
+    p.add_argument("--seeds", default="0,1,2", help="the first seed also carries the LR / rho sweeps")
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--pretrain-steps", type=int)
+    p.add_argument("--adamw-lrs", default="2e-3,4e-3,8e-3,1.6e-2")
+    p.add_argument("--sam-lrs", default="4e-3,8e-3")
+    p.add_argument("--rhos", default="0.05,0.1")
     p.add_argument("--finetune-lrs", default="1e-3,3e-3,1e-2")
     p.add_argument("--finetune-steps", type=int, default=40)
     p.add_argument("--eval-every", type=int, default=8)
     p.add_argument("--noise-sigma", type=float, default=0.1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--record", default="sam_forgetting", help="benchmarks/results/<record>.{json,png}; '' for none")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (plumbing check)")
     p.add_argument("--report-only", action="store_true", help="print the tables of <out>/results.json again")
     a = p.parse_args(argv)
+    for key, value in SCALES[a.scale].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     if a.quick:
-        a.seeds, a.pretrain_steps, a.finetune_steps, a.eval_every = "0", 6, 4, 2
+        a.seeds, a.pretrain_steps, a.finetune_steps, a.eval_every = "0,1", 6, 4, 2
+        a.adamw_lrs, a.sam_lrs, a.rhos, a.record = "2e-3,4e-3", "4e-3", "0.05,0.1", ""
         a.out = a.out + "_quick"
     return a
+
+
+def model_overrides(a) -> list[str]:
+    return ["model.preset=tiny", f"model.d_model={a.d_model}", f"model.n_layers={a.layers}", "model.n_heads=4",
+            "model.n_kv_heads=2", f"model.ffn_hidden={int(2.75 * a.d_model)}", f"model.max_seq_len={a.seq_len}"]
 
 
 # --- domain B: generated ship's-log records -----------------------------------------------------
@@ -115,28 +145,66 @@ def build_data(out: Path) -> tuple[str, str]:
 
 # --- runs --------------------------------------------------------------------------------------
 
-def study_pipeline(out: Path, data_a: str, data_b: str, seeds: list[int], a):
-    """Per seed and optimizer: pretraining on A (`pre_<kind>_s<seed>`), then its fine-tune sweep
-    on B (`ft_<kind>_s<seed>`, one run per learning rate, init_from the pretraining stage)."""
-    from llmcore.pipeline.spec import Pipeline, Stage
+def pretrain_stage(name: str, kind: str, data_a: str, a, *, seeds: list[int], lrs: list[float],
+                   rhos: list[float] = ()):
+    """Pretraining on A: a grid over train.seed x optim.lr (x sam.rho for SAM)."""
+    from llmcore.pipeline.spec import Stage, Sweep
+
+    grid = [Sweep("train.seed", seeds), Sweep("optim.lr", lrs)] + ([Sweep("sam.rho", list(rhos))] if kind == "sam" else [])
+    return Stage(name=name, grid=grid, overrides=[
+        *model_overrides(a), f"data.path={data_a}", f"data.seq_len={a.seq_len}",
+        f"train.max_steps={a.pretrain_steps}", f"train.micro_batch_size={a.batch}",
+        f"train.global_batch_size={a.batch}", "train.progress=false", "train.log_every=250",
+        "train.eval_batches=8", "train.keep_last=1", "schedule.kind=wsd", "schedule.anneal_fraction=0.2",
+        f"schedule.warmup_steps={max(1, a.pretrain_steps // 30)}", *(["recipes=[sam]"] if kind == "sam" else [])])
+
+
+def variant(params: dict) -> str:
+    from llmcore.pipeline.spec import value_text
+
+    return ",".join(f"{k}={value_text(v)}" for k, v in params.items())
+
+
+def tuning_pipeline(out: Path, data_a: str, seed0: int, a):
+    from llmcore.pipeline.spec import Pipeline
+
+    floats = lambda text: [float(x) for x in text.split(",")]
+    return Pipeline(out_dir=str(out.resolve()), stages=[
+        pretrain_stage("tune_adamw", "adamw", data_a, a, seeds=[seed0], lrs=floats(a.adamw_lrs)),
+        pretrain_stage("tune_sam", "sam", data_a, a, seeds=[seed0], lrs=floats(a.sam_lrs), rhos=floats(a.rhos))])
+
+
+def choose(rows: list[dict]) -> dict:
+    """Each optimizer's tuning run with the lowest A validation loss: kind -> its params."""
+    out = {}
+    for kind in ("adamw", "sam"):
+        runs = [r for r in rows if r["stage"] == f"tune_{kind}"]
+        out[kind] = min(runs, key=lambda r: r["val_loss"])["params"]
+    return out
+
+
+def full_pipeline(out: Path, data_a: str, data_b: str, seeds: list[int], chosen: dict, a):
+    """The tuning stages, the chosen configurations on the other seeds, and per seed and
+    optimizer a fine-tune sweep on B from that seed's pretrained checkpoint."""
     from recipes.forgetting import finetune_stage
 
-    stages = []
+    spec = tuning_pipeline(out, data_a, seeds[0], a)
+    rest = seeds[1:]
+    for kind in ("adamw", "sam"):
+        p = chosen[kind]
+        if rest:
+            spec.stages.append(pretrain_stage(f"pre_{kind}", kind, data_a, a, seeds=rest, lrs=[p["optim.lr"]],
+                                              rhos=[p["sam.rho"]] if kind == "sam" else ()))
     for seed in seeds:
         for kind in ("adamw", "sam"):
-            sam = ["recipes=[sam]", f"sam.rho={a.rho}"] if kind == "sam" else []
-            stages.append(Stage(name=f"pre_{kind}_s{seed}", overrides=[
-                *MODEL, f"data.path={data_a}", f"data.seq_len={SEQ_LEN}", f"train.seed={seed}",
-                f"train.max_steps={a.pretrain_steps}", f"train.micro_batch_size={BATCH}",
-                f"train.global_batch_size={BATCH}", "train.progress=false", "train.log_every=20",
-                "train.eval_batches=8", "train.keep_last=1", f"optim.lr={a.lr}", "schedule.kind=wsd",
-                "schedule.anneal_fraction=0.2", f"schedule.warmup_steps={max(1, a.pretrain_steps // 12)}", *sam]))
-            stages.append(finetune_stage(
+            p = {**chosen[kind], "train.seed": seed}
+            source = f"tune_{kind}[{variant(p)}]" if seed == seeds[0] else f"pre_{kind}[{variant(p)}]"
+            spec.stages.append(finetune_stage(
                 f"ft_{kind}_s{seed}", data_b, data_a, [float(x) for x in a.finetune_lrs.split(",")],
-                a.finetune_steps, a.eval_every, init_from=f"pre_{kind}_s{seed}", eval_batches=8,
-                overrides=[*MODEL, f"data.seq_len={SEQ_LEN}", f"train.micro_batch_size={BATCH}",
-                           f"train.global_batch_size={BATCH}", "schedule.kind=constant", "schedule.warmup_steps=4"]))
-    return Pipeline(out_dir=str(out), stages=stages)
+                a.finetune_steps, a.eval_every, init_from=source, eval_batches=8,
+                overrides=[*model_overrides(a), f"data.seq_len={a.seq_len}", f"train.micro_batch_size={a.batch}",
+                           f"train.global_batch_size={a.batch}", "schedule.kind=constant", "schedule.warmup_steps=4"]))
+    return spec
 
 
 def weight_edits(ckpt: str, data_a: str, a) -> dict:
@@ -148,8 +216,8 @@ def weight_edits(ckpt: str, data_a: str, a) -> dict:
 
     model, _ = load(ckpt, device="cpu")
 
-    def loss_a(m) -> float:  # the same 16 x 16 windows of A's validation split every time
-        return validation_loss(m, data_a, SEQ_LEN, BATCH, max_batches=16)["loss"]
+    def loss_a(m) -> float:  # the same 16 x batch windows of A's validation split every time
+        return validation_loss(m, data_a, a.seq_len, a.batch, max_batches=16)["loss"]
 
     out = {"val_a": loss_a(model)}
     out["rtn4_channel"] = loss_increase(model, loss_a, quantized(model, 4, group_size=0))["increase"]
@@ -166,20 +234,22 @@ def forgetting_at(runs: list[dict], target_b: float) -> float:
     return pretrain_loss_at(frontier(points), target_b) - runs[0]["points"][0][2]
 
 
-def _ms(xs: list[float]) -> str:
-    if len(xs) < 2:
-        return f"{xs[0]:.4f}"
-    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+def _ms(xs: list[float], digits: int = 4) -> str:
+    m, s = mean_std(xs)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def main(argv=None) -> None:
-    from llmcore.pipeline.run import run_pipeline
+    from benchmarks.experiments.pipeline_file import (
+        finished_runs,
+        run_pipeline_command,
+        write_pipeline,
+    )
     from recipes.forgetting import forgetting_runs
 
     a = parse_args(argv)
     if a.report_only:
-        results = json.loads((Path(a.out) / "results.json").read_text())
-        print_tables(results, [int(s) for s in results["args"]["seeds"].split(",")])
+        print_tables(json.loads((Path(a.out) / "results.json").read_text()))
         return
     torch.set_num_threads(a.threads)
     os.environ.setdefault("LLMCORE_KERNELS", "torch")
@@ -187,58 +257,115 @@ def main(argv=None) -> None:
     t0 = time.time()
     data_a, data_b = build_data(out)
     seeds = [int(s) for s in a.seeds.split(",")]
-    # every training run is one pipeline: a rerun skips what finished and resumes what did not
-    rows = run_pipeline(study_pipeline(out, data_a, data_b, seeds, a), print_summary=False)
-    if rows[-1]["status"] == "stopped":
-        print(f"stopped by a signal in {rows[-1]['out_dir']}: run again to resume")
-        return
-    results: dict = {"args": vars(a), "runs": {}}
+    path = out / "pipeline.yaml"
+    run_pipeline_command(write_pipeline(tuning_pipeline(out, data_a, seeds[0], a), path), a.threads)
+    rows = finished_runs(out)
+    chosen = choose(rows)
+    print(f"chosen: {chosen}", flush=True)
+    run_pipeline_command(write_pipeline(full_pipeline(out, data_a, data_b, seeds, chosen, a), path), a.threads)
+    rows = finished_runs(out)
+    train_s = time.time() - t0
+    results: dict = {"args": vars(a), "seeds": seeds, "chosen": chosen, "tuning": [], "runs": {}}
+    for r in rows:
+        if r["stage"].startswith("tune_"):
+            rec = {"kind": r["stage"][5:], "params": r["params"], "val_a_train_eval": r["val_loss"],
+                   **weight_edits(r["checkpoint"], data_a, a)}
+            results["tuning"].append(rec)
+            print(f"tuning {rec['kind']} {variant(r['params'])}: val_a {rec['val_a']:.4f} "
+                  f"rtn4 +{rec['rtn4_channel']:.4f} noise +{rec['noise']:.4f}", flush=True)
     for seed in seeds:
         for kind in ("adamw", "sam"):
-            (pre,) = [r for r in rows if r["stage"] == f"pre_{kind}_s{seed}"]
-            rec = weight_edits(pre["out_dir"], data_a, a)
+            want = {**chosen[kind], "train.seed": seed}
+            (pre,) = [r for r in rows if r["stage"] in (f"tune_{kind}", f"pre_{kind}") and r["params"] == want]
+            rec = weight_edits(pre["checkpoint"], data_a, a)
             rec["finetune"] = forgetting_runs([r for r in rows if r["stage"] == f"ft_{kind}_s{seed}"])
             rec["pretrain_s"] = pre["train_s"]
             results["runs"][f"{kind}_s{seed}"] = rec
             print(f"[{time.time() - t0:6.0f}s] {kind} seed {seed}: val_a {rec['val_a']:.4f} "
                   f"rtn4 +{rec['rtn4_channel']:.4f} noise +{rec['noise']:.4f} "
                   f"(pretrain {rec['pretrain_s']:.0f}s)", flush=True)
-    results["wall_s"] = time.time() - t0
+    results["wall_s"], results["train_wall_s"] = round(time.time() - t0, 1), round(train_s, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    print_tables(results, seeds)
+    if a.record:
+        shutil.copy(out / "results.json", RESULTS / f"{a.record}.json")
+        print("wrote", plot(results, RESULTS / f"{a.record}.png"))
+    print_tables(results)
 
 
-def print_tables(results: dict, seeds: list[int]) -> None:
-    runs = results["runs"]
-    # one fine-tune target for the main table: the lowest B loss that every checkpoint reached
+def contrasts(results: dict) -> dict:
+    """SAM - AdamW per seed for each rise, paired, with the fine-tune target every checkpoint reached."""
+    runs, seeds = results["runs"], results["seeds"]
     target = max(min(b for r in rec["finetune"] for _, b, _ in r["points"]) for rec in runs.values())
-    for rec in runs.values():
-        rec["forgetting_at_target"] = forgetting_at(rec["finetune"], target)
+    out = {"target_b": target}
+    measures = {f"ft_at_{b:.3f}": (lambda rec, b=b: forgetting_at(rec["finetune"], b)) for b in (*MATCHED_B, target)
+                if b >= target}
+    measures |= {k: (lambda rec, k=k: rec[k]) for k in ("val_a", "rtn4_channel", "rtn4_g32", "noise")}
+    for name, fn in measures.items():
+        ad = [fn(runs[f"adamw_s{s}"]) for s in seeds]
+        sm = [fn(runs[f"sam_s{s}"]) for s in seeds]
+        out[name] = {"adamw": ad, "sam": sm, "diff": paired(ad, sm), "ratio": [y / x for x, y in zip(ad, sm)]}
+    return out
 
-    def col(kind, key):
-        return [runs[f"{kind}_s{s}"][key] for s in seeds]
 
-    print(f"\nseeds {seeds}; fine-tune target (B val loss reached by every checkpoint): "
-          f"{target:.4f}; wall {results['wall_s']:.0f} s\n")
-    print("| pretraining | A val loss | A rise at matched B loss | A rise, 4-bit RTN per-channel "
-          "| A rise, 4-bit RTN g32 | A rise, noise sigma 0.1 |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for kind in ("adamw", "sam"):
-        print(f"| {kind} | {_ms(col(kind, 'val_a'))} | {_ms(col(kind, 'forgetting_at_target'))} | "
-              f"{_ms(col(kind, 'rtn4_channel'))} | {_ms(col(kind, 'rtn4_g32'))} | {_ms(col(kind, 'noise'))} |")
-    print("\nA rise at other matched B losses (frontier over all fine-tune runs of a checkpoint):\n")
-    print("| B val loss | AdamW A rise | SAM A rise | SAM / AdamW |")
-    print("| --- | --- | --- | --- |")
-    for b in (2.5, 2.0, 1.5, 1.2, target):
-        ad = [forgetting_at(runs[f"adamw_s{s}"]["finetune"], b) for s in seeds]
-        sm = [forgetting_at(runs[f"sam_s{s}"]["finetune"], b) for s in seeds]
-        print(f"| {b:.3f} | {_ms(ad)} | {_ms(sm)} | {_ms([x / y for x, y in zip(sm, ad)])} |")
-    print("\nper seed (SAM / AdamW ratio of each rise):")
-    for s in seeds:
-        ad, sm = runs[f"adamw_s{s}"], runs[f"sam_s{s}"]
-        print(f"  seed {s}: fine-tune {sm['forgetting_at_target'] / ad['forgetting_at_target']:.3f}, "
-              f"rtn4 channel {sm['rtn4_channel'] / ad['rtn4_channel']:.3f}, "
-              f"rtn4 g32 {sm['rtn4_g32'] / ad['rtn4_g32']:.3f}, noise {sm['noise'] / ad['noise']:.3f}")
+def print_tables(results: dict) -> None:
+    c = contrasts(results)
+    seeds = results["seeds"]
+    print(f"\nseeds {seeds}; chosen {results['chosen']}; fine-tune target (B val loss every checkpoint "
+          f"reached) {c['target_b']:.4f}; wall {results['wall_s']:.0f} s\n")
+    print("| measure | AdamW | SAM | SAM − AdamW, 95% CI | SAM / AdamW per seed |")
+    print("| --- | --- | --- | --- | --- |")
+    names = {"val_a": "A val loss", "rtn4_channel": "A rise, 4-bit RTN per channel", "rtn4_g32": "A rise, 4-bit RTN g32",
+             "noise": f"A rise, noise sigma {results['args']['noise_sigma']}"}
+    for key, row in c.items():
+        if key == "target_b":
+            continue
+        label = names.get(key, f"A rise at matched B loss {key[6:]}")
+        print(f"| {label} | {_ms(row['adamw'])} | {_ms(row['sam'])} | {fmt_ci(row['diff'], 1, 4)} | "
+              f"{', '.join(f'{x:.3f}' for x in row['ratio'])} |")
+    if results.get("tuning"):
+        print("\nTuning runs (seed 0): A val loss and its rises\n")
+        print("| optimizer | peak LR | rho | A val loss | RTN per channel | RTN g32 | noise |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for t in results["tuning"]:
+            print(f"| {t['kind']} | {t['params']['optim.lr']:g} | {t['params'].get('sam.rho', '-')} | {t['val_a']:.4f} | "
+                  f"{t['rtn4_channel']:.4f} | {t['rtn4_g32']:.4f} | {t['noise']:.4f} |")
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Left: the fine-tune frontier, A loss vs B loss along every fine-tune run (a line per
+    optimizer x seed x LR). Right: each rise's SAM - AdamW difference per seed (dots) and its
+    mean with the 95% interval."""
+    from llmcore.plots import pyplot
+
+    plt = pyplot("the SAM forgetting plot")
+    c = contrasts(results)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
+    colours = {"adamw": "#d95f02", "sam": "#1b9e77"}
+    for name, run in sorted(results["runs"].items()):
+        kind = name.split("_")[0]
+        for ft in run["finetune"]:
+            ax.plot([p[1] for p in ft["points"]], [p[2] for p in ft["points"]], marker=".", lw=0.8, alpha=0.7,
+                    color=colours[kind], label=kind.upper() if kind.upper() not in ax.get_legend_handles_labels()[1] else None)
+    ax.invert_xaxis()
+    ax.set_xlabel("fine-tune (B) validation loss  (training goes right)")
+    ax.set_ylabel("pretraining (A) validation loss")
+    ax.set_title(f"Forgetting along fine-tuning ({len(results['seeds'])} seeds x {len(run['finetune'])} LRs)", fontsize=10)
+    ax.legend()
+    keys = [k for k in c if k not in ("target_b", "val_a")]
+    for i, k in enumerate(keys):
+        d = c[k]["diff"]
+        scale = max(abs(m) for m in c[k]["adamw"]) or 1.0  # relative to AdamW's rise: one axis for all
+        bx.scatter([i] * len(d["diffs"]), [x / scale for x in d["diffs"]], color="black", s=14, zorder=3)
+        bx.errorbar(i, d["mean"] / scale, yerr=[[(d["mean"] - d["lo"]) / scale], [(d["hi"] - d["mean"]) / scale]],
+                    fmt="o", color="#1b9e77", capsize=4)
+    bx.axhline(0, color="grey", lw=1)
+    bx.set_xticks(range(len(keys)), [k.replace("ft_at_", "FT @B ").replace("rtn4_", "RTN4 ") for k in keys],
+                  rotation=30, fontsize=8)
+    bx.set_ylabel("(SAM − AdamW) rise / AdamW's largest rise")
+    bx.set_title("Paired difference per seed (dots), mean and 95% CI", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
 
 
 if __name__ == "__main__":
