@@ -14,6 +14,8 @@ from llmcore.config.schema import ScheduleConfig
 from recipes.distill import schedule
 from recipes.distill.routing import route_mask
 from recipes.distill.targets import (
+    count_draws,
+    counted_targets,
     sampled_targets,
     teacher_samples,
     teacher_topk,
@@ -57,6 +59,30 @@ def test_sampled_targets_count_distinct_draws():
     ids, lq = sampled_targets(draws)
     got = [{int(i): round(float(q), 6) for i, q in zip(r, lqr.exp()) if q > 0} for r, lqr in zip(ids, lq)]
     assert got == [{1: 0.25, 4: 0.75}, {2: 1.0}]
+
+
+@pytest.mark.parametrize("V,n", [(3, 1), (5, 7), (50, 24), (4096, 24)])
+def test_counts_of_draws_give_exactly_the_targets_of_the_draws(V, n):
+    """A sampled cache stores distinct ids + counts: read back padded (as its ragged side-cars
+    read), they give the very tensors `sampled_targets` gives from the draws; empty rows stay
+    empty (no draws stored, all -inf)."""
+    g = torch.Generator().manual_seed(V + n)
+    draws = torch.randint(0, V, (300, n), generator=g)
+    has = torch.rand(300, generator=g) > 0.1
+    u, ids, counts = count_draws(draws, has)
+    assert int(u.sum()) == ids.numel() == counts.numel() and (counts >= 1).all()
+    assert (u[~has] == 0).all() and (u[has] >= 1).all() and int(u.max()) <= min(V, n)
+    off = torch.cat([torch.zeros(1, dtype=torch.long), u.cumsum(0)])
+    pid, pc = torch.zeros(300, n, dtype=torch.long), torch.zeros(300, n, dtype=torch.long)
+    for r in range(300):
+        pid[r, : u[r]], pc[r, : u[r]] = ids[off[r]:off[r + 1]], counts[off[r]:off[r + 1]]
+        assert torch.equal(ids[off[r]:off[r + 1]], draws[r].unique()) or not has[r]
+    assert (pc.sum(-1)[has] == n).all()
+    want_ids, want_lq = sampled_targets(draws)
+    want_lq = torch.where(has[:, None], want_lq, torch.full_like(want_lq, float("-inf")))
+    got_ids, got_lq = counted_targets(pid, pc.to(torch.uint8))
+    assert torch.equal(got_lq, want_lq)
+    assert torch.equal(got_ids[has], want_ids[has]) and (got_ids[~has] == 0).all()
 
 
 def test_sampled_kd_gradient_is_unbiased_and_topk_is_not():
