@@ -100,7 +100,7 @@ class Distill(Recipe):
         cache: str = ""
         """Name of an offline cache in the data folder ("" = online teacher); the run's
         data.sidecars must list its side-cars (top-k: C_ids, C_logp, C_lse, C_entropy;
-        sampled: C_ids, C_count, C_lse, C_entropy)."""
+        sampled: C_n, C_ids, C_count, C_lse, C_entropy)."""
         alpha: float = 0.5
         """Weight of the KD term in [0, 1] (the paper: 0.5 or 0.9); 0 = plain training."""
         alpha_end: float | None = None
@@ -320,7 +320,7 @@ class Distill(Recipe):
         if c.targets == "sampled":
             if self.cache_layout == "counts":
                 counts = b[f"{c.cache}_count"]
-                tid, logq = counted_targets(ids, counts.reshape(-1, counts.shape[-1]))
+                tid, logq = counted_targets(ids, counts.reshape(-1, counts.shape[-1]), b[f"{c.cache}_n"].reshape(-1))
             else:  # the first layout: the draws themselves
                 tid, logq = sampled_targets(ids)
             logq = torch.where(ok[:, None], logq, torch.full_like(logq, float("-inf")))

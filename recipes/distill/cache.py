@@ -9,12 +9,14 @@ loader's side-cars (`data.sidecars`). A cache named C is a group of side-cars of
   T = 1 over the whole vocabulary; ``C_lse`` float32, the log-sum-exp of the teacher's logits;
   ``C_entropy`` float32, its entropy (nats). 4k + 8 bytes per token (136 at k = 32).
 - sampled (``--sample n``): n ids drawn with replacement from softmax(z / T) (T =
-  ``--temperature``), stored as the row's distinct ids with their counts (the target is
-  count / n over them, so nothing else of the draws matters): ``C_n`` uint8, how many distinct
-  ids (0 on an empty row); ``C_ids`` and ``C_count`` uint8, ragged side-cars of width n whose
-  row lengths are ``C_n`` (read back padded: ids 0, count 0); ``C_lse``, ``C_entropy``:
-  9 + 3u bytes per token for u distinct ids (u <= n; uint16 for n > 255), so the size follows
-  the teacher's entropy -- a peaked teacher repeats its likely ids. made_from ``layout:
+  ``--temperature``), stored as what the target count / n needs of them: the row's u distinct
+  ids and the counts of the r of them drawn more than once (the others count 1).
+  ``C_n`` / ``C_nrep`` uint8: u and r (0 on an empty row); ``C_ids``: ragged side-car of width
+  n, row lengths ``C_n``, the repeated ids then the others; ``C_count`` uint8: ragged, lengths
+  ``C_nrep``, the repeated ids' counts (ragged rows read back padded with 0); ``C_lse``,
+  ``C_entropy``. 10 + 2u + r bytes per token (u <= n, r <= n / 2; uint16 counts for n >
+  255), so the size follows the teacher's entropy: a peaked teacher repeats its likely ids
+  (u small), a flat one draws n distinct ids once each (r ~ 0: 2n + 10). made_from ``layout:
   counts``. A cache of the first layout (``C_ids`` [n]: the draws themselves, 2n + 8 bytes;
   made_from without ``layout``) still reads, to the same targets (`layout_of`).
 
@@ -58,8 +60,8 @@ from recipes.distill.teacher import check_vocab, load_teacher, teacher_identity
 LAYOUTS = ("topk", "counts", "draws")
 """A cache's layout: top-k; sampled as distinct ids + counts; sampled as the raw draws (the
 first sampled layout, read only)."""
-# the side-cars a run lists in data.sidecars (C_n of the counts layout is read through C_ids / C_count)
-_LISTED = {"topk": ("ids", "logp", "lse", "entropy"), "counts": ("ids", "count", "lse", "entropy"),
+# the side-cars a run lists in data.sidecars (C_nrep of the counts layout is read through C_count)
+_LISTED = {"topk": ("ids", "logp", "lse", "entropy"), "counts": ("n", "ids", "count", "lse", "entropy"),
            "draws": ("ids", "lse", "entropy")}
 
 
@@ -89,10 +91,11 @@ def _specs(cache: str, width: int, vocab: int, sampled: bool) -> dict[str, dict]
     out = {}
     if sampled:
         small = np.dtype(np.uint8) if width <= 255 else np.dtype(np.uint16)
-        ragged = {"layout": "ragged", "lengths": f"{cache}_n"}
         out["n"] = {"dtype": small, "shape": (), "fill": 0}
-        out["ids"] = {"dtype": id_dtype(vocab), "shape": (width,), "fill": 0, **ragged}
-        out["count"] = {"dtype": small, "shape": (width,), "fill": 0, **ragged}
+        out["nrep"] = {"dtype": small, "shape": (), "fill": 0}
+        out["ids"] = {"dtype": id_dtype(vocab), "shape": (width,), "fill": 0, "layout": "ragged",
+                      "lengths": f"{cache}_n"}
+        out["count"] = {"dtype": small, "shape": (width,), "fill": 0, "layout": "ragged", "lengths": f"{cache}_nrep"}
     else:
         out["ids"] = {"dtype": id_dtype(vocab), "shape": (width,), "fill": 0}
         out["logp"] = {"dtype": np.dtype(np.float16), "shape": (width,), "fill": float("-inf")}
@@ -157,10 +160,10 @@ def _shard_rows(model, shards: TokenShards, k_shard: int, *, seq_len: int, width
                 for part, t in got.items():
                     out[part][rows] = t[i * m:(i + 1) * m]
             bar.update(len(batch) * m)
-    if sampled:  # the draws as distinct ids + counts; a row without a teacher (entropy NaN) is empty
-        u, flat_ids, counts = count_draws(torch.from_numpy(out.pop("ids").astype(np.int64)),
-                                          torch.from_numpy(np.isfinite(out["entropy"])))
-        out.update(n=u.numpy(), ids=flat_ids.numpy(), count=counts.numpy())
+    if sampled:  # the draws as distinct ids + repeats' counts; a row without a teacher (entropy NaN) is empty
+        u, r, flat_ids, counts = count_draws(torch.from_numpy(out.pop("ids").astype(np.int64)),
+                                             torch.from_numpy(np.isfinite(out["entropy"])))
+        out.update(n=u.numpy(), nrep=r.numpy(), ids=flat_ids.numpy(), count=counts.numpy())
     return out
 
 

@@ -15,7 +15,7 @@ def add_cache_command(parser) -> None:
     c.add_argument("--teacher", required=True, help="teacher checkpoint, run dir or HF Llama folder")
     c.add_argument("--data", required=True, help="prepared data folder (the cache goes into its sidecars/)")
     c.add_argument("--out", required=True,
-                   help="cache name C: side-cars C_ids, C_logp (top-k) or C_n, C_count (sampled), C_lse, C_entropy")
+                   help="cache name C: side-cars C_ids, C_logp (top-k) or C_n, C_nrep, C_count (sampled), C_lse, C_entropy")
     kind = c.add_mutually_exclusive_group()
     kind.add_argument("--top-k", type=int, default=None, help="ids per token, renormalised at training (default 32)")
     kind.add_argument("--sample", type=int, default=None, help="ids drawn per token from the teacher (sampled KD)")

@@ -16,7 +16,8 @@ the kernel leaves to us is done here.
 - sampled (Anshumann et al., arXiv 2503.16870): n ids drawn with replacement from the
   proposal q = softmax(z / T) itself, so each draw's importance weight p_T / q is 1 and the
   target is the empirical distribution count(i) / n over the distinct draws (a cache stores
-  just those: distinct ids and counts, `count_draws` / `counted_targets`). E[count(i) / n]
+  just those: distinct ids, and the counts of those drawn more than once, `count_draws` /
+  `counted_targets`). E[count(i) / n]
   = q_T(i), and the forward-KL gradient w.r.t. the student logits is linear in the target
   (s_T - target), so its expectation is exactly full KD's; top-k's is not (it over-weights
   the head by 1 / mass(top-k)). A sampled cache is drawn at one temperature, recorded in it.
@@ -144,13 +145,15 @@ def sampled_targets(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def count_draws(draws: torch.Tensor, has_row: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """Each row's draws as its distinct ids with their counts: what a sampled cache stores.
+    """Each row's draws as its distinct ids and the counts of the repeated ones: what a sampled
+    cache stores (an id drawn once needs no count, and most distinct ids of a flat teacher are).
 
     draws [N, n] long; has_row [N] bool (False: an empty row, e.g. the stream's first token,
-    whatever its draws hold). Returns (unique [N] long: distinct ids per row, 0 for an empty
-    row; ids [sum unique] long, ascending within each row, rows in order; counts [sum unique]
-    long, each >= 1, summing to n per non-empty row). `counted_targets` of the rows read back
-    equals `sampled_targets(draws)` exactly.
+    whatever its draws hold). Returns (distinct [N] long: distinct ids per row, 0 for an empty
+    row; repeated [N] long: how many of them were drawn more than once; ids [sum distinct]
+    long, per row the repeated ids then the others, each group ascending, rows in order;
+    counts [sum repeated] long, >= 2, those of the repeated ids in that order).
+    `counted_targets` of the rows read back equals `sampled_targets(draws)` exactly.
     """
     srt, _ = draws.sort(dim=-1)
     first = torch.ones_like(srt, dtype=torch.bool)
@@ -158,28 +161,39 @@ def count_draws(draws: torch.Tensor, has_row: torch.Tensor | None = None) -> tup
     if has_row is not None:
         first &= has_row[:, None]
     slot = first.nonzero()  # (U, 2): row, position of each run's first draw, row-major
-    pos = slot[:, 1]
+    row, pos = slot[:, 0], slot[:, 1]
     # a run ends where the next run of its row starts, or at n: counts from consecutive starts
     nxt = torch.full_like(pos, draws.shape[1])
-    same_row = slot[1:, 0] == slot[:-1, 0]
-    nxt[:-1] = torch.where(same_row, pos[1:], nxt[:-1])
-    return first.sum(-1), srt[first], nxt - pos
+    nxt[:-1] = torch.where(row[1:] == row[:-1], pos[1:], nxt[:-1])
+    counts, ids = nxt - pos, srt[first]
+    once = counts == 1
+    order = torch.sort(row * 2 + once.long(), stable=True).indices  # repeated first, ascending ids kept
+    repeated = torch.zeros(draws.shape[0], dtype=torch.long, device=draws.device).index_add_(
+        0, row, (~once).long())
+    return first.sum(-1), repeated, ids[order], counts[order][~once[order]]
 
 
-def counted_targets(ids: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sampled-KD target from a cache's distinct ids and counts, laid out exactly as
-    `sampled_targets` lays out the draws they came from (bit-identical tensors).
+def counted_targets(ids: torch.Tensor, counts: torch.Tensor, distinct: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The sampled-KD target from a cache's rows, laid out exactly as `sampled_targets` lays
+    out the draws they came from (bit-identical tensors).
 
-    ids / counts [N, n] (row j: its distinct ids ascending then padding with count 0, as a
-    ragged side-car reads back). Each distinct id goes to the slot its run of equal draws
-    started at in the sorted draws (the sum of the counts before it), with log(count / n);
-    every other slot is padding (id 0, -inf).
+    ids [N, n]: each row's distinct ids (repeated ones first, as `count_draws` stores them),
+    then padding; counts [N, n]: the repeated ids' counts, then 0 (as ragged side-cars read
+    back); distinct [N]: how many ids the row has. Ids past the repeated ones count 1. Sorted
+    by id, each distinct id goes to the slot its run of equal draws started at in the sorted
+    draws (the sum of the counts before it), with log(count / n); every other slot is padding
+    (id 0, -inf).
     """
     n = ids.shape[1]
+    j = torch.arange(n, device=ids.device)
     c = counts.long()
+    c = torch.where(c > 0, c, (j < distinct.long()[:, None]).long())  # (N, n): 1 for a single draw, 0 padding
+    key = torch.where(c > 0, ids.long(), torch.full_like(c, torch.iinfo(torch.long).max))
+    key, order = key.sort(dim=-1)  # distinct ids ascending, padding last
+    c = c.gather(1, order)
     slot = torch.where(c > 0, c.cumsum(-1) - c, torch.full_like(c, n))  # padding -> a spare column
     out_ids = torch.zeros(ids.shape[0], n + 1, dtype=torch.long, device=ids.device)
-    out_ids.scatter_(1, slot, torch.where(c > 0, ids.long(), torch.zeros_like(c)))
+    out_ids.scatter_(1, slot, torch.where(c > 0, key, torch.zeros_like(c)))
     logq = torch.full((ids.shape[0], n + 1), float("-inf"), dtype=torch.float32, device=ids.device)
     logq.scatter_(1, slot, (c.float() / n).log())
     return out_ids[:, :n], logq[:, :n]

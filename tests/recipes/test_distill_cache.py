@@ -100,26 +100,25 @@ def test_resumed_write_equals_uninterrupted_and_settings_are_checked(sharded, te
     part = _copy(sharded, tmp_path / "part")
     real_write, calls = SidecarWriter.write, {"n": 0}
 
-    def crash_after_seven(self, split, k, array):
+    def crash_after_nine(self, split, k, array):
         calls["n"] += 1
-        if calls["n"] > 7:  # shard 1's n and ids written, its counts / lse / entropy not: a mixed shard
+        if calls["n"] > 9:  # shard 1's n, nrep and ids written, its counts / lse / entropy not: a mixed shard
             raise KeyboardInterrupt
         return real_write(self, split, k, array)
 
-    monkeypatch.setattr(SidecarWriter, "write", crash_after_seven)
+    monkeypatch.setattr(SidecarWriter, "write", crash_after_nine)
     with pytest.raises(KeyboardInterrupt):
         write_cache(str(teacher), str(part), "kd", sample=6, seq_len=32, seed=5, progress=False)
     monkeypatch.setattr(SidecarWriter, "write", real_write)
     with pytest.raises(DataError, match="incomplete"):
         Sidecar(TokenShards(str(part), "train"), "kd_lse")
     write_cache(str(teacher), str(part), "kd", sample=6, seq_len=32, seed=5, progress=False)
-    assert _digests(part, "kd") == _digests(whole, "kd") and len(_digests(whole, "kd")) >= 15
+    assert _digests(part, "kd") == _digests(whole, "kd") and len(_digests(whole, "kd")) >= 18
     shards = TokenShards(str(part), "train")
-    n, count = Sidecar(shards, "kd_n"), Sidecar(shards, "kd_count")
+    n, nrep, count = (Sidecar(shards, f"kd_{p}").read(0, len(shards)).astype(np.int64) for p in ("n", "nrep", "count"))
     Sidecar(shards, "kd_ids")  # opens: aligned with its lengths
-    rows = count.read(0, len(shards))
-    assert (rows.sum(-1)[1:] == 6).all() and rows[0].sum() == 0  # every row's counts add up to its 6 draws
-    assert np.array_equal((rows > 0).sum(-1), n.read(0, len(shards)))
+    assert np.array_equal((count > 0).sum(-1), nrep) and (count[count > 0] >= 2).all()
+    assert (count.sum(-1) + n - nrep == 6)[1:].all() and n[0] == 0  # every row's counts add up to its 6 draws
     with pytest.raises(DataError, match="seed.*5.*there.*6.*asked"):
         write_cache(str(teacher), str(part), "kd", sample=6, seq_len=32, seed=6, progress=False)
 
@@ -193,13 +192,13 @@ def test_cached_kd_trains_and_a_resumed_run_follows_the_uninterrupted_one(sharde
     assert main(["distill", "cache", "--teacher", str(teacher), "--data", str(data), "--out", "kd", "--sample", "4",
                  "--seq-len", "32", "--no-progress"]) == 2
     assert "exists with other settings" in capsys.readouterr().err
-    assert sidecar_names("kd", "counts") == ["kd_ids", "kd_count", "kd_lse", "kd_entropy"]
+    assert sidecar_names("kd", "counts") == ["kd_n", "kd_ids", "kd_count", "kd_lse", "kd_entropy"]
 
 
 def test_sampled_cache_of_either_layout_gives_the_same_targets(sharded, teacher, tmp_path, monkeypatch):
     """The counts layout against the first one (the draws themselves), made from the same
     draws of the same seed: the recipe's targets are the very same tensors; the old layout
-    still reads; the new one is 9 + 3u bytes a token and trains."""
+    still reads; the new one is 10 + 2u + r bytes a token and trains."""
     import recipes.distill.cache as cache_module
     from recipes.distill import Distill
 
@@ -209,8 +208,8 @@ def test_sampled_cache_of_either_layout_gives_the_same_targets(sharded, teacher,
     info = write_cache(str(teacher), str(new), "kd", sample=6, seq_len=32, seed=5, splits=["train"], progress=False)
     shards = TokenShards(str(new), "train")
     assert len(draws) == len(shards.entries) >= 3
-    u = Sidecar(shards, "kd_n").read(0, len(shards)).astype(np.float64)
-    assert info["bytes_per_token"] == round(9 + 3 * u.mean(), 2) and u.max() <= 6 and u[0] == 0
+    u, r = (Sidecar(shards, f"kd_{p}").read(0, len(shards)).astype(np.float64) for p in ("n", "nrep"))
+    assert info["bytes_per_token"] == round(10 + 2 * u.mean() + r.mean(), 2) and u.max() <= 6 and u[0] == 0
     # the first layout by hand, from the same draws: ids [6] per token, lse, entropy, made_from without layout
     old = _copy(sharded, tmp_path / "old")
     made = {k: v for k, v in read_cache_info(str(new), "kd").items() if k != "layout"}
@@ -243,8 +242,8 @@ def test_sampled_cache_of_either_layout_gives_the_same_targets(sharded, teacher,
         assert torch.equal(e_new[ok_new], e_old[ok_old])
         for key in ("teacher_ids", "teacher_logprobs"):
             assert torch.equal(t_new[key], t_old[key]), key
-    with pytest.raises(ConfigError, match=r"needs data.sidecars to list \['kd_ids', 'kd_count', 'kd_lse', "
-                                          r"'kd_entropy'\] \(missing \['kd_count'\]\)"):
+    with pytest.raises(ConfigError, match=r"needs data.sidecars to list \['kd_n', 'kd_ids', 'kd_count', 'kd_lse', "
+                                          r"'kd_entropy'\] \(missing \['kd_n', 'kd_count'\]\)"):
         recipe_and_loader(new, sidecar_names("kd", "draws"))
     with pytest.raises(DataError, match="a sampled distillation cache of layout 'bits': this version reads"):
         layout_of({"mode": "sampled", "layout": "bits"})

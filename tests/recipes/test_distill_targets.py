@@ -63,24 +63,27 @@ def test_sampled_targets_count_distinct_draws():
 
 @pytest.mark.parametrize("V,n", [(3, 1), (5, 7), (50, 24), (4096, 24)])
 def test_counts_of_draws_give_exactly_the_targets_of_the_draws(V, n):
-    """A sampled cache stores distinct ids + counts: read back padded (as its ragged side-cars
-    read), they give the very tensors `sampled_targets` gives from the draws; empty rows stay
-    empty (no draws stored, all -inf)."""
+    """A sampled cache stores distinct ids + the counts of repeated ones: read back padded (as
+    its ragged side-cars read), they give the very tensors `sampled_targets` gives from the
+    draws; empty rows stay empty (nothing stored, all -inf)."""
     g = torch.Generator().manual_seed(V + n)
     draws = torch.randint(0, V, (300, n), generator=g)
     has = torch.rand(300, generator=g) > 0.1
-    u, ids, counts = count_draws(draws, has)
-    assert int(u.sum()) == ids.numel() == counts.numel() and (counts >= 1).all()
-    assert (u[~has] == 0).all() and (u[has] >= 1).all() and int(u.max()) <= min(V, n)
-    off = torch.cat([torch.zeros(1, dtype=torch.long), u.cumsum(0)])
+    u, r, ids, counts = count_draws(draws, has)
+    assert int(u.sum()) == ids.numel() and int(r.sum()) == counts.numel() and (counts >= 2).all()
+    assert (u[~has] == 0).all() and (u[has] >= 1).all() and int(u.max()) <= min(V, n) and (r <= u).all()
+    off, roff = (torch.cat([torch.zeros(1, dtype=torch.long), x.cumsum(0)]) for x in (u, r))
     pid, pc = torch.zeros(300, n, dtype=torch.long), torch.zeros(300, n, dtype=torch.long)
-    for r in range(300):
-        pid[r, : u[r]], pc[r, : u[r]] = ids[off[r]:off[r + 1]], counts[off[r]:off[r + 1]]
-        assert torch.equal(ids[off[r]:off[r + 1]], draws[r].unique()) or not has[r]
-    assert (pc.sum(-1)[has] == n).all()
+    for i in range(300):
+        pid[i, : u[i]], pc[i, : r[i]] = ids[off[i]:off[i + 1]], counts[roff[i]:roff[i + 1]]
+        if has[i]:
+            uniq, cnt = draws[i].unique(return_counts=True)
+            want = {int(a): int(b) for a, b in zip(uniq, cnt)}
+            got = {int(a): (int(pc[i, j]) if j < r[i] else 1) for j, a in enumerate(pid[i, : u[i]])}
+            assert got == want and int(cnt.ge(2).sum()) == int(r[i])
     want_ids, want_lq = sampled_targets(draws)
     want_lq = torch.where(has[:, None], want_lq, torch.full_like(want_lq, float("-inf")))
-    got_ids, got_lq = counted_targets(pid, pc.to(torch.uint8))
+    got_ids, got_lq = counted_targets(pid.to(torch.int32), pc.to(torch.uint8), u.to(torch.uint8))
     assert torch.equal(got_lq, want_lq)
     assert torch.equal(got_ids[has], want_ids[has]) and (got_ids[~has] == 0).all()
 
