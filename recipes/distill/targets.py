@@ -37,8 +37,8 @@ def _blocks(n: int, block_rows: int):
 
 class _Blocks:
     """Row blocks of the teacher's logits z = th @ tw.T, in two [block_rows, V] buffers
-    reused by every block: z and exp(z - max). A fresh 16 MB tensor per block costs as much
-    as the matmul itself on a CPU (its pages are faulted in anew each time)."""
+    reused by every block: z and exp(z - max). A fresh [1024, 4096] fp32 tensor per block
+    costs half the matmul again on a CPU (its pages are faulted in anew each time)."""
 
     def __init__(self, th: torch.Tensor, tw: torch.Tensor, block_rows: int):
         self.th, self.wt = th, tw.float().T  # one fp32 copy of a half-precision head per call
