@@ -26,13 +26,24 @@ def git_commit() -> str:
 
 
 def append_csv(path: str | Path, rows: list[dict]) -> Path:
-    """Append `rows` to the CSV at `path` (header written when the file is new)."""
+    """Append `rows` to the CSV at `path` (header written when the file is new; when the rows
+    bring columns the file lacks, it is rewritten with them added, older rows left empty there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
+    fields = list(rows[0])
+    old: list[dict] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            have = list(reader.fieldnames or [])
+            if set(fields) - set(have):
+                old = list(reader)
+        fields = have + [k for k in fields if k not in have]
+    if old or not path.exists():
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
-        writer.writerows(rows)
+            writer.writerows(old)
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=fields, restval="").writerows(rows)
     return path

@@ -67,7 +67,7 @@ def main(argv=None) -> None:
         modes = {
             "ntp": (),
             "cached": ("recipes=[distill]", "distill.cache=kd", f"distill.top_k={a.top_k}",
-                       f"data.sidecars=[{','.join(sidecar_names('kd', False))}]"),
+                       f"data.sidecars=[{','.join(sidecar_names('kd', 'topk'))}]"),
             "online": ("recipes=[distill]", f"distill.teacher={teacher}", f"distill.top_k={a.top_k}"),
         }
         ms: dict[str, float] = {}

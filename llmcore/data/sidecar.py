@@ -8,6 +8,14 @@ scores) and read by the loaders for exactly the window they serve. Two kinds:
 - ``doc``: one row per document of the shard, ``[num_docs, *shape]`` (e.g. [d] float16 score);
   the loader exposes it per token (each token gets its document's row).
 
+A ``token`` side-car is ``dense`` (the above) or ``ragged``: row j holds ``lengths[j] <=
+width`` values (``shape: [width]``), stored flat per shard (``[sum of lengths]``), the row
+lengths being another token side-car of unsigned integers named by ``lengths`` (so several
+ragged side-cars -- a cache's ids and their counts -- share one). Offsets are not stored: the
+reader recomputes a coarse index (every ``RAGGED_BLOCK`` rows) by cumsum over the lengths of
+each shard on open, and reads a row back padded to ``[width]`` with ``fill``, so a loader, a
+transform or a batch sees a ragged side-car exactly as a dense one of that width.
+
 Layout, one folder per side-car so that side-cars written by different commands never touch
 each other's files or manifest::
 
@@ -19,7 +27,10 @@ each other's files or manifest::
 ``tokenizer_hash``, ``made_from`` (the writer's identity of its inputs, e.g. the teacher),
 and per split ``shards``: one entry per token shard -- ``file``, ``rows``, ``bytes``,
 ``sha256`` of the .npy, and ``shard`` / ``shard_sha256``: the token shard it aligns with and
-that shard's sha256 from the data manifest -- or null while not yet written.
+that shard's sha256 from the data manifest -- or null while not yet written. A ragged side-car
+adds ``layout: "ragged"`` and ``lengths`` (the lengths side-car's name) at the top, and
+``values`` (its flat length) and ``lengths_sha256`` (the lengths file it was written
+against) per shard; a manifest without ``layout`` is dense.
 
 Every mismatch is a ``DataError`` naming the side-car, the shard and what is wrong: unknown
 name (listing those present), incomplete, made from other shards, truncated, wrong length,
@@ -41,6 +52,10 @@ SIDECAR_FORMAT = "llmcore-sidecar-v1"
 SIDECAR_DIR = "sidecars"
 SIDECAR_MANIFEST = "sidecar.json"
 KINDS = ("token", "doc")
+LAYOUTS = ("dense", "ragged")
+RAGGED_BLOCK = 4096
+"""Rows per entry of a ragged side-car's in-memory offset index (8 bytes per 4096 rows; a
+read sums at most this many lengths before the rows it serves)."""
 
 
 def sidecar_dir(data_path: str, name: str) -> str:
@@ -135,6 +150,12 @@ class Sidecar:
         _check_keys(meta, shards.split, sidecar_dir(shards.path, name))
         self.kind, self.fill, self.made_from = meta["kind"], meta.get("fill", 0), meta.get("made_from")
         self.dtype, self.shape = np.dtype(meta["dtype"]), tuple(int(d) for d in meta.get("shape", ()))
+        self.layout = meta.get("layout", "dense")
+        if self.layout not in LAYOUTS:
+            raise DataError(f"{where}: layout {self.layout!r} is not one of {LAYOUTS}")
+        self.lengths = None
+        if self.layout == "ragged":
+            self.lengths = self._open_lengths(meta, where, verify)
         if meta.get("tokenizer_hash") != shards.tokenizer_hash:
             raise DataError(f"{where} was made from data of tokenizer {meta.get('tokenizer_hash')}, these "
                             f"shards are of {shards.tokenizer_hash}: recompute it for this folder")
@@ -149,7 +170,7 @@ class Sidecar:
         if missing:
             raise DataError(f"{where} split {shards.split!r} is incomplete: shards {missing} of "
                             f"{len(entries)} not written (rerun its writer: it resumes)")
-        self._maps = []
+        self._maps, self._entries = [], entries
         for e, shard in zip(entries, shards.entries):
             what = f"{where}, shard {shard['file']}"
             if e.get("shard") != shard["file"] or e.get("shard_sha256") != shard.get("sha256"):
@@ -160,22 +181,60 @@ class Sidecar:
             arr = open_npy(file, what)
             rows = int(shard["num_tokens"] if self.kind == "token" else shard["num_docs"])
             unit = "tokens" if self.kind == "token" else "documents"
-            if arr.shape[:1] != (rows,):
+            if self.lengths is not None:
+                self._check_ragged(arr, e, len(self._maps), file, what)
+            elif arr.shape[:1] != (rows,):
                 raise DataError(f"{what}: {file} has {arr.shape[0] if arr.ndim else 0} rows, the shard has "
                                 f"{rows} {unit}: length mismatch; recompute the side-car")
-            if arr.shape[1:] != self.shape or arr.dtype != self.dtype:
+            elif arr.shape[1:] != self.shape or arr.dtype != self.dtype:
                 raise DataError(f"{what}: {file} holds {arr.dtype.name}{list(arr.shape)}, the manifest says "
                                 f"{self.dtype.name}[{rows}, {', '.join(map(str, self.shape))}]")
             if verify == "full" and sha256_file(file) != e.get("sha256"):
                 raise DataError(f"{what}: {file} fails its sha256 check (corrupt); recompute the side-car")
             self._maps.append(arr)
 
+    def _open_lengths(self, meta: dict, where: str, verify: str) -> Sidecar:
+        """The dense token side-car of row lengths a ragged one names (checked on open)."""
+        name = meta.get("lengths")
+        if self.kind != "token" or len(self.shape) != 1 or not isinstance(name, str):
+            raise DataError(f"{where}: a ragged side-car needs kind 'token', shape [width] and a 'lengths' side-car "
+                            f"(has kind {self.kind!r}, shape {list(self.shape)}, lengths {name!r})")
+        if name == self.name:
+            raise DataError(f"{where}: names itself as its lengths side-car")
+        lengths = Sidecar(self.shards, name, verify)
+        if lengths.layout != "dense" or lengths.shape != () or lengths.dtype.kind != "u":
+            raise DataError(f"{where}: its lengths side-car {name!r} must be dense, one unsigned integer per "
+                            f"token (is {lengths.layout} {lengths.dtype.name}{list(lengths.shape)})")
+        self._starts = []  # per shard: flat offset of every RAGGED_BLOCK-th row, int64
+        return lengths
+
+    def _check_ragged(self, arr: np.ndarray, e: dict, k: int, file: str, what: str) -> None:
+        """A ragged shard's flat values against its lengths shard; builds its offset index."""
+        lengths, entry = self.lengths, self.lengths._entries[k]
+        if e.get("lengths_sha256") != entry.get("sha256"):
+            raise DataError(f"{what}: written against lengths {self.lengths.name!r} of sha256 "
+                            f"{e.get('lengths_sha256')}, that side-car's shard now has sha256 {entry.get('sha256')}: "
+                            "made from other lengths; recompute both")
+        lens = lengths._maps[k]
+        if lens.size and int(lens.max()) > self.shape[0]:
+            raise DataError(f"{what}: a row of {int(lens.max())} values exceeds the width {self.shape[0]}")
+        sums = np.add.reduceat(lens, np.arange(0, lens.size, RAGGED_BLOCK), dtype=np.int64) if lens.size else \
+            np.zeros(0, np.int64)
+        starts = np.concatenate([[0], np.cumsum(sums)])
+        if arr.ndim != 1 or arr.dtype != self.dtype or arr.shape[0] != starts[-1]:
+            raise DataError(f"{what}: {file} holds {arr.dtype.name}{list(arr.shape)}, its lengths add up to "
+                            f"{self.dtype.name}[{int(starts[-1])}]: length mismatch; recompute the side-car")
+        self._starts.append(starts)
+
     def __repr__(self) -> str:
-        return (f"Sidecar({self.name!r}, kind={self.kind!r}, {self.dtype.name}{list(self.shape)}, "
+        return (f"Sidecar({self.name!r}, kind={self.kind!r}, {self.layout} {self.dtype.name}{list(self.shape)}, "
                 f"split={self.shards.split!r})")
 
     def read(self, start: int, length: int) -> np.ndarray:
-        """Rows of tokens ``[start, start + length)`` -> [length, *shape] (reads only them)."""
+        """Rows of tokens ``[start, start + length)`` -> [length, *shape] (reads only them); a
+        ragged row comes back padded to [width] with ``fill``."""
+        if self.lengths is not None:
+            return self._read_ragged(start, length)
         out = np.empty((length, *self.shape), dtype=self.dtype)
         for k, lo, take, off in self.shards.pieces(start, length):
             if self.kind == "token":
@@ -184,6 +243,18 @@ class Sidecar:
                 first_token, _, first_doc, _ = self.shards.shard_span(k)
                 local = self.shards.doc_index(first_token + lo, take) - first_doc
                 out[off:off + take] = self._maps[k][local]
+        return out
+
+    def _read_ragged(self, start: int, length: int) -> np.ndarray:
+        width = self.shape[0]
+        out = np.full((length, width), self.fill, dtype=self.dtype)
+        for k, lo, take, off in self.shards.pieces(start, length):
+            lens = self.lengths._maps[k]
+            block = lo // RAGGED_BLOCK
+            base = int(self._starts[k][block]) + int(lens[block * RAGGED_BLOCK:lo].sum(dtype=np.int64))
+            n = lens[lo:lo + take].astype(np.int64)
+            used = np.arange(width) < n[:, None]  # (take, width): row-major, as the values are stored
+            out[off:off + take][used] = self._maps[k][base:base + int(n.sum())]
         return out
 
 

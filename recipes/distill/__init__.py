@@ -71,6 +71,7 @@ from recipes.distill import schedule
 from recipes.distill.routing import route_mask
 from recipes.distill.targets import (
     TARGETS,
+    counted_targets,
     sampled_targets,
     teacher_samples,
     teacher_topk,
@@ -98,7 +99,8 @@ class Distill(Recipe):
         optional: then checked against the teacher the cache was made from."""
         cache: str = ""
         """Name of an offline cache in the data folder ("" = online teacher); the run's
-        data.sidecars must list its side-cars (C_ids, C_logp, C_lse, C_entropy)."""
+        data.sidecars must list its side-cars (top-k: C_ids, C_logp, C_lse, C_entropy;
+        sampled: C_n, C_ids, C_count, C_lse, C_entropy)."""
         alpha: float = 0.5
         """Weight of the KD term in [0, 1] (the paper: 0.5 or 0.9); 0 = plain training."""
         alpha_end: float | None = None
@@ -159,6 +161,7 @@ class Distill(Recipe):
         self.kd_vocab = None  # rows of both output weights the dense KD term compares
         self.real_vocab = None
         self.cache_info: dict = {}
+        self.cache_layout = ""  # topk | counts | draws (recipes.distill.cache.layout_of)
         self._run: dict | None = None  # max_steps, schedule config, z_loss, seed: from on_train_start
         self._stats = None
         self._micro = 0
@@ -194,7 +197,7 @@ class Distill(Recipe):
         return {}
 
     def _check_cache(self, cfg) -> None:
-        from recipes.distill.cache import check_cache, sidecar_names
+        from recipes.distill.cache import check_cache, layout_of, sidecar_names
         from recipes.distill.teacher import teacher_identity
 
         c = self.config
@@ -203,7 +206,12 @@ class Distill(Recipe):
         infos = [check_cache(p, c.cache, c.teacher or None, identity) for p in paths]
         info = infos[0]
         sampled = info.get("mode") == "sampled"
-        need = sidecar_names(c.cache, sampled)
+        layouts = {p: layout_of(i) for p, i in zip(paths, infos)}
+        if len(set(layouts.values())) > 1:
+            raise ConfigError(f"distill.cache={c.cache!r} has different layouts in the data sources ({layouts}): "
+                              "rewrite the older ones with `llmcore distill cache --overwrite`")
+        self.cache_layout = layouts[paths[0]]
+        need = sidecar_names(c.cache, self.cache_layout)
         missing = [n for n in need if n not in cfg.data.sidecars]
         if missing:
             raise ConfigError(f"distill.cache={c.cache!r} needs data.sidecars to list {need} (missing {missing})")
@@ -310,7 +318,11 @@ class Distill(Recipe):
         ids = b[f"{c.cache}_ids"]
         ids = ids.reshape(-1, ids.shape[-1]).long()
         if c.targets == "sampled":
-            tid, logq = sampled_targets(ids)
+            if self.cache_layout == "counts":
+                counts = b[f"{c.cache}_count"]
+                tid, logq = counted_targets(ids, counts.reshape(-1, counts.shape[-1]), b[f"{c.cache}_n"].reshape(-1))
+            else:  # the first layout: the draws themselves
+                tid, logq = sampled_targets(ids)
             logq = torch.where(ok[:, None], logq, torch.full_like(logq, float("-inf")))
             return {"teacher_ids": tid, "teacher_logprobs": logq}, entropy, None, ok
         logp = b[f"{c.cache}_logp"]

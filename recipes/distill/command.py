@@ -14,7 +14,8 @@ def add_cache_command(parser) -> None:
     c = actions.add_parser("cache", help="top-k or sampled teacher targets as side-cars of a prepared folder")
     c.add_argument("--teacher", required=True, help="teacher checkpoint, run dir or HF Llama folder")
     c.add_argument("--data", required=True, help="prepared data folder (the cache goes into its sidecars/)")
-    c.add_argument("--out", required=True, help="cache name C: side-cars C_ids, C_logp, C_lse, C_entropy")
+    c.add_argument("--out", required=True,
+                   help="cache name C: side-cars C_ids, C_logp (top-k) or C_n, C_nrep, C_count (sampled), C_lse, C_entropy")
     kind = c.add_mutually_exclusive_group()
     kind.add_argument("--top-k", type=int, default=None, help="ids per token, renormalised at training (default 32)")
     kind.add_argument("--sample", type=int, default=None, help="ids drawn per token from the teacher (sampled KD)")
@@ -38,4 +39,4 @@ def _cache(a) -> None:
                       splits=a.splits.split(",") if a.splits else None, device=a.device,
                       progress=not a.no_progress, overwrite=a.overwrite)
     print(f"distill cache {a.out}: {out['tokens']:,} tokens written in {out['seconds']:.1f}s, "
-          f"{out['bytes_per_token']} bytes per token; data.sidecars: {out['sidecars']}")
+          f"{out['bytes_per_token']:g} bytes per token; data.sidecars: {out['sidecars']}")

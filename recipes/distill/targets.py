@@ -15,7 +15,9 @@ the kernel leaves to us is done here.
   (at least one id), renormalised the same way;
 - sampled (Anshumann et al., arXiv 2503.16870): n ids drawn with replacement from the
   proposal q = softmax(z / T) itself, so each draw's importance weight p_T / q is 1 and the
-  target is the empirical distribution count(i) / n over the distinct draws. E[count(i) / n]
+  target is the empirical distribution count(i) / n over the distinct draws (a cache stores
+  just those: distinct ids, and the counts of those drawn more than once, `count_draws` /
+  `counted_targets`). E[count(i) / n]
   = q_T(i), and the forward-KL gradient w.r.t. the student logits is linear in the target
   (s_T - target), so its expectation is exactly full KD's; top-k's is not (it over-weights
   the head by 1 / mass(top-k)). A sampled cache is drawn at one temperature, recorded in it.
@@ -33,6 +35,31 @@ def _blocks(n: int, block_rows: int):
         yield lo, min(n, lo + block_rows)
 
 
+class _Blocks:
+    """Row blocks of the teacher's logits z = th @ tw.T, in two [block_rows, V] buffers
+    reused by every block: z and exp(z - max). A fresh [1024, 4096] fp32 tensor per block
+    costs half the matmul again on a CPU (its pages are faulted in anew each time)."""
+
+    def __init__(self, th: torch.Tensor, tw: torch.Tensor, block_rows: int):
+        self.th, self.wt = th, tw.float().T  # one fp32 copy of a half-precision head per call
+        rows = min(th.shape[0], block_rows)
+        self.z = torch.empty(rows, tw.shape[0], dtype=torch.float32, device=th.device)
+        self.e = torch.empty_like(self.z)
+        self.block_rows = block_rows
+
+    def __iter__(self):
+        for lo, hi in _blocks(self.th.shape[0], self.block_rows):
+            yield lo, hi, torch.matmul(self.th[lo:hi].float(), self.wt, out=self.z[: hi - lo])  # (R, V)
+
+    def lse_entropy(self, z: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-sum-exp [R], entropy [R] of softmax(z), e = exp(z - m) [R, V]) from the row max
+        `m` [R, 1] in two more passes over z: H = lse - sum_i p_i z_i."""
+        e = torch.sub(z, m, out=self.e[: z.shape[0]]).exp_()
+        s = e.sum(-1)
+        lse = m.squeeze(-1) + s.log()
+        return lse, lse - torch.linalg.vecdot(e, z) / s, e
+
+
 @torch.no_grad()
 def teacher_topk(th: torch.Tensor, tw: torch.Tensor, k: int, block_rows: int = 1024) -> dict:
     """Top-k of the teacher's distribution p = softmax(th @ tw.T) per row, at T = 1.
@@ -46,25 +73,12 @@ def teacher_topk(th: torch.Tensor, tw: torch.Tensor, k: int, block_rows: int = 1
     logp = torch.empty(n, k, dtype=torch.float32, device=th.device)
     lse = torch.empty(n, dtype=torch.float32, device=th.device)
     ent = torch.empty(n, dtype=torch.float32, device=th.device)
-    wt = tw.float().T  # one fp32 copy of a half-precision head per call, not one per block
-    for lo, hi in _blocks(n, block_rows):
-        z = th[lo:hi].float() @ wt  # (R, V)
+    blocks = _Blocks(th, tw, block_rows)
+    for lo, hi, z in blocks:
         top = z.topk(k, dim=-1)  # its first value is the row max: one pass fewer for the statistics
-        lse[lo:hi], ent[lo:hi] = _lse_entropy(z, top.values[:, :1])
+        lse[lo:hi], ent[lo:hi], _ = blocks.lse_entropy(z, top.values[:, :1])
         ids[lo:hi], logp[lo:hi] = top.indices, top.values - lse[lo:hi, None]
     return {"ids": ids, "logp": logp, "lse": lse, "entropy": ent}
-
-
-def _lse_entropy(z: torch.Tensor, m: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-sum-exp, entropy) of softmax(z) per row from the row max `m` [R, 1] (computed
-    when not given) in two more passes over z (the one [R, V] temporary is exp(z - m)):
-    H = lse - sum_i p_i z_i."""
-    if m is None:
-        m = z.amax(-1, keepdim=True)
-    e = torch.sub(z, m).exp_()
-    s = e.sum(-1)
-    lse = m.squeeze(-1) + s.log()
-    return lse, lse - torch.linalg.vecdot(e, z) / s
 
 
 @torch.no_grad()
@@ -73,18 +87,22 @@ def teacher_samples(th: torch.Tensor, tw: torch.Tensor, n_samples: int, temperat
     """n_samples ids per row drawn with replacement from softmax(th @ tw.T / temperature).
 
     Returns {"ids" [N, n_samples] long, "lse" [N] and "entropy" [N] of p at T = 1}. Draws come
-    from `generator` (on th's device) so a cache write is reproducible shard by shard.
+    from `generator` (on th's device) so a cache write is reproducible shard by shard. The
+    draws are made from the unnormalised weights exp((z - max) / T) (`torch.multinomial`
+    normalises them itself): at T = 1 that is the exp the statistics already computed, so
+    sampling costs no softmax of its own.
     """
     n = th.shape[0]
     ids = torch.empty(n, n_samples, dtype=torch.long, device=th.device)
     lse = torch.empty(n, dtype=torch.float32, device=th.device)
     ent = torch.empty(n, dtype=torch.float32, device=th.device)
-    wt = tw.float().T
-    for lo, hi in _blocks(n, block_rows):
-        z = th[lo:hi].float() @ wt
-        lse[lo:hi], ent[lo:hi] = _lse_entropy(z)
-        q = torch.softmax(z / temperature, dim=-1)
-        ids[lo:hi] = torch.multinomial(q, n_samples, replacement=True, generator=generator)
+    blocks = _Blocks(th, tw, block_rows)
+    for lo, hi, z in blocks:
+        m = z.amax(-1, keepdim=True)
+        lse[lo:hi], ent[lo:hi], e = blocks.lse_entropy(z, m)
+        if temperature != 1.0:
+            e = torch.sub(z, m, out=e).div_(temperature).exp_()
+        ids[lo:hi] = torch.multinomial(e, n_samples, replacement=True, generator=generator)
     return {"ids": ids, "lse": lse, "entropy": ent}
 
 
@@ -124,6 +142,61 @@ def sampled_targets(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cnt = counts.gather(1, run)
     logq = torch.where(first, (cnt / n).log(), torch.full_like(cnt, float("-inf")))
     return torch.where(first, srt, torch.zeros_like(srt)), logq
+
+
+def count_draws(draws: torch.Tensor, has_row: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Each row's draws as its distinct ids and the counts of the repeated ones: what a sampled
+    cache stores (an id drawn once needs no count, and most distinct ids of a flat teacher are).
+
+    draws [N, n] long; has_row [N] bool (False: an empty row, e.g. the stream's first token,
+    whatever its draws hold). Returns (distinct [N] long: distinct ids per row, 0 for an empty
+    row; repeated [N] long: how many of them were drawn more than once; ids [sum distinct]
+    long, per row the repeated ids then the others, each group ascending, rows in order;
+    counts [sum repeated] long, >= 2, those of the repeated ids in that order).
+    `counted_targets` of the rows read back equals `sampled_targets(draws)` exactly.
+    """
+    srt, _ = draws.sort(dim=-1)
+    first = torch.ones_like(srt, dtype=torch.bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    if has_row is not None:
+        first &= has_row[:, None]
+    slot = first.nonzero()  # (U, 2): row, position of each run's first draw, row-major
+    row, pos = slot[:, 0], slot[:, 1]
+    # a run ends where the next run of its row starts, or at n: counts from consecutive starts
+    nxt = torch.full_like(pos, draws.shape[1])
+    nxt[:-1] = torch.where(row[1:] == row[:-1], pos[1:], nxt[:-1])
+    counts, ids = nxt - pos, srt[first]
+    once = counts == 1
+    order = torch.sort(row * 2 + once.long(), stable=True).indices  # repeated first, ascending ids kept
+    repeated = torch.zeros(draws.shape[0], dtype=torch.long, device=draws.device).index_add_(
+        0, row, (~once).long())
+    return first.sum(-1), repeated, ids[order], counts[order][~once[order]]
+
+
+def counted_targets(ids: torch.Tensor, counts: torch.Tensor, distinct: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The sampled-KD target from a cache's rows, laid out exactly as `sampled_targets` lays
+    out the draws they came from (bit-identical tensors).
+
+    ids [N, n]: each row's distinct ids (repeated ones first, as `count_draws` stores them),
+    then padding; counts [N, n]: the repeated ids' counts, then 0 (as ragged side-cars read
+    back); distinct [N]: how many ids the row has. Ids past the repeated ones count 1. Sorted
+    by id, each distinct id goes to the slot its run of equal draws started at in the sorted
+    draws (the sum of the counts before it), with log(count / n); every other slot is padding
+    (id 0, -inf).
+    """
+    n = ids.shape[1]
+    j = torch.arange(n, device=ids.device)
+    c = counts.long()
+    c = torch.where(c > 0, c, (j < distinct.long()[:, None]).long())  # (N, n): 1 for a single draw, 0 padding
+    key = torch.where(c > 0, ids.long(), torch.full_like(c, torch.iinfo(torch.long).max))
+    key, order = key.sort(dim=-1)  # distinct ids ascending, padding last
+    c = c.gather(1, order)
+    slot = torch.where(c > 0, c.cumsum(-1) - c, torch.full_like(c, n))  # padding -> a spare column
+    out_ids = torch.zeros(ids.shape[0], n + 1, dtype=torch.long, device=ids.device)
+    out_ids.scatter_(1, slot, torch.where(c > 0, key, torch.zeros_like(c)))
+    logq = torch.full((ids.shape[0], n + 1), float("-inf"), dtype=torch.float32, device=ids.device)
+    logq.scatter_(1, slot, (c.float() / n).log())
+    return out_ids[:, :n], logq[:, :n]
 
 
 def topk_mass(logp: torch.Tensor) -> torch.Tensor:

@@ -258,3 +258,97 @@ def test_sources_must_agree_on_a_sidecars_layout(data):
     write_sidecar(data[0], "train_only", docno_of, kind="doc", dtype=np.int32, splits=["train"])
     with pytest.raises(DataError, match=r"side-car 'train_only' of .* has no split 'val' \(has \['train'\]\)"):
         list(eval_batches(TokenShards(data[0], "val"), T, 4, sidecars=["train_only"]))
+
+
+def ragged_len_of(shards, k):
+    """Row lengths of the ragged side-cars below: token id % 4 (0..3 values per token)."""
+    start, n, _, _ = shards.shard_span(k)
+    return (shards.read(start, n) % 4).astype(np.uint8)
+
+
+def ragged_of(shards, k, scale=3):
+    """Flat values of a ragged side-car of width 3: row j holds tok * scale + i for i < tok % 4."""
+    start, n, _, _ = shards.shard_span(k)
+    tok = shards.read(start, n)
+    return np.concatenate([tok[j] * scale + np.arange(tok[j] % 4) for j in range(n)]).astype(np.int64)
+
+
+def ragged_folder(tmp_path, name="r"):
+    path = folder(tmp_path, name, 100, seed=1, cars=False)
+    write_sidecar(path, "n", ragged_len_of, kind="token", dtype=np.uint8)
+    for car, scale, dtype in (("vals", 3, np.uint16), ("half", 1, np.uint8)):
+        write_sidecar(path, car, lambda s, k, sc=scale: ragged_of(s, k, sc) % 256 if sc == 1 else ragged_of(s, k),
+                      kind="token", dtype=dtype, shape=(3,), fill=7, layout="ragged", lengths="n")
+    return path
+
+
+def test_ragged_sidecar_reads_back_padded_rows_with_their_labels_across_shards_and_resume(tmp_path):
+    path = ragged_folder(tmp_path)
+    meta = json.loads(Path(path, "sidecars", "vals", "sidecar.json").read_text())
+    assert meta["layout"] == "ragged" and meta["lengths"] == "n" and meta["shape"] == [3]
+    assert "layout" not in json.loads(Path(path, "sidecars", "n", "sidecar.json").read_text())  # dense as before
+    shards = TokenShards(path)
+    entry = meta["splits"]["train"]["shards"][1]
+    assert entry["values"] == int(ragged_len_of(shards, 1).sum()) < 3 * shards.shard_span(1)[1]
+
+    def make():
+        return PackedLoader([("a", shards, 1.0)], T, B, seed=3, sidecars=["vals", "half"])
+
+    loader = make()
+    batches = [loader.next_batch() for _ in range(8)]
+    for x in batches:
+        lab = x["labels"]
+        used = torch.arange(3) < (lab % 4)[..., None]
+        want = torch.where(used, lab[..., None] * 3 + torch.arange(3), torch.full_like(used, 7, dtype=torch.long))
+        assert x["vals"].shape == (B, T, 3) and torch.equal(x["vals"], want)
+        assert torch.equal(x["half"], torch.where(used, (lab[..., None] + torch.arange(3)) % 256, want))
+    # every window read directly, crossing shard boundaries included, equals the row-by-row reference
+    car = Sidecar(shards, "vals")
+    for start in [0, *(shards.shard_span(k)[0] - 5 for k in range(1, len(shards.files)))]:
+        got = car.read(start, 11)
+        tok = shards.read(start, 11)
+        ref = np.full((11, 3), 7)
+        for j, t in enumerate(tok):
+            ref[j, : t % 4] = t * 3 + np.arange(t % 4)
+        assert np.array_equal(got, ref), start
+    resumed = make()
+    first = make()
+    for _ in range(3):
+        first.next_batch()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for want in batches[3:]:
+        assert torch.equal(resumed.next_batch()["vals"], want["vals"])
+
+
+def test_ragged_sidecar_errors_name_the_fault(tmp_path):
+    path = folder(tmp_path, "e", 60, seed=2, cars=False)
+    shards = TokenShards(path)
+    with pytest.raises(ValueError, match="ragged layout needs lengths"):
+        SidecarWriter(path, "vals", kind="token", dtype=np.uint16, shape=(3,), fill=0, layout="ragged")
+    with pytest.raises(ValueError, match="kind 'token' with shape \\[width\\]"):
+        SidecarWriter(path, "vals", kind="doc", dtype=np.uint16, shape=(3,), fill=0, layout="ragged", lengths="n")
+    w = SidecarWriter(path, "vals", kind="token", dtype=np.uint16, shape=(3,), fill=0, layout="ragged", lengths="n")
+    with pytest.raises(DataError, match="its lengths side-car 'n' has no shard 0 of split 'train' yet"):
+        w.write("train", 0, ragged_of(shards, 0))
+    n = SidecarWriter(path, "n", kind="token", dtype=np.uint8)
+    for k in range(len(shards.files)):
+        n.write("train", k, ragged_len_of(shards, k))
+    with pytest.raises(DataError, match=r"side-car 'vals', shard train/shard_00000.bin: flat values of shape "
+                                        r"\[\d+\], its lengths 'n' add up to \[\d+\]: length mismatch"):
+        w.write("train", 0, ragged_of(shards, 0)[:-1])
+    for k in range(len(shards.files)):
+        w.write("train", k, ragged_of(shards, k))
+    assert w.pending("train") == []
+    Sidecar(shards, "vals")
+    # lengths rewritten afterwards (other values): the reader refuses, the writer has the shard pending again
+    n.write("train", 1, np.minimum(ragged_len_of(shards, 1) + 1, 3).astype(np.uint8))
+    with pytest.raises(DataError, match=r"side-car 'vals' .*shard train/shard_00001.bin: written against lengths 'n' "
+                                        r"of sha256 \w+, that side-car's shard now has sha256 \w+: made from other"):
+        Sidecar(shards, "vals")
+    assert w.pending("train") == [1]
+    wide = SidecarWriter(path, "wide", kind="token", dtype=np.uint16, shape=(2,), fill=0, layout="ragged",
+                         lengths="n")
+    with pytest.raises(DataError, match="hold a row of 3 values, the width is 2"):
+        wide.write("train", 1, np.zeros(int(np.minimum(ragged_len_of(shards, 1) + 1, 3).sum())))
+    with pytest.raises(DataError, match=r"exists with other settings lengths: 'n' there, 'm' asked"):
+        SidecarWriter(path, "vals", kind="token", dtype=np.uint16, shape=(3,), fill=0, layout="ragged", lengths="m")

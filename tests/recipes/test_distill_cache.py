@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from llmcore.errors import ConfigError, DataError
 from llmcore.tokenizer import Tokenizer
 from llmcore.train import inputs
 from llmcore.train.loop import Trainer
-from recipes.distill.cache import sidecar_names, write_cache
+from recipes.distill.cache import layout_of, read_cache_info, sidecar_names, write_cache
 from recipes.distill.targets import teacher_topk
 
 CACHE_SIDECARS = "data.sidecars=[kd_ids,kd_logp,kd_lse,kd_entropy]"
@@ -99,20 +100,25 @@ def test_resumed_write_equals_uninterrupted_and_settings_are_checked(sharded, te
     part = _copy(sharded, tmp_path / "part")
     real_write, calls = SidecarWriter.write, {"n": 0}
 
-    def crash_after_five(self, split, k, array):
+    def crash_after_nine(self, split, k, array):
         calls["n"] += 1
-        if calls["n"] > 5:  # shard 1's ids written, its lse / entropy not: a mixed shard
+        if calls["n"] > 9:  # shard 1's n, nrep and ids written, its counts / lse / entropy not: a mixed shard
             raise KeyboardInterrupt
         return real_write(self, split, k, array)
 
-    monkeypatch.setattr(SidecarWriter, "write", crash_after_five)
+    monkeypatch.setattr(SidecarWriter, "write", crash_after_nine)
     with pytest.raises(KeyboardInterrupt):
         write_cache(str(teacher), str(part), "kd", sample=6, seq_len=32, seed=5, progress=False)
     monkeypatch.setattr(SidecarWriter, "write", real_write)
     with pytest.raises(DataError, match="incomplete"):
         Sidecar(TokenShards(str(part), "train"), "kd_lse")
     write_cache(str(teacher), str(part), "kd", sample=6, seq_len=32, seed=5, progress=False)
-    assert _digests(part, "kd") == _digests(whole, "kd") and len(_digests(whole, "kd")) >= 9
+    assert _digests(part, "kd") == _digests(whole, "kd") and len(_digests(whole, "kd")) >= 18
+    shards = TokenShards(str(part), "train")
+    n, nrep, count = (Sidecar(shards, f"kd_{p}").read(0, len(shards)).astype(np.int64) for p in ("n", "nrep", "count"))
+    Sidecar(shards, "kd_ids")  # opens: aligned with its lengths
+    assert np.array_equal((count > 0).sum(-1), nrep) and (count[count > 0] >= 2).all()
+    assert (count.sum(-1) + n - nrep == 6)[1:].all() and n[0] == 0  # every row's counts add up to its 6 draws
     with pytest.raises(DataError, match="seed.*5.*there.*6.*asked"):
         write_cache(str(teacher), str(part), "kd", sample=6, seq_len=32, seed=6, progress=False)
 
@@ -186,4 +192,65 @@ def test_cached_kd_trains_and_a_resumed_run_follows_the_uninterrupted_one(sharde
     assert main(["distill", "cache", "--teacher", str(teacher), "--data", str(data), "--out", "kd", "--sample", "4",
                  "--seq-len", "32", "--no-progress"]) == 2
     assert "exists with other settings" in capsys.readouterr().err
-    assert sidecar_names("kd", True) == ["kd_ids", "kd_lse", "kd_entropy"]
+    assert sidecar_names("kd", "counts") == ["kd_n", "kd_ids", "kd_count", "kd_lse", "kd_entropy"]
+
+
+def test_sampled_cache_of_either_layout_gives_the_same_targets(sharded, teacher, tmp_path, monkeypatch):
+    """The counts layout against the first one (the draws themselves), made from the same
+    draws of the same seed: the recipe's targets are the very same tensors; the old layout
+    still reads; the new one is 10 + 2u + r bytes a token and trains."""
+    import recipes.distill.cache as cache_module
+    from recipes.distill import Distill
+
+    new = _copy(sharded, tmp_path / "new")
+    draws, real_count = [], cache_module.count_draws
+    monkeypatch.setattr(cache_module, "count_draws", lambda d, has: draws.append(d.clone()) or real_count(d, has))
+    info = write_cache(str(teacher), str(new), "kd", sample=6, seq_len=32, seed=5, splits=["train"], progress=False)
+    shards = TokenShards(str(new), "train")
+    assert len(draws) == len(shards.entries) >= 3
+    u, r = (Sidecar(shards, f"kd_{p}").read(0, len(shards)).astype(np.float64) for p in ("n", "nrep"))
+    assert info["bytes_per_token"] == round(10 + 2 * u.mean() + r.mean(), 2) and u.max() <= 6 and u[0] == 0
+    # the first layout by hand, from the same draws: ids [6] per token, lse, entropy, made_from without layout
+    old = _copy(sharded, tmp_path / "old")
+    made = {k: v for k, v in read_cache_info(str(new), "kd").items() if k != "layout"}
+    parts = {"ids": (np.uint16, (6,), 0), "lse": (np.float32, (), 0.0), "entropy": (np.float32, (), float("nan"))}
+    for part, (dtype, shape, fill) in parts.items():
+        w = SidecarWriter(str(old), f"kd_{part}", kind="token", dtype=dtype, shape=shape, fill=fill, made_from=made,
+                          splits=["train"])
+        for k in range(len(shards.entries)):
+            first, n, _, _ = shards.shard_span(k)
+            w.write("train", k, draws[k].numpy() if part == "ids" else Sidecar(shards, f"kd_{part}").read(first, n))
+
+    def recipe_and_loader(data, sidecars):
+        cfg = make_cfg(data, tmp_path / "run", "recipes=[distill]", "distill.cache=kd", "distill.targets=sampled",
+                       f"data.sidecars=[{','.join(sidecars)}]")
+        tok = Tokenizer.load(str(data / "tokenizer"))
+        r = Distill(Distill.Config(cache="kd", targets="sampled"))
+        r.bind(tok)
+        r._check_cache(cfg)
+        return r, inputs.train_loader(cfg, tok, 0, 1, None)
+
+    r_new, l_new = recipe_and_loader(new, sidecar_names("kd", "counts"))
+    r_old, l_old = recipe_and_loader(old, sidecar_names("kd", "draws"))
+    assert (r_new.cache_layout, r_old.cache_layout) == ("counts", "draws")
+    for _ in range(4):
+        b_new, b_old = l_new.next_batch(), l_old.next_batch()
+        assert torch.equal(b_new["input_ids"], b_old["input_ids"])
+        (t_new, e_new, _, ok_new), (t_old, e_old, _, ok_old) = (
+            r._cached(SimpleNamespace(batch=b), 1.0) for r, b in ((r_new, b_new), (r_old, b_old)))
+        assert torch.equal(ok_new, ok_old) and ok_new.float().mean() > 0.9
+        assert torch.equal(e_new[ok_new], e_old[ok_old])
+        for key in ("teacher_ids", "teacher_logprobs"):
+            assert torch.equal(t_new[key], t_old[key]), key
+    with pytest.raises(ConfigError, match=r"needs data.sidecars to list \['kd_n', 'kd_ids', 'kd_count', 'kd_lse', "
+                                          r"'kd_entropy'\] \(missing \['kd_n', 'kd_count'\]\)"):
+        recipe_and_loader(new, sidecar_names("kd", "draws"))
+    with pytest.raises(DataError, match="a sampled distillation cache of layout 'bits': this version reads"):
+        layout_of({"mode": "sampled", "layout": "bits"})
+    write_cache(str(teacher), str(new), "kd", sample=6, seq_len=32, seed=5, progress=False)  # + val: resumes
+    out = tmp_path / "trained"
+    Trainer(make_cfg(new, out, "recipes=[distill]", "distill.cache=kd", "distill.targets=sampled",
+                     f"data.sidecars=[{','.join(sidecar_names('kd', 'counts'))}]")).fit()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    soft = [m["distill/soft"] for m in map(json.loads, lines) if "distill/soft" in m]
+    assert len(soft) == 3 and min(soft) > 0

@@ -14,6 +14,8 @@ from llmcore.config.schema import ScheduleConfig
 from recipes.distill import schedule
 from recipes.distill.routing import route_mask
 from recipes.distill.targets import (
+    count_draws,
+    counted_targets,
     sampled_targets,
     teacher_samples,
     teacher_topk,
@@ -57,6 +59,33 @@ def test_sampled_targets_count_distinct_draws():
     ids, lq = sampled_targets(draws)
     got = [{int(i): round(float(q), 6) for i, q in zip(r, lqr.exp()) if q > 0} for r, lqr in zip(ids, lq)]
     assert got == [{1: 0.25, 4: 0.75}, {2: 1.0}]
+
+
+@pytest.mark.parametrize("V,n", [(3, 1), (5, 7), (50, 24), (4096, 24)])
+def test_counts_of_draws_give_exactly_the_targets_of_the_draws(V, n):
+    """A sampled cache stores distinct ids + the counts of repeated ones: read back padded (as
+    its ragged side-cars read), they give the very tensors `sampled_targets` gives from the
+    draws; empty rows stay empty (nothing stored, all -inf)."""
+    g = torch.Generator().manual_seed(V + n)
+    draws = torch.randint(0, V, (300, n), generator=g)
+    has = torch.rand(300, generator=g) > 0.1
+    u, r, ids, counts = count_draws(draws, has)
+    assert int(u.sum()) == ids.numel() and int(r.sum()) == counts.numel() and (counts >= 2).all()
+    assert (u[~has] == 0).all() and (u[has] >= 1).all() and int(u.max()) <= min(V, n) and (r <= u).all()
+    off, roff = (torch.cat([torch.zeros(1, dtype=torch.long), x.cumsum(0)]) for x in (u, r))
+    pid, pc = torch.zeros(300, n, dtype=torch.long), torch.zeros(300, n, dtype=torch.long)
+    for i in range(300):
+        pid[i, : u[i]], pc[i, : r[i]] = ids[off[i]:off[i + 1]], counts[roff[i]:roff[i + 1]]
+        if has[i]:
+            uniq, cnt = draws[i].unique(return_counts=True)
+            want = {int(a): int(b) for a, b in zip(uniq, cnt)}
+            got = {int(a): (int(pc[i, j]) if j < r[i] else 1) for j, a in enumerate(pid[i, : u[i]])}
+            assert got == want and int(cnt.ge(2).sum()) == int(r[i])
+    want_ids, want_lq = sampled_targets(draws)
+    want_lq = torch.where(has[:, None], want_lq, torch.full_like(want_lq, float("-inf")))
+    got_ids, got_lq = counted_targets(pid.to(torch.int32), pc.to(torch.uint8), u.to(torch.uint8))
+    assert torch.equal(got_lq, want_lq)
+    assert torch.equal(got_ids[has], want_ids[has]) and (got_ids[~has] == 0).all()
 
 
 def test_sampled_kd_gradient_is_unbiased_and_topk_is_not():
