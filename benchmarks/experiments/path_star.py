@@ -1,132 +1,143 @@
-"""Path-star graphs: NTP vs MTP vs FSP-BCE vs FSP-RevLM at one model size and token budget.
+"""Path-star graphs: NTP vs MTP vs FSP-BCE vs FSP-RevLM, with accuracy curves over training.
 
-Small-scale check of FSP (arXiv 2510.14751, METHODS.md "Future summary prediction") on the
-path-star task of Bachmann & Nagarajan (`recipes.tasks.path_star`): degree-2 graphs at two
-path lengths, answer-only SFT (`data.format: sft`) of the same tiny model for the same steps
-and rows in every cell; only the auxiliary loss differs. FSP-RevLM's reverse LM is trained
-once per path length (seed 0) on the same rows read right to left (`data.reverse=true`), same
-model and steps, then frozen. Scored by greedy exact match on held-out graphs, plus the
-accuracy of the first choice (the node after the start) and the rate of valid walks.
-The paper's pattern: NTP stays near 1/degree on the first choice; FSP-BCE solves the task.
+Small-scale check of FSP (Mahajan et al., arXiv 2510.14751, METHODS.md "Future summary
+prediction") on the path-star task of Bachmann & Nagarajan (arXiv 2403.06963,
+`recipes.tasks.path_star`). The paper's pattern: teacher-forced NTP learns the "Clever Hans"
+shortcut (every step after the first is the child of the previous node, so the walk is right)
+and stays at 1/degree on the first choice, the one token that needs the goal's arm traced
+backwards; MTP degrades as paths grow; FSP-BCE solves the task.
 
-Budget: the defaults (2 layers, d_model 128, 400 steps x 64 rows, path lengths 3 and 4) are
-sized for the < 25 min CPU budget of 18 runs on a shared 2-core machine; the paper's lengths
-(6-8) need far longer training than that (see benchmarks/EXPERIMENTS.md).
+Design (choices the papers leave open, made here):
+- degree 2, path lengths 4, 5 and 6 in ONE training mixture per run (a third of the rows each),
+  scored per length on held-out graphs: the walking skill is shared across lengths, so one
+  mixed run reaches the Clever-Hans plateau at every length in fewer steps than three
+  separate runs would, which is what lets 3 seeds x 4 methods fit the CPU budget;
+- answer-only SFT (`data.format: sft`), identical model, rows, order and steps in every cell
+  of a seed; only the auxiliary loss differs;
+- the reverse LM of FSP-RevLM reads WHOLE sequences (graph, query and path; `data.format:
+  tokens` over `prompt + answer + eos` documents, `data.reverse: true`), so reading right to
+  left it learns the graph's structure as well as the paths; trained once (seed 0) on the
+  training rows for the same steps, then frozen;
+- `train.save_at_steps` keeps a checkpoint at `--curve` evenly spaced steps; each is scored
+  by greedy decoding (exact match, first choice, valid walk) for the accuracy-vs-steps curves;
+- contrasts are paired per seed (same init and row order) against NTP, with 95% t intervals
+  (`benchmarks.experiments.stats`).
 
-    nice -n 5 python -m benchmarks.experiments.path_star
-    python -m benchmarks.experiments.path_star --seeds 0 --steps 50 --lengths 3   # a smoke run
+    nice -n 5 python -m benchmarks.experiments.path_star                  # the CPU record
+    python -m benchmarks.experiments.path_star --scale gpu                 # larger, one H100/H200
+    python -m benchmarks.experiments.path_star --seeds 0 --steps 60 --curve 2 --out /tmp/ps   # smoke run
+    python -m benchmarks.experiments.path_star --table runs/path_star/results.json
 
-Writes <out>/results.json (every run) and prints the markdown table that goes into
-benchmarks/EXPERIMENTS.md. All runs are one pipeline (`llmcore.pipeline`): a rerun skips the
-finished runs (only re-scoring them), resumes an interrupted one, and <out>/summary.csv has every
-run's final losses.
+All training runs are one pipeline file, `<out>/pipeline.yaml`, trained by `llmcore pipeline
+--config <out>/pipeline.yaml` (a rerun skips finished runs and resumes an interrupted one);
+scores are cached per checkpoint in `<out>/scores/`. Writes `<out>/results.json`,
+`benchmarks/results/path_star.{json,png}` and prints the tables of benchmarks/EXPERIMENTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.experiments.stats import fmt_ci, mean_std, paired
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 METHODS = {
     "ntp": [],
     "mtp": ["recipes=[future_summary]", "future_summary.kind=mtp"],
     "fsp_bce": ["recipes=[future_summary]", "future_summary.kind=fsp_bce"],
     "fsp_revlm": ["recipes=[future_summary]", "future_summary.kind=fsp_revlm"],
 }
+# --scale presets: the CPU record, and a larger model and budget for one H100/H200 (<= 8 min).
+SCALES = {
+    "cpu": {"d_model": 128, "layers": 2, "heads": 4, "batch": 64, "steps": 1500, "train": 90000, "eval": 300,
+            "threads": 1},
+    "gpu": {"d_model": 256, "layers": 4, "heads": 8, "batch": 256, "steps": 2500, "train": 600000, "eval": 1000,
+            "lengths": "6,7,8", "threads": 8},
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="preset of the sizes below")
     p.add_argument("--out", default="runs/path_star")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--lengths", default="3,4", help="path lengths (nodes on the answer path)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--lengths", default="4,5,6", help="path lengths (nodes on the answer path), trained mixed")
     p.add_argument("--degree", type=int, default=2)
     p.add_argument("--num-nodes", type=int, default=20, help="node names drawn from this many letters")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--train", type=int, default=30000, help="training graphs per path length")
-    p.add_argument("--eval", type=int, default=500, help="test graphs per path length")
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--schedule", default="wsd", help="cosine | wsd (flat, then a 20%% linear anneal)")
+    p.add_argument("--train", type=int, help="training graphs over all lengths")
+    p.add_argument("--eval", type=int, help="test graphs per path length")
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--curve", type=int, default=10, help="checkpoints scored along training (evenly spaced)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", default="cosine", help="cosine | wsd (flat, then a 20%% linear anneal)")
     p.add_argument("--mtp-heads", type=int, default=2, help="MTP aux heads (x_(t+2..t+1+n))")
-    p.add_argument("--tau", type=int, default=12, help="FSP-BCE horizon")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--table", help="only print the table of an existing results.json")
-    return p.parse_args(argv)
+    p.add_argument("--tau", type=int, default=12, help="FSP-BCE horizon (12 covers a length-8 answer)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--record", default="path_star", help="benchmarks/results/<record>.{json,png}; '' for none")
+    p.add_argument("--table", help="only print the tables of an existing results.json")
+    a = p.parse_args(argv)
+    for key, value in SCALES[a.scale].items():
+        if getattr(a, key) is None or (key == "lengths" and a.lengths == p.get_default("lengths")):
+            setattr(a, key, value)
+    return a
 
 
 def build_data(root: Path, a) -> dict:
-    """Per path length: train/val/test jsonl; one tokenizer for all (one piece per character)."""
+    """Mixed-length train/val jsonl, one test jsonl per length, the reverse LM's documents."""
     from recipes.tasks import path_star as ps
+    from recipes.tasks.arithmetic import write_pretraining_data
 
     tok = ps.train_tokenizer(str(root / "tokenizer"))
-    data = {"tokenizer": str(root / "tokenizer"), "vocab": tok.vocab_size, "lengths": {}}
+    data = {"tokenizer": str(root / "tokenizer"), "vocab": tok.vocab_size, "test": {}}
+    train, val, longest = [], [], 0
     for length in a.lengths:
-        d = root / f"L{length}"
         test = ps.problems(a.eval, 1, a.degree, length, a.num_nodes)
-        val = ps.problems(200, 2, a.degree, length, a.num_nodes, exclude={r["prompt"] for r in test})
-        held = {r["prompt"] for r in test + val}
-        train = ps.problems(a.train, 3, a.degree, length, a.num_nodes, exclude=held)
-        longest = max(len(r["prompt"]) + len(r["answer"]) for r in train + test) + 1  # + eos
-        data["lengths"][length] = {
-            "train": ps.write_jsonl(d / "train.jsonl", train), "val": ps.write_jsonl(d / "val.jsonl", val),
-            "test": ps.write_jsonl(d / "test.jsonl", test), "seq_len": int(-(-longest // 8) * 8)}
+        v = ps.problems(100, 2, a.degree, length, a.num_nodes, exclude={r["prompt"] for r in test})
+        tr = ps.problems(a.train // len(a.lengths), 3, a.degree, length, a.num_nodes,
+                         exclude={r["prompt"] for r in test + v})
+        data["test"][length] = ps.write_jsonl(root / f"test_L{length}.jsonl", test)
+        train, val = train + tr, val + v
+        longest = max([longest] + [len(r["prompt"]) + len(r["answer"]) + 1 for r in tr + test])  # + eos
+    order = np.random.default_rng(4).permutation(len(train))
+    train = [train[i] for i in order]
+    data["train"] = ps.write_jsonl(root / "train.jsonl", train)
+    data["val"] = ps.write_jsonl(root / "val.jsonl", val)
+    data["seq_len"] = int(-(-longest // 8) * 8)
+    write_pretraining_data(str(root / "revlm_docs"), tok, train, val)
+    data["revlm_docs"] = str(root / "revlm_docs")
     return data
 
 
-def overrides(data: dict, length: int, a) -> list[str]:
-    d = data["lengths"][length]
+def curve_steps(a) -> list[int]:
+    return sorted({max(1, round(a.steps * (i + 1) / a.curve)) for i in range(a.curve)})
+
+
+def overrides(data: dict, a) -> list[str]:
     return [
-        "data.format=sft", f"data.path={d['train']}", f"data.val_path={d['val']}",
-        f"data.tokenizer={data['tokenizer']}", f"data.seq_len={d['seq_len']}",
+        "data.format=sft", f"data.path={data['train']}", f"data.val_path={data['val']}",
+        f"data.tokenizer={data['tokenizer']}", f"data.seq_len={data['seq_len']}",
         "model.preset=tiny", f"model.d_model={a.d_model}", f"model.n_layers={a.layers}",
         f"model.n_heads={a.heads}", f"model.n_kv_heads={a.heads}", f"model.ffn_hidden={int(2.75 * a.d_model)}",
-        f"model.vocab_size={data['vocab']}", f"model.max_seq_len={d['seq_len']}",
+        f"model.vocab_size={data['vocab']}", f"model.max_seq_len={data['seq_len']}",
         f"train.max_steps={a.steps}", f"train.global_batch_size={a.batch}", f"train.micro_batch_size={a.batch}",
-        "train.progress=false", "train.log_every=50",
-        "train.eval_batches=2", "train.keep_last=1", "train.precision=fp32",
+        "train.progress=false", "train.log_every=100", "train.eval_batches=2", "train.precision=fp32",
+        f"train.save_at_steps=[{','.join(map(str, curve_steps(a)))}]", "train.keep_last=0",
         f"optim.lr={a.lr}", "optim.weight_decay=0.1", f"schedule.kind={a.schedule}",
         f"schedule.warmup_steps={max(1, a.steps // 20)}",
         f"future_summary.n_heads={a.mtp_heads}", f"future_summary.tau={a.tau}",
     ]
-
-
-def study_pipeline(root: Path, data: dict, seeds: list[int], methods: list[str], a):
-    """Per path length: the reverse LM (seed 0, when FSP-RevLM is studied), then one stage per
-    method swept over the seeds; runs in `<out>/L<length>/<method>/train.seed=<seed>`.
-    Returns (the pipeline, stage name -> (length, method))."""
-    from llmcore.pipeline.spec import Pipeline, Stage, Sweep
-
-    stages, cells = [], {}
-    for length in a.lengths:
-        revlm = f"L{length}-revlm"
-        if "fsp_revlm" in methods:
-            stages.append(Stage(name=revlm, out_dir=f"L{length}/revlm", overrides=_trim(
-                overrides(data, length, a), "ntp") + ["train.seed=0", "data.reverse=true"]))
-        for method in methods:
-            name = f"L{length}-{method}"
-            cells[name] = (length, method)
-            stages.append(Stage(name=name, out_dir=f"L{length}/{method}", sweep=Sweep("train.seed", seeds),
-                                overrides=_trim(overrides(data, length, a), method) + METHODS[method],
-                                inputs={"future_summary.revlm_checkpoint": revlm} if method == "fsp_revlm" else {}))
-    return Pipeline(out_dir=str(root), stages=stages), cells
-
-
-def score(ckpt: str, test: str) -> dict:
-    import llmcore
-    from recipes.tasks import path_star as ps
-
-    model, tok = llmcore.load(ckpt, device="cpu")
-    return ps.score(model, tok, test)
 
 
 def _trim(opts: list[str], method: str) -> list[str]:
@@ -134,33 +145,116 @@ def _trim(opts: list[str], method: str) -> list[str]:
     return opts if method != "ntp" else [o for o in opts if not o.startswith("future_summary.")]
 
 
-def table(results: list[dict], lengths: list[int], methods: list[str]) -> str:
-    """Markdown: mean ± sample std over seeds, and the per-seed exact match."""
-    lines = ["| path length | method | exact match | first choice | valid walk | exact match per seed |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for length in lengths:
+def study_pipeline(root: Path, data: dict, seeds: list[int], methods: list[str], a):
+    """The reverse LM (seed 0, when FSP-RevLM is studied), then one stage per method swept over
+    the seeds; runs in `<out>/<method>/train.seed=<seed>`."""
+    from llmcore.pipeline.spec import Pipeline, Stage, Sweep
+
+    stages = []
+    if "fsp_revlm" in methods:
+        rev = [o for o in _trim(overrides(data, a), "ntp")
+               if not o.startswith(("data.format=", "data.path=", "data.val_path=", "train.save_at_steps="))]
+        stages.append(Stage(name="revlm", overrides=rev + [
+            f"data.path={data['revlm_docs']}", "data.reverse=true", "train.seed=0"]))
+    for method in methods:
+        stages.append(Stage(name=method, sweep=Sweep("train.seed", seeds),
+                            overrides=_trim(overrides(data, a), method) + METHODS[method],
+                            inputs={"future_summary.revlm_checkpoint": "revlm"} if method == "fsp_revlm" else {}))
+    return Pipeline(out_dir=str(root.resolve()), stages=stages)
+
+
+def score_checkpoint(ckpt: Path, tests: dict, cache: Path) -> dict:
+    """Greedy scores of one checkpoint per path length, cached in `cache` (JSON)."""
+    if cache.exists():
+        return {int(k): v for k, v in json.loads(cache.read_text()).items()}
+    import llmcore
+    from recipes.tasks import path_star as ps
+
+    model, tok = llmcore.load(str(ckpt), device="cpu")
+    out = {length: ps.score(model, tok, path) for length, path in tests.items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def table(doc: dict) -> str:
+    """Markdown: final scores per length and method (mean ± sample std, per seed), and each
+    method's paired difference from NTP with its 95% interval."""
+    results, a = doc["results"], doc["args"]
+    methods = a["methods"].split(",")
+    lines = ["| path length | method | exact match | first choice | rest right when first is | valid walk | "
+             "exact match per seed | exact match − NTP, 95% CI | first choice − NTP, 95% CI |", "| --- " * 9 + "|"]
+    for length in a["lengths"]:
+        base = sorted((r for r in results if r["method"] == "ntp"), key=lambda r: r["seed"])
         for m in methods:
-            rs = sorted((r for r in results if r["length"] == length and r["method"] == m), key=lambda r: r["seed"])
+            rs = sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"])
             if not rs:
                 continue
+            final = [r["curve"][-1]["scores"][str(length)] for r in rs]
 
-            def ms(key):
-                v = np.array([r[key] for r in rs])
-                return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
-            per_seed = ", ".join(f"{r['accuracy']:.3f}" for r in rs)
-            lines.append(f"| {length} | {m} | {ms('accuracy')} | {ms('first_step')} | {ms('valid_walk')} | "
-                         f"{per_seed} |")
+            def ms(key, vals=final):
+                mu, sd = mean_std([v[key] for v in vals])
+                return f"{mu:.3f} ± {sd:.3f}"
+            contrasts = ["", ""]
+            if m != "ntp" and len(base) == len(rs) and len(rs) > 1:
+                ref = [r["curve"][-1]["scores"][str(length)] for r in base]
+                contrasts = [fmt_ci(paired([v[k] for v in ref], [v[k] for v in final]), 1, 3)
+                             for k in ("accuracy", "first_step")]
+            per_seed = ", ".join(f"{v['accuracy']:.3f}" for v in final)
+            # exact / first: the walk after a right first choice (1.0 at the Clever-Hans plateau)
+            rest = np.mean([v["accuracy"] / v["first_step"] for v in final if v["first_step"] > 0])
+            lines.append(f"| {length} | {m} | {ms('accuracy')} | {ms('first_step')} | {rest:.3f} | {ms('valid_walk')} | "
+                         f"{per_seed} | {contrasts[0]} | {contrasts[1]} |")
     return "\n".join(lines)
 
 
+def plot(doc: dict, path: Path) -> Path:
+    """Exact match and first-choice accuracy vs training step, a panel per path length: a thin
+    line per seed, a thick one for the mean; the 1/degree chance level of the first choice."""
+    from llmcore.plots import pyplot
+
+    plt = pyplot("the path-star plot")
+    a, results = doc["args"], doc["results"]
+    lengths, methods = a["lengths"], a["methods"].split(",")
+    fig, axes = plt.subplots(2, len(lengths), figsize=(4 * len(lengths), 6.4), sharex=True, sharey=True, squeeze=False)
+    for j, length in enumerate(lengths):
+        for row, key in enumerate(("accuracy", "first_step")):
+            ax = axes[row][j]
+            for i, m in enumerate(methods):
+                rs = [r for r in results if r["method"] == m]
+                if not rs:
+                    continue
+                steps = [p["step"] for p in rs[0]["curve"]]
+                ys = np.array([[p["scores"][str(length)][key] for p in r["curve"]] for r in rs])
+                for y in ys:
+                    ax.plot(steps, y, color=f"C{i}", lw=0.6, alpha=0.45)
+                ax.plot(steps, ys.mean(0), color=f"C{i}", lw=2, label=m if j == 0 and row == 0 else None)
+            if key == "first_step":
+                ax.axhline(1 / a["degree"], color="grey", ls="--", lw=1)
+            ax.set_title(f"path length {length}: {'exact match' if key == 'accuracy' else 'first choice'}",
+                         fontsize=9)
+            ax.set_ylim(-0.02, 1.02)
+            if row == 1:
+                ax.set_xlabel("training step")
+    axes[0][0].set_ylabel("exact match (greedy)")
+    axes[1][0].set_ylabel("first-choice accuracy")
+    fig.legend(loc="lower center", ncol=len(methods), fontsize=8)
+    fig.suptitle(f"Path-star, degree {a['degree']}: accuracy along training ({len(doc['seeds'])} seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def main(argv=None) -> None:
-    import recipes  # noqa: F401  (registers the recipes without an installed entry point)
-    from llmcore.pipeline.run import run_pipeline
+    from benchmarks.experiments.pipeline_file import (
+        finished_runs,
+        run_pipeline_command,
+        write_pipeline,
+    )
 
     a = parse_args(argv)
     if a.table:
-        saved = json.loads(Path(a.table).read_text())
-        print(table(saved["results"], saved["args"]["lengths"], saved["args"]["methods"].split(",")))
+        print(table(json.loads(Path(a.table).read_text())))
         return
     a.lengths = [int(x) for x in a.lengths.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -169,26 +263,34 @@ def main(argv=None) -> None:
     root = Path(a.out)
     t0 = time.time()
     data = build_data(root / "data", a)
-    spec, cells = study_pipeline(root, data, seeds, methods, a)
-    rows = run_pipeline(spec, print_summary=False)
-    if rows[-1]["status"] == "stopped":
-        print(f"stopped by a signal in {rows[-1]['out_dir']}: run again to resume")
-        return
+    spec = study_pipeline(root, data, seeds, methods, a)
+    run_pipeline_command(write_pipeline(spec, root / "pipeline.yaml"), a.threads)
+    train_s = time.time() - t0
     results = []
-    for fit in rows:
-        if fit["stage"] not in cells:  # a reverse LM: FSP-RevLM's tool, not a result
+    for fit in finished_runs(root):
+        if fit["stage"] not in methods:  # the reverse LM: FSP-RevLM's tool, not a result
             continue
-        length, method = cells[fit["stage"]]
-        t = time.time()
-        res = score(fit["out_dir"], data["lengths"][length]["test"])
-        row = {"length": length, "method": method, "seed": fit["params"]["train.seed"], **res,
-               "val_loss": fit.get("val_loss"), "train_s": round(fit["train_s"] + time.time() - t, 1)}
-        results.append(row)
-        print(json.dumps(row), flush=True)
-    (root / "results.json").write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
-    print(f"\ndegree {a.degree}, {a.train} training graphs, {a.steps} steps x {a.batch} rows, "
-          f"d_model {a.d_model} x {a.layers} layers, seeds {seeds}; {time.time() - t0:.0f} s\n")
-    print(table(results, a.lengths, methods))
+        run = Path(fit["out_dir"])
+        curve = []
+        for step in curve_steps(a):
+            scores = score_checkpoint(run / f"ckpt-{step:06d}", data["test"],
+                                      root / "scores" / fit["stage"] / fit["variant"] / f"{step}.json")
+            curve.append({"step": step, "scores": {str(k): v for k, v in scores.items()}})
+        results.append({"method": fit["stage"], "seed": fit["params"]["train.seed"], "curve": curve,
+                        "val_loss": fit["val_loss"], "train_s": fit["train_s"]})
+        last = curve[-1]["scores"]
+        print(f"{fit['stage']} seed {fit['params']['train.seed']}: " + ", ".join(
+            f"L{k} {v['accuracy']:.3f}/{v['first_step']:.3f}/{v['valid_walk']:.3f}" for k, v in last.items()),
+            flush=True)
+    doc = {"args": vars(a), "seeds": seeds, "results": results, "wall_s": round(time.time() - t0, 1),
+           "train_wall_s": round(train_s, 1)}
+    (root / "results.json").write_text(json.dumps(doc, indent=1))
+    if a.record:
+        shutil.copy(root / "results.json", RESULTS / f"{a.record}.json")
+        print("wrote", plot(doc, RESULTS / f"{a.record}.png"))
+    print(f"\n{a.train} training graphs (lengths {a.lengths} mixed), {a.steps} steps x {a.batch} rows, "
+          f"d_model {a.d_model} x {a.layers} layers, seeds {seeds}; {doc['wall_s']:.0f} s wall\n")
+    print(table(doc))
 
 
 if __name__ == "__main__":
