@@ -38,48 +38,51 @@ def _triples(n: int) -> np.ndarray:
     return np.array(list(itertools.combinations(range(n), 3)), dtype=np.int64).reshape(-1, 3)
 
 
-def zero_triples(items: np.ndarray) -> np.ndarray:
+def zero_triples(items: np.ndarray, modulus: int = 10) -> np.ndarray:
     """For items [..., n, dims]: whether some i < j < k has items[i] + items[j] + items[k] == 0
-    (mod 10) in every digit, per leading index (vectorised over a batch of prompts)."""
+    (mod `modulus`) in every digit, per leading index (vectorised over a batch of prompts)."""
     t = _triples(items.shape[-2])
     sums = items[..., t[:, 0], :] + items[..., t[:, 1], :] + items[..., t[:, 2], :]
-    return (sums % 10 == 0).all(-1).any(-1)
+    return (sums % modulus == 0).all(-1).any(-1)
 
 
-def has_zero_triple(items: np.ndarray) -> bool:
-    """Whether some i < j < k has items[i] + items[j] + items[k] == 0 (mod 10) in every digit."""
-    return bool(zero_triples(np.asarray(items)))
+def has_zero_triple(items: np.ndarray, modulus: int = 10) -> bool:
+    """Whether some i < j < k has items[i] + items[j] + items[k] == 0 (mod `modulus`) in every digit."""
+    return bool(zero_triples(np.asarray(items), modulus))
 
 
 def _text(items: np.ndarray) -> str:
     return "".join(map(str, items.reshape(-1).tolist())) + "="
 
 
-def problem(rng: np.random.Generator, n: int, dims: int, label: bool) -> dict:
-    """One problem with `n` items of `dims` digits whose answer is `label` (drawn by rejection)."""
-    _check(n, dims)
+def problem(rng: np.random.Generator, n: int, dims: int, label: bool, modulus: int = 10) -> dict:
+    """One problem with `n` items of `dims` digits in [0, modulus) whose answer is `label`
+    (drawn by rejection)."""
+    _check(n, dims, modulus)
     for _ in range(100):
-        items = rng.integers(0, 10, size=(1000, n, dims))
-        hit = np.flatnonzero(zero_triples(items) == label)
+        items = rng.integers(0, modulus, size=(1000, n, dims))
+        hit = np.flatnonzero(zero_triples(items, modulus) == label)
         if hit.size:
             return {"prompt": _text(items[hit[0]]), "answer": "T" if label else "F"}
     raise ConfigError(f"3SUM: no {'positive' if label else 'negative'} problem with n={n}, dims={dims} found "
                       "in 100000 draws; choose n and dims with both labels common")
 
 
-def _check(n: int, dims: int) -> None:
-    if n < 3 or dims < 1:
-        raise ConfigError(f"3SUM needs n >= 3 items of dims >= 1 digits, got n={n}, dims={dims}")
+def _check(n: int, dims: int, modulus: int = 10) -> None:
+    if n < 3 or dims < 1 or not 2 <= modulus <= 10:
+        raise ConfigError(f"3SUM needs n >= 3 items of dims >= 1 digits modulo 2..10, got n={n}, dims={dims}, "
+                          f"modulus={modulus}")
 
 
 def problems(count: int, seed: int, n: int | tuple[int, int], dims: int,
-             exclude: set[str] = frozenset()) -> list[dict]:
+             exclude: set[str] = frozenset(), modulus: int = 10) -> list[dict]:
     """`count` distinct problems (no prompt of `exclude`), half of each label (alternating);
-    `n` an item count or an inclusive (min, max) range drawn per problem. Deterministic."""
+    `n` an item count or an inclusive (min, max) range drawn per problem; digits in
+    [0, modulus). Deterministic."""
     lo, hi = (n, n) if isinstance(n, int) else n
     for k in range(lo, hi + 1):
-        _check(k, dims)
-    rng = np.random.default_rng([seed, dims, lo, hi, 0x35])
+        _check(k, dims, modulus)
+    rng = np.random.default_rng([seed, dims, lo, hi, 0x35] + ([modulus] if modulus != 10 else []))
     seen, out = set(exclude), []
     pools: dict[tuple[int, bool], list[str]] = {}
     for _ in range(20 * count + 1000):
@@ -88,10 +91,10 @@ def problems(count: int, seed: int, n: int | tuple[int, int], dims: int,
         k, label = int(rng.integers(lo, hi + 1)), len(out) % 2 == 0
         pool = pools.setdefault((k, label), [])
         if not pool:  # draw candidates in bulk: one vectorised label check per 4096 prompts
-            items = rng.integers(0, 10, size=(4096, k, dims))
-            pool += [_text(x) for x in items[zero_triples(items) == label]][::-1]
+            items = rng.integers(0, modulus, size=(4096, k, dims))
+            pool += [_text(x) for x in items[zero_triples(items, modulus) == label]][::-1]
             if not pool:  # a rare label: search harder (and name the problem if there is none)
-                pool.append(problem(rng, k, dims, label)["prompt"])
+                pool.append(problem(rng, k, dims, label, modulus)["prompt"])
         prompt = pool.pop()
         if prompt not in seen:
             seen.add(prompt)
