@@ -171,17 +171,18 @@ def score(run_dir: str, data: dict) -> dict:
 
 
 def plateau(run_dir: str) -> float:
-    """Change of the logged training loss over the last 20% of a run (mean of the last tenth
-    minus the mean of the tenth before the last 20%): near 0 when the loss has flattened."""
+    """Change of the logged training loss over the last 20% of a run's steps: the mean of the
+    rows logged after 80% of the steps minus the mean of those logged in the 20% before
+    (near 0 when the loss has flattened); nan with too few logged rows."""
     from llmcore.train.metrics import read_metrics
 
     rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r and "step" in r]
-    if len(rows) < 10:
+    if not rows:
         return float("nan")
-    n = len(rows)
-    last = np.mean([r["loss"] for r in rows[n - n // 10:]])
-    before = np.mean([r["loss"] for r in rows[int(n * 0.7): int(n * 0.8)]])
-    return float(last - before)
+    end = max(r["step"] for r in rows)
+    last = [r["loss"] for r in rows if r["step"] > 0.8 * end]
+    before = [r["loss"] for r in rows if 0.6 * end < r["step"] <= 0.8 * end]
+    return float(np.mean(last) - np.mean(before)) if last and before else float("nan")
 
 
 CONTRASTS = [  # (label, cell a, cell b): the paired difference b - a
