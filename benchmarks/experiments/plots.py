@@ -30,6 +30,7 @@ def main(argv=None) -> None:
     ap.add_argument("--results", default=str(RESULTS), help="folder of the result JSON files")
     ap.add_argument("--out", default=str(RESULTS), help="where the PNGs go")
     a = ap.parse_args(argv)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
     for name, module in (("pause_grid", pause_grid), ("sam_forgetting", sam_forgetting), ("path_star", path_star)):
         doc = json.loads((Path(a.results) / f"{name}.json").read_text())
         print("wrote", module.plot(doc, Path(a.out) / f"{name}.png"))
