@@ -23,7 +23,7 @@ from llmcore.config.schema import Config
 from llmcore.errors import ConfigError
 from llmcore.pipeline.expr import substitute
 from llmcore.pipeline.result import RESULT_FILE, read_result
-from llmcore.pipeline.spec import Pipeline, Stage, value_text
+from llmcore.pipeline.spec import Pipeline, Stage, value_text, variant_label
 from llmcore.recipe.registry import recipe_config_class
 from llmcore.train import checkpoint
 
@@ -154,7 +154,7 @@ def _variants(stage: Stage) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for combo in itertools.product(*(axis.values for axis in axes)):
         params = dict(zip((axis.key for axis in axes), combo))
-        out.append((",".join(f"{k}={value_text(v)}" for k, v in params.items()), params))
+        out.append((variant_label(params), params))
     return out
 
 

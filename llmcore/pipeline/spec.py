@@ -220,6 +220,12 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+def variant_label(params: dict[str, Any]) -> str:
+    """A run's variant as logs, folders and `stage[variant]` references spell it:
+    `key=value[,key2=value2]` in the swept keys' order."""
+    return ",".join(f"{k}={value_text(v)}" for k, v in params.items())
+
+
 def load_pipeline(path: str | Path) -> Pipeline:
     """A pipeline file, every key checked, with stage config paths made relative to the file
     (so a pipeline runs the same from any working directory)."""
