@@ -14,8 +14,9 @@ the experiment trains. With uniform digits a pair sums to 9 (and so passes a car
 time in 10, which makes long chains rare; `chain` raises that probability so long chains are
 common and cannot be guessed from the top digits.
 
-Also here: a minimal tokenizer for the task's characters, writers for an SFT jsonl
-(`data.format: sft`) and a prepared pretraining folder, and exact-match scoring (with the
+Also here: a minimal tokenizer for the task's characters, a writer for an SFT jsonl
+(`data.format: sft`; the pretraining folder is `recipes.tasks.files.write_pretraining_data`),
+and exact-match scoring (with the
 accuracy of each answer digit) through `llmcore.eval.tasks.exact_match`.
 `python -m recipes.tasks.arithmetic --out DIR` writes the jsonl files and a text corpus.
 """
@@ -80,9 +81,6 @@ def train_tokenizer(out_dir: str, special_tokens: list[str], overwrite: bool = T
     return files.char_tokenizer(out_dir, CHARS, sample, special_tokens, overwrite)
 
 
-write_pretraining_data = files.write_pretraining_data
-
-
 def score(model, tokenizer, jsonl_path: str, *, recipes=None, batch_size: int = 256) -> dict:
     """Greedy exact match of a task file, plus the accuracy of each answer digit (index 0 is
     the most significant: the one at the end of the longest carry chain).
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     tok = train_tokenizer(str(out / "tokenizer"), all_special_tokens())
     corpus = problems(a.corpus, a.seed + 4, (a.min_digits, a.digits), a.chain, exclude=held)
     cut = len(corpus) * 19 // 20
-    write_pretraining_data(str(out / "pretrain"), tok, corpus[:cut], corpus[cut:])
+    files.write_pretraining_data(str(out / "pretrain"), tok, corpus[:cut], corpus[cut:])
     print(f"wrote {out}/{{train,val,test}}.jsonl, {out}/tokenizer (vocab {tok.vocab_size}) and "
           f"{out}/pretrain ({len(corpus)} documents)")
 

@@ -16,6 +16,7 @@ from llmcore.recipe.recipe_set import RecipeSet
 from llmcore.recipe.registry import all_special_tokens
 from llmcore.tokenizer import Tokenizer
 from recipes.tasks import arithmetic as task
+from recipes.tasks import files
 
 
 def operands(row):
@@ -66,7 +67,7 @@ def test_tokenizer_has_one_piece_per_character_and_the_recipe_tokens(tok):
 
 def test_pretraining_folder_holds_prompt_answer_eos_documents(tok, tmp_path):
     rows = task.problems(40, 3, (1, 3))
-    task.write_pretraining_data(str(tmp_path / "pt"), tok, rows[:30], rows[30:])
+    files.write_pretraining_data(str(tmp_path / "pt"), tok, rows[:30], rows[30:])
     train = TokenShards(str(tmp_path / "pt"), "train", expected_tokenizer_hash=tok.hash)
     want = [tok.encode(r["prompt"] + r["answer"]) + [tok.eos_id] for r in rows[:30]]
     assert train.read(0, train.num_tokens).tolist() == sum(want, [])
