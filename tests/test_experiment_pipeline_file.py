@@ -1,6 +1,5 @@
-import csv
-
 from benchmarks.experiments.pipeline_file import finished_runs, write_pipeline
+from llmcore.pipeline.result import write_result
 from llmcore.pipeline.spec import Pipeline, Stage, Sweep, load_pipeline
 
 
@@ -17,18 +16,16 @@ def test_written_file_loads_back_to_the_same_pipeline(tmp_path):
     assert "inputs" not in path.read_text()  # defaults are left out, as a hand-written file would
 
 
-def test_finished_runs_parses_variants_and_numbers(tmp_path):
-    run = tmp_path / "ft" / "train.seed=1,optim.lr=0.003"
+def test_finished_runs_reads_params_and_results(tmp_path):
+    spec = Pipeline(out_dir=str(tmp_path / "runs"), overrides=[f"data.path={tmp_path}"], stages=[
+        Stage(name="ft", grid=[Sweep("train.seed", [1]), Sweep("optim.lr", [0.003])]), Stage(name="pre")])
+    path = write_pipeline(spec, tmp_path / "pipeline.yaml")
+    run = tmp_path / "runs" / "ft" / "train.seed=1,optim.lr=0.003"
     run.mkdir(parents=True)
-    (run / "result.json").write_text(f"{{\"checkpoint\": \"{run}/ckpt-000002\"}}")
-    with open(tmp_path / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["stage", "variant", "out_dir", "step", "val_loss"])
-        w.writeheader()
-        w.writerow({"stage": "ft", "variant": "train.seed=1,optim.lr=0.003", "out_dir": str(run), "step": "2",
-                    "val_loss": "1.25"})
-        w.writerow({"stage": "pre", "variant": "", "out_dir": str(tmp_path / "pre"), "step": "5", "val_loss": ""})
-    rows = finished_runs(tmp_path)
+    write_result(run, {"stage": "ft", "variant": "train.seed=1,optim.lr=0.003", "step": 2,
+                       "checkpoint": f"{run}/ckpt-000002", "metrics": {"val_loss": 1.25}})
+    rows = finished_runs(path)
     assert rows[0]["params"] == {"train.seed": 1, "optim.lr": 0.003}
-    assert rows[0]["val_loss"] == 1.25 and rows[0]["step"] == 2.0
+    assert rows[0]["val_loss"] == 1.25 and rows[0]["step"] == 2
     assert rows[0]["checkpoint"].endswith("ckpt-000002")
-    assert rows[1]["params"] == {} and rows[1]["checkpoint"] is None and rows[1]["val_loss"] == ""
+    assert rows[1]["params"] == {} and rows[1]["checkpoint"] is None and "val_loss" not in rows[1]

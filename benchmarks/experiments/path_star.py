@@ -96,8 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_data(root: Path, a) -> dict:
     """Mixed-length train/val jsonl, one test jsonl per length, the reverse LM's documents."""
+    from recipes.tasks import files
     from recipes.tasks import path_star as ps
-    from recipes.tasks.arithmetic import write_pretraining_data
 
     tok = ps.train_tokenizer(str(root / "tokenizer"))
     data = {"tokenizer": str(root / "tokenizer"), "vocab": tok.vocab_size, "test": {}}
@@ -115,7 +115,7 @@ def build_data(root: Path, a) -> dict:
     data["train"] = ps.write_jsonl(root / "train.jsonl", train)
     data["val"] = ps.write_jsonl(root / "val.jsonl", val)
     data["seq_len"] = int(-(-longest // 8) * 8)
-    write_pretraining_data(str(root / "revlm_docs"), tok, train, val)
+    files.write_pretraining_data(str(root / "revlm_docs"), tok, train, val)
     data["revlm_docs"] = str(root / "revlm_docs")
     return data
 
@@ -267,7 +267,7 @@ def main(argv=None) -> None:
     run_pipeline_command(write_pipeline(spec, root / "pipeline.yaml"), a.threads)
     train_s = time.time() - t0
     results = []
-    for fit in finished_runs(root):
+    for fit in finished_runs(root / "pipeline.yaml"):
         if fit["stage"] not in methods:  # the reverse LM: FSP-RevLM's tool, not a result
             continue
         run = Path(fit["out_dir"])

@@ -160,13 +160,20 @@ def grid_pipeline(root: Path, data: dict, seeds: list[int], a):
     return Pipeline(out_dir=str(root.resolve()), stages=stages)
 
 
+def best_checkpoint(run_dir: str) -> Path:
+    """The run's best checkpoint (`train.keep_best_on`), else its latest."""
+    from llmcore.train.checkpoint import BEST, resolve
+
+    best = Path(run_dir) / BEST
+    return resolve(best if best.exists() else run_dir)
+
+
 def score(run_dir: str, data: dict) -> dict:
     import llmcore
     from recipes.tasks import three_sum as task
 
-    best = Path(run_dir) / "best"  # a pointer file naming the checkpoint, as `latest`
-    ckpt = str(Path(run_dir) / best.read_text().strip()) if best.exists() else run_dir
-    model, tok = llmcore.load(ckpt, device="cpu")
+    ckpt = best_checkpoint(run_dir)
+    model, tok = llmcore.load(str(ckpt), device="cpu")
     return task.score(model, tok, data["test"], recipes=llmcore.load_recipes(ckpt))
 
 
@@ -276,7 +283,7 @@ def main(argv=None) -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
     run_pipeline_command(write_pipeline(grid_pipeline(root, data, seeds, a), root / "pipeline.yaml"), a.threads)
     train_s = time.perf_counter() - t0
-    rows = {(r["stage"], r["params"]["train.seed"]): r for r in finished_runs(root)}
+    rows = {(r["stage"], r["params"]["train.seed"]): r for r in finished_runs(root / "pipeline.yaml")}
     results, pretraining = [], []
     for seed in seeds:
         for pt in ("standard", "pause"):
@@ -285,8 +292,7 @@ def main(argv=None) -> None:
                                 "loss_change_last_20pct": plateau(base["out_dir"])})
             for ft in ("standard", "pause"):
                 run = rows[(f"pt_{pt}-ft_{ft}", seed)]
-                best = Path(run["out_dir"]) / "best"
-                best_step = int(best.read_text().strip().split("-")[-1]) if best.exists() else int(run["step"])
+                best_step = int(best_checkpoint(run["out_dir"]).name.split("-")[-1])
                 res = {"seed": seed, "pretrain": pt, "finetune": ft, "steps": int(run["step"]), "best_step": best_step,
                        **score(run["out_dir"], data)}
                 results.append(res)

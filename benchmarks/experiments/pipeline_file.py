@@ -9,7 +9,6 @@ the finished runs itself (`finished_runs`).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import subprocess
@@ -63,26 +62,20 @@ def run_pipeline_command(path: str | os.PathLike, threads: int = 1) -> None:
                          "study (finished runs are skipped, an interrupted one resumes)")
 
 
-def finished_runs(out_dir: str | os.PathLike) -> list[dict]:
-    """The rows of `<out_dir>/summary.csv` with `params` parsed from each run's variant
-    (`train.seed=1,optim.lr=0.003` -> {"train.seed": 1, "optim.lr": 0.003}), numbers as
-    floats, and `checkpoint` (the final one) from the run's result.json."""
-    import json
+def finished_runs(path: str | os.PathLike) -> list[dict]:
+    """One row per run of pipeline file `path`, in order: `stage`, `variant`, `params` (the
+    swept values as the file gives them), `out_dir`, and from the run's result.json its `step`,
+    `checkpoint` and metrics (`val_loss`, `train_s`, ...); `checkpoint` is None for a run
+    that has not finished."""
+    from llmcore.pipeline.result import RESULT_FILE, read_result
+    from llmcore.pipeline.run import load_plan
 
     rows = []
-    with open(Path(out_dir) / "summary.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            params = {}
-            for part in filter(None, (row.get("variant") or "").split(",")):
-                key, _, value = part.partition("=")
-                params[key] = yaml.safe_load(value)
-            for key, value in row.items():
-                if key not in ("stage", "variant", "out_dir") and value not in ("", None):
-                    try:
-                        row[key] = float(value)
-                    except ValueError:
-                        pass
-            result = Path(row["out_dir"]) / "result.json"
-            checkpoint = json.loads(result.read_text())["checkpoint"] if result.exists() else None
-            rows.append({**row, "params": params, "checkpoint": checkpoint})
+    for run in load_plan(path)[1]:
+        row = {"stage": run.stage, "variant": run.variant, "params": dict(run.params), "out_dir": str(run.out_dir),
+               "checkpoint": None}
+        if (run.out_dir / RESULT_FILE).exists():
+            result = read_result(run.out_dir)
+            row.update(result["metrics"], step=result["step"], checkpoint=result["checkpoint"])
+        rows.append(row)
     return rows

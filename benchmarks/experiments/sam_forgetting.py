@@ -159,12 +159,6 @@ def pretrain_stage(name: str, kind: str, data_a: str, a, *, seeds: list[int], lr
         f"schedule.warmup_steps={max(1, a.pretrain_steps // 30)}", *(["recipes=[sam]"] if kind == "sam" else [])])
 
 
-def variant(params: dict) -> str:
-    from llmcore.pipeline.spec import value_text
-
-    return ",".join(f"{k}={value_text(v)}" for k, v in params.items())
-
-
 def tuning_pipeline(out: Path, data_a: str, seed0: int, a):
     from llmcore.pipeline.spec import Pipeline
 
@@ -186,6 +180,7 @@ def choose(rows: list[dict]) -> dict:
 def full_pipeline(out: Path, data_a: str, data_b: str, seeds: list[int], chosen: dict, a):
     """The tuning stages, the chosen configurations on the other seeds, and per seed and
     optimizer a fine-tune sweep on B from that seed's pretrained checkpoint."""
+    from llmcore.pipeline.spec import variant_label
     from recipes.forgetting import finetune_stage
 
     spec = tuning_pipeline(out, data_a, seeds[0], a)
@@ -198,7 +193,7 @@ def full_pipeline(out: Path, data_a: str, data_b: str, seeds: list[int], chosen:
     for seed in seeds:
         for kind in ("adamw", "sam"):
             p = {**chosen[kind], "train.seed": seed}
-            source = f"tune_{kind}[{variant(p)}]" if seed == seeds[0] else f"pre_{kind}[{variant(p)}]"
+            source = f"tune_{kind}[{variant_label(p)}]" if seed == seeds[0] else f"pre_{kind}[{variant_label(p)}]"
             spec.stages.append(finetune_stage(
                 f"ft_{kind}_s{seed}", data_b, data_a, [float(x) for x in a.finetune_lrs.split(",")],
                 a.finetune_steps, a.eval_every, init_from=source, eval_batches=8,
@@ -245,6 +240,7 @@ def main(argv=None) -> None:
         run_pipeline_command,
         write_pipeline,
     )
+    from llmcore.pipeline.spec import variant_label
     from recipes.forgetting import forgetting_runs
 
     a = parse_args(argv)
@@ -259,11 +255,11 @@ def main(argv=None) -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
     path = out / "pipeline.yaml"
     run_pipeline_command(write_pipeline(tuning_pipeline(out, data_a, seeds[0], a), path), a.threads)
-    rows = finished_runs(out)
+    rows = finished_runs(path)
     chosen = choose(rows)
     print(f"chosen: {chosen}", flush=True)
     run_pipeline_command(write_pipeline(full_pipeline(out, data_a, data_b, seeds, chosen, a), path), a.threads)
-    rows = finished_runs(out)
+    rows = finished_runs(path)
     train_s = time.time() - t0
     results: dict = {"args": vars(a), "seeds": seeds, "chosen": chosen, "tuning": [], "runs": {}}
     for r in rows:
@@ -271,7 +267,7 @@ def main(argv=None) -> None:
             rec = {"kind": r["stage"][5:], "params": r["params"], "val_a_train_eval": r["val_loss"],
                    **weight_edits(r["checkpoint"], data_a, a)}
             results["tuning"].append(rec)
-            print(f"tuning {rec['kind']} {variant(r['params'])}: val_a {rec['val_a']:.4f} "
+            print(f"tuning {rec['kind']} {variant_label(r['params'])}: val_a {rec['val_a']:.4f} "
                   f"rtn4 +{rec['rtn4_channel']:.4f} noise +{rec['noise']:.4f}", flush=True)
     for seed in seeds:
         for kind in ("adamw", "sam"):
