@@ -26,3 +26,13 @@ def lend(names: Sequence[str], known: Container[str], aliases: dict[str, int], f
     if check is not None:
         check(missing)
     aliases.update(zip(missing, free))
+
+
+def special_id(name: str, ids: dict[str, int], aliases: dict[str, int], where: str) -> int:
+    """The id of special token `name` in either backend: a lent slot (`aliases`) first, then the
+    tokenizer's own special tokens (`ids`); TokenizerError listing what it has otherwise."""
+    if name in aliases:
+        return aliases[name]
+    if name not in ids:
+        raise TokenizerError(f"tokenizer {where} has no special token {name!r}; available: {sorted(ids)}")
+    return ids[name]

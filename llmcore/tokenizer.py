@@ -26,7 +26,7 @@ import sentencepiece as spm
 
 from llmcore.errors import TokenizerError
 from llmcore.fsutil import write_dir_atomically
-from llmcore.reserved_slots import lend
+from llmcore.reserved_slots import lend, special_id
 
 MODEL_FILE = "tokenizer.model"
 SPECIALS_FILE = "special_tokens.json"
@@ -243,12 +243,7 @@ class Tokenizer:
 
     def token_id(self, name: str) -> int:
         """The id of a special token by name ("<pause>", "eos", ...)."""
-        if name in self._aliases:
-            return self._aliases[name]
-        if name not in self._ids:
-            raise TokenizerError(f"tokenizer {self.path or ''} has no special token {name!r}; "
-                                 f"available: {sorted(self._ids)}")
-        return self._ids[name]
+        return special_id(name, self._ids, self._aliases, self.path or "")
 
     def reserve(self, names: Sequence[str]) -> dict[str, int]:
         """Give each special token in ``names`` that this tokenizer lacks the next free

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from llmcore.errors import TokenizerError
 from llmcore.fsutil import write_dir_atomically
-from llmcore.reserved_slots import lend
+from llmcore.reserved_slots import lend, special_id
 
 HF_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -241,12 +241,7 @@ class HFTokenizer:
 
     def token_id(self, name: str) -> int:
         """The id of a special token by name ("<pause>", "eos", ...)."""
-        if name in self._aliases:
-            return self._aliases[name]
-        if name not in self._ids:
-            raise TokenizerError(f"tokenizer {self.path or ''} has no special token {name!r}; "
-                                 f"available: {sorted(self._ids)}")
-        return self._ids[name]
+        return special_id(name, self._ids, self._aliases, self.path or "")
 
     def reserve(self, names: Sequence[str]) -> dict[str, int]:
         """`Tokenizer.reserve`'s contract for this backend: each of `names` the tokenizer lacks
