@@ -50,11 +50,12 @@ def write_pipeline(pipeline, path: str | os.PathLike) -> Path:
     return path
 
 
-def run_pipeline_command(path: str | os.PathLike, threads: int = 1) -> None:
-    """`llmcore pipeline --config path` in a child process with `threads` torch threads; raises
-    SystemExit naming the file when it fails or was stopped (rerun the study to resume)."""
+def run_pipeline_command(path: str | os.PathLike, threads: int = 1, jobs: int = 1) -> None:
+    """`llmcore pipeline --config path [--jobs N]` in a child process, `threads` torch threads per
+    run; raises SystemExit naming the file when it fails or was stopped (rerun the study to
+    resume)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "llmcore.cli", "pipeline", "--config", str(path)]
+    cmd = [sys.executable, "-m", "llmcore.cli", "pipeline", "--config", str(path)] + (["--jobs", str(jobs)] if jobs > 1 else [])
     print("$ " + " ".join(cmd[1:]).replace("-m llmcore.cli", "llmcore"), flush=True)
     rc = subprocess.call(cmd, env=env)
     if rc != 0:

@@ -97,7 +97,7 @@ def cmd_pipeline(a) -> None:
             sources = "".join(f", {key} <- {src}" for key, src in run.sources.items())
             print(f"{run.title}: {state} of {run.config.train.max_steps} steps -> {run.out_dir}{sources}")
         return
-    run_pipeline(a.config, a.overrides)
+    run_pipeline(a.config, a.overrides, jobs=a.jobs)
 
 
 def cmd_report(a) -> None:
@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--config", required=True, help="pipeline YAML (stages, each with its run config)")
     pl.add_argument("overrides", nargs="*", help="dotted run-config overrides applied to every stage")
     pl.add_argument("--dry-run", action="store_true", help="check the pipeline and list its runs; train nothing")
+    pl.add_argument("--jobs", type=int, default=1, help="train up to N runs at once, each in its own process, a run "
+                    "as soon as the runs it starts from have finished (default 1: in order)")
     pl.set_defaults(fn=cmd_pipeline)
 
     rp = sub.add_parser("report", help="a pipeline's declared metrics: table (CSV, Markdown) and frontier PNGs")

@@ -1,5 +1,6 @@
-"""The pipeline runner: every run in order as an ordinary `Trainer(cfg).fit()`, finished runs
-skipped, interrupted ones resumed, then the summary.
+"""The pipeline runner: every run in order as an ordinary `Trainer(cfg).fit()` (or N at a time
+in worker processes, `llmcore.pipeline.parallel`), finished runs skipped, interrupted ones
+resumed, then the summary.
 
 Used by `llmcore pipeline`, `llmcore sweep`, `recipes.forgetting` and the experiments:
 `rows = run_pipeline("p.yaml")` or `run_pipeline(Pipeline(...))`. Under torchrun every rank runs
@@ -13,8 +14,15 @@ import os
 import time
 from pathlib import Path
 
+from llmcore.errors import ConfigError
+from llmcore.pipeline.parallel import run_parallel
 from llmcore.pipeline.plan import Run, plan
-from llmcore.pipeline.result import last_train_metrics, read_result, scalar_metrics, write_result
+from llmcore.pipeline.result import (
+    last_train_metrics,
+    read_result,
+    scalar_metrics,
+    write_result,
+)
 from llmcore.pipeline.spec import Pipeline, load_pipeline
 from llmcore.pipeline.summary import make_row, table, write_csv
 from llmcore.train.loop import Trainer
@@ -37,7 +45,7 @@ def load_plan(spec: Pipeline | str | Path, overrides: list[str] | None = None) -
 
 
 def run_pipeline(spec: Pipeline | str | Path, overrides: list[str] | None = None,
-                 print_summary: bool = True) -> list[dict]:
+                 print_summary: bool = True, jobs: int = 1) -> list[dict]:
     """Train every run of a pipeline (a file or a `Pipeline`) in order; returns one row per run.
 
     Everything is checked before the first step (see `plan`). A run whose `result.json` exists
@@ -45,21 +53,28 @@ def run_pipeline(spec: Pipeline | str | Path, overrides: list[str] | None = None
     resumes from it. `overrides` (dotted keys) apply to every stage after the file's own.
     Writes `<out_dir>/summary.csv` and, with `print_summary`, prints the table to stdout.
     A run stopped by SIGTERM/SIGUSR1 ends the pipeline (its checkpoint is saved; rerun to go on).
+    `jobs` > 1 trains up to that many runs at once, each in its own process, a run as soon as
+    the runs it starts from have finished (`llmcore.pipeline.parallel`).
     """
     setup_logging()
     pipeline, runs = load_plan(spec, overrides)
     main = _is_main()
     if main:
         log.info("pipeline %s: %d runs in %d stages", pipeline.out_dir, len(runs), len(pipeline.stages))
-    rows = []
-    for run in runs:
-        row = _run_one(run, main)
-        rows.append(row)
-        if row["status"] == "stopped":
-            if main:
-                log.warning("%s: stopped by a signal at step %d; rerun the pipeline to resume", run.title,
-                            row["step"])
-            break
+    if jobs < 1:
+        raise ConfigError(f"llmcore pipeline: --jobs must be at least 1, got {jobs}")
+    if jobs > 1:
+        rows = run_parallel(runs, jobs, _run_one)
+    else:
+        rows = []
+        for run in runs:
+            rows.append(_run_one(run, main))
+            if rows[-1]["status"] == "stopped":
+                break
+    for row in rows:
+        if row["status"] == "stopped" and main:
+            log.warning("%s: stopped by a signal at step %d; rerun the pipeline to resume", row["stage"] +
+                        (f"[{row['variant']}]" if row["variant"] else ""), row["step"])
     if main:
         write_csv(rows, Path(pipeline.out_dir) / SUMMARY_FILE)
         if print_summary:
