@@ -47,10 +47,13 @@ from benchmarks.experiments.stats import fmt_ci, mean_std, paired
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CELLS = [("standard", "standard"), ("standard", "pause"), ("pause", "standard"), ("pause", "pause")]
 SCALES = {
-    "cpu": {"d_model": 16, "layers": 2, "batch": 32, "ft_batch": 128, "pretrain_steps": 1500, "finetune_steps": 8000,
-            "corpus": 100000, "train": 40000, "eval": 1000, "threads": 1},
-    "gpu": {"d_model": 256, "layers": 4, "batch": 256, "ft_batch": 512, "pretrain_steps": 1500, "finetune_steps": 1500,
-            "corpus": 800000, "train": 200000, "eval": 2000, "threads": 8},
+    "cpu": {"d_model": 8, "layers": 2, "heads": 2, "batch": 32, "ft_batch": 128, "pretrain_steps": 1500,
+            "finetune_steps": 12000, "ft_lr": 4e-3, "patience": 15, "dims": 1, "corpus": 100000, "train": 40000,
+            "eval": 1000, "threads": 1},
+    # not run (no GPU lent): two-digit items, which no CPU size learned at all, for a model 16x wider
+    "gpu": {"d_model": 256, "layers": 4, "heads": 4, "batch": 256, "ft_batch": 512, "pretrain_steps": 1500,
+            "finetune_steps": 3000, "ft_lr": 1e-3, "patience": 10, "dims": 2, "corpus": 800000, "train": 200000,
+            "eval": 2000, "threads": 8},
 }
 
 
@@ -61,24 +64,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--items", type=int, default=6, help="items per fine-tune/test prompt")
     p.add_argument("--min-items", type=int, default=3, help="pretraining corpus: min-items..items per document")
-    p.add_argument("--dims", type=int, default=1, help="digits per item")
+    p.add_argument("--dims", type=int, help="digits per item")
+    p.add_argument("--modulus", type=int, default=10, help="digits in [0, modulus); a triple sums to 0 mod it")
     p.add_argument("--corpus", type=int, help="pretraining documents")
     p.add_argument("--train", type=int, help="fine-tuning rows")
     p.add_argument("--eval", type=int, help="test rows")
     p.add_argument("--d-model", type=int)
     p.add_argument("--layers", type=int)
+    p.add_argument("--heads", type=int, help="attention heads (d_model / heads must be even for RoPE)")
     p.add_argument("--seq-len", type=int, default=64, help="pretraining window")
     p.add_argument("--batch", type=int, help="pretraining rows per step")
     p.add_argument("--ft-batch", type=int, help="fine-tuning rows per step (short rows: a larger batch costs little)")
     p.add_argument("--pretrain-steps", type=int, help="standard pretraining steps")
     p.add_argument("--finetune-steps", type=int, help="the most fine-tuning steps (early stopping ends sooner)")
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--patience", type=int, default=10, help="evaluations without a better val loss before stopping")
+    p.add_argument("--patience", type=int, help="evaluations without a better val loss before stopping")
     p.add_argument("--fraction", type=float, default=0.1, help="pause.fraction of pause-pretraining")
     p.add_argument("--pauses", type=int, default=10, help="pause.num_tokens of pause-finetuning (M_ft = M_inf)")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--ft-lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--ft-lr", type=float)
+    p.add_argument("--threads", type=int, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (llmcore pipeline --jobs)")
     p.add_argument("--record", default="pause_grid", help="benchmarks/results/<record>.{json,png}; '' for none")
     p.add_argument("--table", help="only print the tables of an existing results.json")
     a = p.parse_args(argv)
@@ -94,12 +100,12 @@ def build_data(root: Path, a) -> dict:
     from recipes.tasks import files
     from recipes.tasks import three_sum as task
 
-    test = task.problems(a.eval, 1, a.items, a.dims)
+    test = task.problems(a.eval, 1, a.items, a.dims, modulus=a.modulus)
     held = {r["prompt"] for r in test}
-    val = task.problems(500, 2, a.items, a.dims, exclude=held)
+    val = task.problems(500, 2, a.items, a.dims, exclude=held, modulus=a.modulus)
     held |= {r["prompt"] for r in val}
-    train = task.problems(a.train, 3, a.items, a.dims, exclude=held)
-    corpus = task.problems(a.corpus, 4, (a.min_items, a.items), a.dims, exclude=held)
+    train = task.problems(a.train, 3, a.items, a.dims, exclude=held, modulus=a.modulus)
+    corpus = task.problems(a.corpus, 4, (a.min_items, a.items), a.dims, exclude=held, modulus=a.modulus)
     tok = task.train_tokenizer(str(root / "tokenizer"), all_special_tokens())
     files.write_pretraining_data(str(root / "pretrain_data"), tok, corpus[: len(corpus) * 19 // 20],
                                  corpus[len(corpus) * 19 // 20:])
@@ -109,8 +115,8 @@ def build_data(root: Path, a) -> dict:
 
 
 def model_overrides(a) -> list[str]:
-    return ["model.preset=tiny", f"model.d_model={a.d_model}", f"model.n_layers={a.layers}", "model.n_heads=4",
-            "model.n_kv_heads=4", f"model.ffn_hidden={a.d_model * 3}", f"model.max_seq_len={a.seq_len}",
+    return ["model.preset=tiny", f"model.d_model={a.d_model}", f"model.n_layers={a.layers}", f"model.n_heads={a.heads}",
+            f"model.n_kv_heads={a.heads}", f"model.ffn_hidden={a.d_model * 3}", f"model.max_seq_len={a.seq_len}",
             "train.progress=false", "train.log_every=250", "train.eval_batches=4", "train.precision=fp32"]
 
 
@@ -281,7 +287,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     data = build_data(root / "data", a)
     seeds = [int(s) for s in a.seeds.split(",")]
-    run_pipeline_command(write_pipeline(grid_pipeline(root, data, seeds, a), root / "pipeline.yaml"), a.threads)
+    run_pipeline_command(write_pipeline(grid_pipeline(root, data, seeds, a), root / "pipeline.yaml"), a.threads, a.jobs)
     train_s = time.perf_counter() - t0
     rows = {(r["stage"], r["params"]["train.seed"]): r for r in finished_runs(root / "pipeline.yaml")}
     results, pretraining = [], []
