@@ -84,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--schedule", default="cosine", help="cosine | wsd (flat, then a 20%% linear anneal)")
     p.add_argument("--mtp-heads", type=int, default=2, help="MTP aux heads (x_(t+2..t+1+n))")
     p.add_argument("--tau", type=int, default=12, help="FSP-BCE horizon (12 covers a length-8 answer)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (llmcore pipeline --jobs)")
     p.add_argument("--record", default="path_star", help="benchmarks/results/<record>.{json,png}; '' for none")
     p.add_argument("--table", help="only print the tables of an existing results.json")
     a = p.parse_args(argv)
@@ -182,8 +183,8 @@ def table(doc: dict) -> str:
     method's paired difference from NTP with its 95% interval."""
     results, a = doc["results"], doc["args"]
     methods = a["methods"].split(",")
-    lines = ["| path length | method | exact match | first choice | rest right when first is | valid walk | "
-             "exact match per seed | exact match − NTP, 95% CI | first choice − NTP, 95% CI |", "| --- " * 9 + "|"]
+    lines = [("| path length | method | exact match | first choice | rest right when first is | valid walk | "
+             "exact match per seed | exact match − NTP, 95% CI | first choice − NTP, 95% CI |"), "| --- " * 9 + "|"]
     for length in a["lengths"]:
         base = sorted((r for r in results if r["method"] == "ntp"), key=lambda r: r["seed"])
         for m in methods:
@@ -264,7 +265,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     data = build_data(root / "data", a)
     spec = study_pipeline(root, data, seeds, methods, a)
-    run_pipeline_command(write_pipeline(spec, root / "pipeline.yaml"), a.threads)
+    run_pipeline_command(write_pipeline(spec, root / "pipeline.yaml"), a.threads, a.jobs)
     train_s = time.time() - t0
     results = []
     for fit in finished_runs(root / "pipeline.yaml"):

@@ -77,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=40)
     p.add_argument("--eval-every", type=int, default=8)
     p.add_argument("--noise-sigma", type=float, default=0.1)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (llmcore pipeline --jobs)")
     p.add_argument("--record", default="sam_forgetting", help="benchmarks/results/<record>.{json,png}; '' for none")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (plumbing check)")
     p.add_argument("--report-only", action="store_true", help="print the tables of <out>/results.json again")
@@ -112,9 +113,9 @@ def make_domain_b(path: Path, n_docs: int = 2500, seed: int = 0) -> Path:
     docs = []
     for _ in range(n_docs):
         ship, port, dest = rng.choice(_SHIPS), rng.choice(_PORTS), rng.choice(_PORTS)
-        lines = [f"Day {rng.randint(1, 365)}. The {ship} left {port} at {rng.randint(0, 23):02d}:"
+        lines = [(f"Day {rng.randint(1, 365)}. The {ship} left {port} at {rng.randint(0, 23):02d}:"
                  f"{rng.choice([0, 15, 30, 45]):02d} bound for {dest} with {rng.randint(10, 900)} tons of "
-                 f"{rng.choice(_CARGO)}."]
+                 f"{rng.choice(_CARGO)}.")]
         for _ in range(rng.randint(1, 4)):
             lines.append(f"Wind {rng.choice(_WIND)} at {rng.randint(2, 40)} knots, sea {rng.choice(_SEA)}, "
                          f"course {rng.randint(0, 359):03d}, speed {rng.randint(3, 18)} knots.")
@@ -254,11 +255,11 @@ def main(argv=None) -> None:
     data_a, data_b = build_data(out)
     seeds = [int(s) for s in a.seeds.split(",")]
     path = out / "pipeline.yaml"
-    run_pipeline_command(write_pipeline(tuning_pipeline(out, data_a, seeds[0], a), path), a.threads)
+    run_pipeline_command(write_pipeline(tuning_pipeline(out, data_a, seeds[0], a), path), a.threads, a.jobs)
     rows = finished_runs(path)
     chosen = choose(rows)
     print(f"chosen: {chosen}", flush=True)
-    run_pipeline_command(write_pipeline(full_pipeline(out, data_a, data_b, seeds, chosen, a), path), a.threads)
+    run_pipeline_command(write_pipeline(full_pipeline(out, data_a, data_b, seeds, chosen, a), path), a.threads, a.jobs)
     rows = finished_runs(path)
     train_s = time.time() - t0
     results: dict = {"args": vars(a), "seeds": seeds, "chosen": chosen, "tuning": [], "runs": {}}
