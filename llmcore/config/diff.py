@@ -3,7 +3,7 @@ changed, used by the trainer's resume check and the pipeline's finished-run chec
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -100,6 +100,18 @@ def _apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
+def read_saved(saved: dict, recipe_configs: typing.Callable[[str], type | None] | None = None) -> dict:
+    """A saved config (a parsed config.yaml) as this version reads it, as a plain dict: a field
+    added since the save is at its default, which is what the saved run trained with. One this
+    version no longer has makes the file unreadable as a Config: it comes back as saved, and the
+    comparisons (`differences(common_only=True)`) pass over keys only one side has. The one
+    rule for "what did that run train with" of the resume check and the pipeline's skip."""
+    try:
+        return yaml.safe_load(from_dict(saved, recipe_configs=recipe_configs).to_yaml())
+    except ConfigError:
+        return saved
+
+
 def from_dict(raw: dict, source: str = "<dict>",
               recipe_configs: typing.Callable[[str], type | None] | None = None) -> Config:
     """Build a Config from a nested dict (the YAML document), checking every key and type."""

@@ -228,7 +228,7 @@ class Config:
     recipe: dict[str, Any] = field(default_factory=dict)
     """Filled by the loader: recipe name -> that recipe's typed Config instance."""
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check cross-field rules; raise ConfigError naming the key."""
         _one_of("schedule.kind", self.schedule.kind, ("cosine", "wsd", "constant"))
         _one_of("engine.backend", self.engine.backend, ("single", "ddp", "deepspeed"))
@@ -307,7 +307,7 @@ _RANGES = {
 }
 
 
-def _check_numbers(cfg: "Config") -> None:
+def _check_numbers(cfg: Config) -> None:
     """Each number of `_RANGES` inside its range (and not NaN): ConfigError naming the key,
     the range and a valid value."""
     for key, (lo, lo_in, hi, hi_in, hint) in _RANGES.items():

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from llmcore.config.diff import differences, shown
-from llmcore.config.load import from_dict, load_run_config
+from llmcore.config.load import load_run_config, read_saved
 from llmcore.config.schema import Config
 from llmcore.errors import ConfigError
 from llmcore.pipeline.expr import substitute
@@ -218,8 +218,8 @@ def _read_disk_state(run: Run) -> None:
     if not (run.out_dir / RESULT_FILE).is_file() or (step < max_steps and not _stopped_early_at(run, step)):
         run.state = "resume"
         return
-    diff = shown(differences(_as_read_now(yaml.safe_load((ckpt / "config.yaml").read_text()) or {}),
-                             yaml.safe_load(run.config.to_yaml())), 4)
+    saved = read_saved(yaml.safe_load((ckpt / "config.yaml").read_text()) or {}, recipe_config_class)
+    diff = shown(differences(saved, yaml.safe_load(run.config.to_yaml()), common_only=True), 4)
     if diff:
         raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
                           "folder or give the pipeline another out_dir to train it again")
@@ -236,15 +236,6 @@ def _check_sources_finished(run: Run, sources: dict[str, Run]) -> None:
             raise ConfigError(f"{run.title}: {run.out_dir} finished, but {key} comes from {src.name}, which is "
                               f"{src.state} (it will train, so this result is stale); delete {run.out_dir} "
                               "to train it again from the new checkpoint")
-
-
-def _as_read_now(saved: dict) -> dict:
-    """A saved config as this version reads it: a field added since the save at its default (it
-    changed nothing), so only a value the run would really train differently with differs."""
-    try:
-        return yaml.safe_load(from_dict(saved, recipe_configs=recipe_config_class).to_yaml())
-    except ConfigError:  # a key this version no longer has: compared as saved, and named
-        return saved
 
 
 def _stopped_early_at(run: Run, step: int) -> bool:

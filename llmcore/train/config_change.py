@@ -15,8 +15,10 @@ import yaml
 
 from llmcore.config.batch import resolve_micro_batch_size
 from llmcore.config.diff import differences, shown
+from llmcore.config.load import read_saved
 from llmcore.config.schema import Config, TrainConfig
 from llmcore.errors import ConfigError
+from llmcore.recipe.registry import recipe_config_class
 
 SECTIONS = ("model", "data", "optim")
 KEYS = ("train.micro_batch_size", "train.global_batch_size")
@@ -44,10 +46,11 @@ def _resolved_micro_batch(config: dict, world_size: int) -> None:
 
 def changed_keys(saved: dict, cfg: Config, saved_world: int = 1, world: int = 1) -> list[str]:
     """`key: saved -> now` for every training-relevant key that differs between the saved
-    config (a parsed config.yaml, run on `saved_world` processes) and `cfg` (on `world`); keys
-    absent from one side, e.g. a field added since the save, are not compared. The micro-batch
-    sizes are compared as resolved (`auto` -> a number)."""
-    saved = copy.deepcopy(saved) if isinstance(saved, dict) else {}
+    config (a parsed config.yaml, run on `saved_world` processes) and `cfg` (on `world`). The
+    saved config is read as this version reads it (`read_saved`: a field added since the save
+    at its default, the pipeline's rule too); the micro-batch sizes are compared as resolved
+    (`auto` -> a number)."""
+    saved = read_saved(copy.deepcopy(saved), recipe_config_class) if isinstance(saved, dict) else {}
     now = yaml.safe_load(cfg.to_yaml())
     _resolved_micro_batch(saved, saved_world)
     _resolved_micro_batch(now, world)

@@ -176,7 +176,8 @@ def test_sigterm_in_stage_two_then_a_rerun_goes_on_in_stage_two_and_skips_stage_
 
 def test_fields_added_since_a_save_change_nothing_but_a_changed_source_list_does(prepared, tmp_path):
     """A run saved before a config field existed (a source's budget, the mixing mode) resumes
-    and, finished, is skipped; a changed or removed source is still named."""
+    and, finished, is skipped, since it trained at the field's default; setting the field
+    otherwise, or changing or removing a source, is named."""
     from llmcore.config.load import load_run_config
     from llmcore.train.config_change import changed_keys
 
@@ -194,6 +195,12 @@ def test_fields_added_since_a_save_change_nothing_but_a_changed_source_list_does
     assert row["status"] == "skipped"
     cfg = load_run_config(None, opts)
     assert changed_keys(saved, cfg) == []  # the trainer's resume check agrees
+    # the saved run trained at the added field's default: a run that sets it otherwise now differs,
+    # for the resume check and the pipeline alike
+    exact = load_run_config(None, [*opts, "data.mixing=exact"])
+    assert changed_keys(saved, exact) == ["data.mixing: 'random' -> 'exact'"]
+    with pytest.raises(ConfigError, match=re.escape("finished with another config (data.mixing: 'random' -> 'exact')")):
+        run_pipeline(spec, overrides=["data.mixing=exact"], print_summary=False)
     fewer = {**saved, "data": {**saved["data"], "sources": saved["data"]["sources"][:1]}}
     assert "data.sources.#: 1 -> 2" in changed_keys(fewer, cfg)
     saved["data"]["sources"][0]["weight"] = 0.25
