@@ -1,12 +1,13 @@
-"""File-system helpers shared by everything that writes a folder atomically (tokenizer,
-prepared data, checkpoints saved without an engine, Hugging Face export)."""
+"""File-system helpers shared by everything that writes a folder or a small file atomically
+(tokenizer, prepared data, checkpoints and their pointers, run results, Hugging Face export),
+and the fsyncs that make such a write durable."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def replace_dir(tmp: str, out_dir: str) -> None:
@@ -47,3 +48,35 @@ def write_dir_atomically(out: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new entry in `path` durable (POSIX: a directory is synced by its fd)."""
+    if os.name != "posix":
+        return
+    fsync_file(path)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str, durable: bool = False) -> None:
+    """Write `text` to `path` through `<path>.tmp-<pid>` and a rename, so a reader (or a crash)
+    sees the old file or the new one, never half of one; `durable` also fsyncs the file and its
+    folder (for what says a write finished: checkpoint pointers, run results)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)

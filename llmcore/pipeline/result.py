@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcore.errors import CheckpointError
+from llmcore.fsutil import write_text_atomically
 from llmcore.train.metrics import read_metrics
 
 RESULT_FILE = "result.json"
@@ -35,12 +36,10 @@ def last_train_metrics(out_dir: Path, step: int) -> dict:
 
 def write_result(out_dir: Path, record: dict) -> None:
     """Write result.json atomically, so an interrupted write never looks like a finished run."""
-    tmp = out_dir / (RESULT_FILE + ".tmp")
     # NaN is not JSON: a diverged run's loss is stored as null
     clean = {**record, "metrics": {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                    for k, v in record["metrics"].items()}}
-    tmp.write_text(json.dumps(clean, indent=1))
-    tmp.replace(out_dir / RESULT_FILE)
+    write_text_atomically(out_dir / RESULT_FILE, json.dumps(clean, indent=1), durable=True)
 
 
 def read_result(out_dir: Path) -> dict[str, Any]:

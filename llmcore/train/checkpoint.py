@@ -27,7 +27,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmcore.errors import CheckpointError, ConfigError
-from llmcore.fsutil import check_output_dir, write_dir_atomically
+from llmcore.fsutil import (
+    check_output_dir,
+    fsync_dir,
+    write_dir_atomically,
+    write_text_atomically,
+)
 from llmcore.train import manifest, rng_state
 
 log = logging.getLogger("llmcore")
@@ -125,9 +130,9 @@ def _install(out: Path, tmp: Path, final: Path) -> None:
         if aside.exists():
             shutil.rmtree(aside)  # an older aside: `final` is complete, so it is garbage
         os.replace(final, aside)
-        manifest.fsync_dir(out)
+        fsync_dir(out)
     os.replace(tmp, final)
-    manifest.fsync_dir(out)
+    fsync_dir(out)
     if aside.exists():
         shutil.rmtree(aside)
 
@@ -172,13 +177,7 @@ def _write_latest(out: Path, name: str) -> None:
 
 
 def _write_pointer(out: Path, pointer: str, name: str) -> None:
-    tmp = out / f"{pointer}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / pointer)
-    manifest.fsync_dir(out)
+    write_text_atomically(out / pointer, name + "\n", durable=True)
 
 
 def pointed(out: Path, pointer: str) -> str | None:

@@ -36,6 +36,7 @@ from pathlib import Path
 import xxhash
 
 from llmcore.errors import CheckpointError
+from llmcore.fsutil import fsync_dir, fsync_file
 
 MANIFEST = "manifest.json"
 FORMAT = "llmcore-checkpoint-v2"
@@ -78,21 +79,6 @@ def _digests(ckpt: Path, sizes: dict[str, int], kinds: tuple[str, ...],
         for k, h in zip(kinds, hs):
             out[name][k].append(h)
     return out
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable (POSIX: a directory is synced by its fd)."""
-    if os.name != "posix":
-        return
-    fsync_file(path)
 
 
 def write(ckpt: Path) -> None:

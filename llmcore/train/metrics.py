@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from llmcore.fsutil import write_text_atomically
+
 log = logging.getLogger("llmcore")
 
 
@@ -66,9 +68,7 @@ class MetricsWriter:
             if row is not None and row["step"] <= step:
                 keep.append(line if line.endswith("\n") else line + "\n")
         if len(keep) != len(lines):
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(keep))
-            tmp.replace(self.path)
+            write_text_atomically(self.path, "".join(keep))
         return len(lines) - len(keep)
 
     def write(self, record: dict) -> None:
