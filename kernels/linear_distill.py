@@ -27,7 +27,8 @@ student.
 
 Rows whose label is ``ignore_index`` or in ``ignore_ids`` (``loss_target_mask``) take neither
 term and cost no FLOPs; ``kd_weight`` [N] (routing: 0 drops the KD term of a row) scales only the
-KD term and is independent of that mask. ``reduction="mean"`` divides both terms by the number
+KD term and is independent of that mask; ``ce_weight`` [N] replaces a row's CE coefficient
+``1 - alpha`` (routing that trains a routed row as plain pretraining: 1 there), in the same pass. ``reduction="mean"`` divides both terms by the number
 of CE loss tokens, so routed rows simply contribute 0 KD and the loss stays on the NTP scale
 whatever fraction is routed; ``"sum"`` returns the sums, for the trainer's division by the
 global count of loss tokens of the step (``llmcore/train/losses.py``), exact under gradient
@@ -103,23 +104,23 @@ def distill_row_loss_torch(logits, *data, want_grad, alpha, temperature, z_loss,
                            scale, dense):
     """Row loss (``vocab_chunk_pass``, ``loss_columns=2``) of CE + KD for one chunk.
 
-    ``data`` is (teacher_logits [n, V], y [n], kd_weight [n] or None) for the dense teacher,
-    (y, ids [n, k], logq [n, k], kd_weight) for the sparse one; logits [n, V] in the
-    accumulation dtype. Returns the per-row terms [n, 2] = (CE incl. z-loss, KL) and, with
-    ``want_grad``, the logits overwritten with ``scale * d loss_i / d logits`` of
-    ``loss_i = (1-a) CE_i + a T^2 w_i KL_i``:
+    ``data`` is (teacher_logits [n, V], y [n], kd_weight [n] or None, ce_weight [n] or None)
+    for the dense teacher, (y, ids [n, k], logq [n, k], kd_weight, ce_weight) for the sparse
+    one; logits [n, V] in the accumulation dtype. Returns the per-row terms [n, 2] = (CE incl.
+    z-loss, KL) and, with ``want_grad``, the logits overwritten with ``scale * d loss_i / d
+    logits`` of ``loss_i = c_i CE_i + a T^2 w_i KL_i`` (c_i = ce_weight_i, else 1 - a):
 
-        (1-a) (p (1 + 2 z lse) - onehot(y)) + a T w (Q s_T - q)           forward KL
-        (1-a) (p (1 + 2 z lse) - onehot(y)) + a T w s_T (log s_T/q - KL)  reverse KL
+        c (p (1 + 2 z lse) - onehot(y)) + a T w (Q s_T - q)           forward KL
+        c (p (1 + 2 z lse) - onehot(y)) + a T w s_T (log s_T/q - KL)  reverse KL
 
     with p = softmax(z), s_T = softmax(z / T), Q = sum_j q_j (1 for a normalised q; the
     sparse q enters by a scatter over its ids). Works on sub-blocks of SUB_ELEMENTS.
     """
     if dense:
-        t_all, y_all, kdw_all = data
+        t_all, y_all, kdw_all, cew_all = data
         ids_all = logq_all = None
     else:
-        y_all, ids_all, logq_all, kdw_all = data
+        y_all, ids_all, logq_all, kdw_all, cew_all = data
         t_all = None
     n, vocab = logits.shape
     sub = max(1, SUB_ELEMENTS // max(vocab, 1))
@@ -144,8 +145,9 @@ def distill_row_loss_torch(logits, *data, want_grad, alpha, temperature, z_loss,
         c_kd = torch.full_like(lse, alpha * temperature)
         if kdw_all is not None:
             c_kd = c_kd * kdw_all[s0:s1].to(c_kd.dtype)
-        c_ce = ((1.0 - alpha) * (1.0 + 2.0 * z_loss * lse) if z_loss > 0.0
-                else torch.full_like(lse, 1.0 - alpha))
+        c_y = (torch.full_like(lse, 1.0 - alpha) if cew_all is None
+               else cew_all[s0:s1].to(lse.dtype))  # the CE coefficient: the label's -c
+        c_ce = c_y * (1.0 + 2.0 * z_loss * lse) if z_loss > 0.0 else c_y
         same = inv_t == 1.0  # s_T is p: one probability tensor serves both terms
         s_t = None if same else xt.sub_(lse_t[:, None]).exp_()
         g = x.sub_(lse[:, None]).exp_()  # p, becoming the gradient in place
@@ -165,7 +167,7 @@ def distill_row_loss_torch(logits, *data, want_grad, alpha, temperature, z_loss,
             else:
                 g.mul_(c_ce[:, None]).add_(s_t.mul_((c_kd * q_sum)[:, None]))
             g.scatter_add_(1, ids, -(teach * c_kd[:, None]))
-        g.scatter_add_(1, y, torch.full_like(lse, alpha - 1.0)[:, None])
+        g.scatter_add_(1, y, -c_y[:, None])
         if scale != 1.0:
             g.mul_(scale)
     return out, (logits if want_grad else None)
@@ -236,7 +238,7 @@ def _chunk_pass(backend):
 
 def _loss_and_grads(h, w, spec, want_dh, want_dw):
     """(loss, hard, soft, n_tokens, dh, dW) of one call; gradients None when not wanted."""
-    keep, kdw, opts = spec["keep"], spec["kd_weight"], spec["opts"]
+    keep, kdw, cew, opts = spec["keep"], spec["kd_weight"], spec["ce_weight"], spec["opts"]
     count = keep.sum()
     n_kept = int(count)
     rows = kept_rows(keep)
@@ -246,11 +248,12 @@ def _loss_and_grads(h, w, spec, want_dh, want_dw):
     hard = terms[:, 0].sum()
     kl = terms[:, 1]
     soft = (kl * kdw.to(kl.dtype)).sum() if kdw is not None else kl.sum()
+    ce_term = (1.0 - opts["alpha"]) * hard if cew is None else (terms[:, 0] * cew.to(kl.dtype)).sum()
     if spec["reduction"] == "mean":
         # mean over zero rows stays 0/0 = nan, like linear_cross_entropy
-        hard, soft = hard / n_kept, soft / n_kept
+        hard, soft, ce_term = hard / n_kept, soft / n_kept, ce_term / n_kept
     t = opts["temperature"]
-    loss = (1.0 - opts["alpha"]) * hard + opts["alpha"] * t * t * soft
+    loss = ce_term + opts["alpha"] * t * t * soft
     return loss, hard, soft, count, dh, dw
 
 
@@ -343,8 +346,8 @@ def _check_teacher(n, lead, vocab, teacher_ids, teacher_logprobs, teacher_h, tea
 
 def linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None,
                         teacher_h=None, teacher_w=None, alpha=0.5, temperature=1.0,
-                        kd_weight=None, reverse=False, ignore_index=-100, ignore_ids=None,
-                        reduction="mean", z_loss=0.0):
+                        kd_weight=None, ce_weight=None, reverse=False, ignore_index=-100,
+                        ignore_ids=None, reduction="mean", z_loss=0.0):
     """Next-token CE plus knowledge distillation from ``h @ w.T``, without [N, V] logits.
 
     Distilled pretraining (arXiv 2509.01649): per token that takes a loss,
@@ -368,6 +371,9 @@ def linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None
         temperature: T > 0, applied to student and teacher logits in the KD term only.
         kd_weight: [N] float per-row KD weight (routing: 0 drops a row's KD), independent of
             the CE mask; default 1.
+        ce_weight: [N] float per-row CE coefficient in place of ``1 - alpha`` (a routed row
+            trained as plain pretraining: 1), in the same pass; default ``1 - alpha``. Needs
+            alpha > 0 (at 0 the call is ``linear_cross_entropy``, one weight for all rows).
         reverse: KL(softmax(z / T) || q_T) instead (dense teacher only; a ValueError for the
             sparse one).
         ignore_index, ignore_ids: rows whose label is ``ignore_index`` or in ``ignore_ids``
@@ -378,7 +384,8 @@ def linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None
 
     Returns:
         ``DistillLoss(loss, hard, soft, n_tokens)``: the differentiable scalar loss
-        ``(1 - alpha) * hard + alpha * T^2 * soft``, the reduced CE and KD terms (detached;
+        ``(1 - alpha) * hard + alpha * T^2 * soft`` (with ``ce_weight``, its weighted sum of
+        the rows' CE in place of the first term), the reduced CE and KD terms (detached;
         soft is 0 at alpha = 0) and the long count of CE loss tokens; fp32 (fp64 for fp64
         inputs).
     """
@@ -413,7 +420,14 @@ def linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None
     if kdw is not None and not kdw.is_floating_point():
         raise TypeError(f"linear_distill_loss: kd_weight must be floating point, got {kdw.dtype}")
     kdw = kdw.detach() if kdw is not None else None  # a routing decision, not a parameter
+    cew = _flat_rows("ce_weight", ce_weight, n, lead)
+    if cew is not None and not cew.is_floating_point():
+        raise TypeError(f"linear_distill_loss: ce_weight must be floating point, got {cew.dtype}")
+    cew = cew.detach() if cew is not None else None
     ids_tensor = as_id_tensor(ignore_ids, flat.device)
+    if alpha == 0.0 and cew is not None:
+        raise _err("ce_weight needs alpha > 0: at alpha=0 the call is linear_cross_entropy, one "
+                   "weight for every row")
     if alpha == 0.0:
         return _plain_ce(h, w, labels, ignore_index, ids_tensor, z_loss, reduction)
     if kind is None:
@@ -437,16 +451,16 @@ def linear_distill_loss(h, w, labels, *, teacher_ids=None, teacher_logprobs=None
             raise _err("teacher_logprobs hold nan or +inf (padding is -inf)")
         check_in_vocab("linear_distill_loss", "teacher id", ids, scored, vocab,
                        "not padding (its log-prob is finite)")
-        teacher, row_data = None, (flat, ids, logq, kdw)
+        teacher, row_data = None, (flat, ids, logq, kdw, cew)
     else:
-        teacher, row_data = (t_a.detach(), t_b.detach()), (flat, kdw)
+        teacher, row_data = (t_a.detach(), t_b.detach()), (flat, kdw, cew)
     if backend == "triton":
         from kernels.linear_distill_triton import check_inputs
 
         check_inputs(h2, w, *(teacher or ()))
     opts = {"alpha": alpha, "temperature": temperature, "z_loss": z_loss, "reverse": reverse,
             "dense": kind == "dense"}
-    spec = {"keep": keep, "kd_weight": kdw, "opts": opts, "teacher": teacher,
+    spec = {"keep": keep, "kd_weight": kdw, "ce_weight": cew, "opts": opts, "teacher": teacher,
             "row_data": row_data, "reduction": reduction, "backend": backend}
     with torch.autocast(device_type, enabled=False):
         if torch.is_grad_enabled() and (h2.requires_grad or w.requires_grad):

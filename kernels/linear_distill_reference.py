@@ -14,11 +14,11 @@ __all__ = ["linear_distill_reference", "teacher_entropy_reference"]
 
 def linear_distill_reference(h, w, labels, *, teacher_ids=None, teacher_logprobs=None,
                              teacher_h=None, teacher_w=None, alpha=0.5, temperature=1.0,
-                             kd_weight=None, reverse=False, ignore_index=-100, ignore_ids=None,
-                             reduction="mean", z_loss=0.0):
+                             kd_weight=None, ce_weight=None, reverse=False, ignore_index=-100,
+                             ignore_ids=None, reduction="mean", z_loss=0.0):
     """(loss, hard, soft, n_tokens) of ``linear_distill_loss`` for h [N, d], w [V, d],
     labels [N] and teacher rows [N, ...], written out densely: per kept row
-    ``(1-a) (CE + z lse^2) + a T^2 kd_weight KL``, KL sparse (the given q at its ids against
+    ``c (CE + z lse^2) + a T^2 kd_weight KL`` (c = ce_weight, else 1 - a), KL sparse (the given q at its ids against
     the student's full-vocabulary log-softmax at T), dense forward or dense reverse."""
     keep = loss_target_mask(labels, ignore_index, ignore_ids)
     logits = h @ w.t()
@@ -44,10 +44,12 @@ def linear_distill_reference(h, w, labels, *, teacher_ids=None, teacher_logprobs
     zero = torch.zeros_like(ce)
     hard = torch.where(keep, ce, zero).sum()
     soft = torch.where(keep, kdw * kl, zero).sum()
+    cew = ce_weight if ce_weight is not None else torch.full_like(ce, 1 - alpha)
+    ce_term = torch.where(keep, cew * ce, zero).sum()
     count = keep.sum()
     if reduction == "mean":
-        hard, soft = hard / count, soft / count
-    loss = (1 - alpha) * hard + alpha * temperature ** 2 * soft
+        hard, soft, ce_term = hard / count, soft / count, ce_term / count
+    loss = ce_term + alpha * temperature ** 2 * soft
     return loss, hard, soft, count
 
 

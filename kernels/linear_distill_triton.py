@@ -49,19 +49,23 @@ def _lse(m, s):
 
 
 @triton.jit
-def _grad_scales(kdw_ptr, row, alpha, temperature, z_loss, lse, scale, HAS_KDW: tl.constexpr):
-    """d loss / d logit scales of a row's KD term (its routing weight included) and of its CE +
-    z-loss term: both row kernels share them."""
+def _grad_scales(kdw_ptr, cew_ptr, row, alpha, temperature, z_loss, lse, scale,
+                 HAS_KDW: tl.constexpr, HAS_CEW: tl.constexpr):
+    """d loss / d logit scales of a row's KD term (its routing weight included), of its CE +
+    z-loss term, and the CE coefficient the label's logit loses: both row kernels share them."""
     c_kd = alpha * temperature * scale
     if HAS_KDW:
         c_kd = c_kd * tl.load(kdw_ptr + row).to(tl.float32)
-    return c_kd, (1.0 - alpha) * (1.0 + 2.0 * z_loss * lse) * scale
+    c_y = (1.0 - alpha) * scale
+    if HAS_CEW:
+        c_y = tl.load(cew_ptr + row).to(tl.float32) * scale
+    return c_kd, c_y * (1.0 + 2.0 * z_loss * lse), c_y
 
 
 @triton.jit
-def _kd_sparse_rows_kernel(logits_ptr, labels_ptr, ids_ptr, logq_ptr, kdw_ptr, out_ptr,
+def _kd_sparse_rows_kernel(logits_ptr, labels_ptr, ids_ptr, logq_ptr, kdw_ptr, cew_ptr, out_ptr,
                            stride_row, stride_k, V, K, alpha, inv_t, temperature, z_loss, scale,
-                           HAS_KDW: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                           HAS_KDW: tl.constexpr, HAS_CEW: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                            BLOCK_V: tl.constexpr, BLOCK_VG: tl.constexpr,
                            BLOCK_K: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -93,7 +97,8 @@ def _kd_sparse_rows_kernel(logits_ptr, labels_ptr, ids_ptr, logq_ptr, kdw_ptr, o
     tl.store(out_ptr + row * 2, ce)
     tl.store(out_ptr + row * 2 + 1, kl)
     if COMPUTE_GRAD:
-        c_kd, c_ce = _grad_scales(kdw_ptr, row, alpha, temperature, z_loss, lse, scale, HAS_KDW)
+        c_kd, c_ce, c_y = _grad_scales(kdw_ptr, cew_ptr, row, alpha, temperature, z_loss, lse, scale,
+                                       HAS_KDW, HAS_CEW)
         c_s = c_kd * tl.sum(q, axis=0)  # Q s_T: the q need not sum to 1 (importance weights)
         gcols = tl.arange(0, BLOCK_VG)
         for start in range(0, V, BLOCK_VG):
@@ -102,14 +107,14 @@ def _kd_sparse_rows_kernel(logits_ptr, labels_ptr, ids_ptr, logq_ptr, kdw_ptr, o
             x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
             g = c_ce * tl.exp(x - lse) + c_s * tl.exp(x * inv_t - lse_t)
             g -= c_kd * tl.sum(tl.where(idx[:, None] == ids[None, :], q[None, :], 0.0), axis=1)
-            g = tl.where(idx == label, g - (1.0 - alpha) * scale, g)
+            g = tl.where(idx == label, g - c_y, g)
             tl.store(base + idx, g.to(logits_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _kd_dense_rows_kernel(logits_ptr, t_ptr, labels_ptr, kdw_ptr, out_ptr, stride_row,
+def _kd_dense_rows_kernel(logits_ptr, t_ptr, labels_ptr, kdw_ptr, cew_ptr, out_ptr, stride_row,
                           stride_t, V, alpha, inv_t, temperature, z_loss, scale,
-                          HAS_KDW: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                          HAS_KDW: tl.constexpr, HAS_CEW: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                           REVERSE: tl.constexpr, BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
@@ -149,7 +154,8 @@ def _kd_dense_rows_kernel(logits_ptr, t_ptr, labels_ptr, kdw_ptr, out_ptr, strid
     tl.store(out_ptr + row * 2, ce)
     tl.store(out_ptr + row * 2 + 1, kl)
     if COMPUTE_GRAD:
-        c_kd, c_ce = _grad_scales(kdw_ptr, row, alpha, temperature, z_loss, lse, scale, HAS_KDW)
+        c_kd, c_ce, c_y = _grad_scales(kdw_ptr, cew_ptr, row, alpha, temperature, z_loss, lse, scale,
+                                       HAS_KDW, HAS_CEW)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
             mask = idx < V
@@ -162,7 +168,7 @@ def _kd_dense_rows_kernel(logits_ptr, t_ptr, labels_ptr, kdw_ptr, out_ptr, strid
             else:
                 kd = tl.exp(logs) - tl.exp(logq)
             g = c_ce * tl.exp(x - lse) + c_kd * kd
-            g = tl.where(idx == label, g - (1.0 - alpha) * scale, g)
+            g = tl.where(idx == label, g - c_y, g)
             tl.store(base + idx, g.to(logits_ptr.dtype.element_ty), mask=mask)
 
 
@@ -209,26 +215,27 @@ def distill_row_loss_triton(logits, *data, want_grad, alpha, temperature, z_loss
         return out, (logits if want_grad else None)
     block = _blocks(vocab)
     common = (float(alpha), 1.0 / temperature, float(temperature), float(z_loss), float(scale))
+    *data, kdw, cew = data
+    # an absent weight is not read (HAS_*): any valid pointer stands in for it
+    weights = {"HAS_KDW": kdw is not None, "HAS_CEW": cew is not None}
+    kdw, cew = (t.float().contiguous() if t is not None else out for t in (kdw, cew))
     if dense:
-        t_logits, y, kdw = data
-        kdw = kdw.float().contiguous() if kdw is not None else None
+        t_logits, y = data
         _kd_dense_rows_kernel[(n,)](
-            logits, t_logits, y.contiguous(), kdw if kdw is not None else out, out,
-            logits.stride(0), t_logits.stride(0), vocab, *common,
-            HAS_KDW=kdw is not None, COMPUTE_GRAD=want_grad, REVERSE=bool(reverse),
-            BLOCK_V=block, num_warps=ROW_WARPS)
+            logits, t_logits, y.contiguous(), kdw, cew, out,
+            logits.stride(0), t_logits.stride(0), vocab, *common, **weights,
+            COMPUTE_GRAD=want_grad, REVERSE=bool(reverse), BLOCK_V=block, num_warps=ROW_WARPS)
     else:
-        y, ids, logq, kdw = data
-        kdw = kdw.float().contiguous() if kdw is not None else None
+        y, ids, logq = data
         ids, logq = ids.contiguous(), logq.float().contiguous()
         k = ids.shape[1]
         block_k = next_pow2(k)
         block_g = max(16, min(block, MEMBERSHIP_ELEMENTS // block_k))
         _kd_sparse_rows_kernel[(n,)](
-            logits, y.contiguous(), ids, logq, kdw if kdw is not None else out, out,
-            logits.stride(0), max(ids.stride(0), 1), vocab, k, *common,
-            HAS_KDW=kdw is not None, COMPUTE_GRAD=want_grad, BLOCK_V=block, BLOCK_VG=block_g,
-            BLOCK_K=block_k, num_warps=ROW_WARPS)
+            logits, y.contiguous(), ids, logq, kdw, cew, out,
+            logits.stride(0), max(ids.stride(0), 1), vocab, k, *common, **weights,
+            COMPUTE_GRAD=want_grad, BLOCK_V=block, BLOCK_VG=block_g, BLOCK_K=block_k,
+            num_warps=ROW_WARPS)
     return out, (logits if want_grad else None)
 
 

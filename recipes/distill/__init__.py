@@ -264,18 +264,18 @@ class Distill(Recipe):
             ent = torch.where(torch.isfinite(entropy), entropy, torch.full_like(entropy, float("inf")))
             routed = route_mask(ent.view(B, S), kd.view(B, S), self.config.route_fraction).reshape(-1)
         kd_weight = (kd & ~routed).to(torch.float32)
+        ce_weight = None
+        if self.config.routed_ce == "full" and self.config.route_fraction > 0:
+            # a routed position is trained as in plain pretraining: its CE weight back to 1
+            ce_weight = torch.where(routed, 1.0, 1.0 - alpha).to(torch.float32)
         w = ctx.output_weight
         if "teacher_h" in teacher and self.kd_vocab != w.shape[0]:
             w = w[: self.kd_vocab]  # padded widths differ: compare over the real vocabulary only
         res = kernels.linear_distill_loss(h, w, labels, **teacher, alpha=alpha, temperature=T, kd_weight=kd_weight,
-                                          reverse=self.config.reverse, ignore_ids=ctx.ignore_ids, reduction="sum",
-                                          z_loss=z_loss)
+                                          ce_weight=ce_weight, reverse=self.config.reverse,
+                                          ignore_ids=ctx.ignore_ids, reduction="sum", z_loss=z_loss)
         loss = res.loss
         routed = routed & keep
-        if self.config.routed_ce == "full" and bool(routed.any()):
-            # a routed position is trained as in plain pretraining: its CE weight back to 1
-            loss = loss + alpha * kernels.linear_cross_entropy(h[routed], w, labels[routed], ignore_ids=ctx.ignore_ids,
-                                                               z_loss=z_loss, reduction="sum")
         ent_ok = keep & torch.isfinite(entropy)
         self._add_stats(hard=res.hard, soft=res.soft, n=count, kd=kd_weight.sum(), routed=routed.sum(),
                         mass=(mass * kd).sum() if mass is not None else None, mass_rows=kd.sum(),

@@ -168,6 +168,24 @@ def test_triton_matches_float64_grid(use_triton, small_chunks, teacher, temperat
              reduction="sum", z_loss=1e-2)
 
 
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+def test_a_per_row_ce_weight_replaces_one_minus_alpha_in_the_same_pass(monkeypatch, small_chunks, backend, kind):
+    # routing that trains a routed row as plain pretraining: CE weight 1 and no KD there
+    monkeypatch.setenv("LLMCORE_KERNELS", backend)
+    x = _inputs(7, seed=4)
+    ce_weight = torch.where(x["kd_weight"] == 0, 1.0, 0.4).to(x["kd_weight"])
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    _compare(x, dtype, kind, 0.6, 2.0, z_loss=1e-2, ce_weight=ce_weight)
+    _compare(x, dtype, kind, 0.6, 1.0, reduction="sum", ce_weight=ce_weight)
+    # 1 - alpha on every row is the call without ce_weight
+    plain = _run(kernels.linear_distill_loss, x, dtype, alpha=0.6, **_teacher(kind, x))
+    same = _run(kernels.linear_distill_loss, x, dtype, alpha=0.6, ce_weight=torch.full_like(ce_weight, 0.4),
+                **_teacher(kind, x))
+    for name, a, b in zip(("loss", "hard", "soft", "n_tokens", "dh", "dW"), plain, same):
+        assert_close(name, a, b, dtype)
+
+
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
 def test_alpha_zero_is_linear_cross_entropy_bit_for_bit(monkeypatch, backend):
     monkeypatch.setenv("LLMCORE_KERNELS", backend)
@@ -306,6 +324,12 @@ ERRORS = [
      ValueError, r"teacher_ids \(22, 7\) does not match the 23 rows"),
     ("kd-weight-rows", lambda x: _with(_teacher("sparse", x), kd_weight=x["kd_weight"][:22]),
      ValueError, r"kd_weight \(22,\) does not match the 23 rows"),
+    ("ce-weight-rows", lambda x: _with(_teacher("sparse", x), ce_weight=x["kd_weight"][:22]),
+     ValueError, r"ce_weight \(22,\) does not match the 23 rows"),
+    ("ce-weight-at-alpha-0", lambda x: _with(_teacher("sparse", x), alpha=0.0, ce_weight=x["kd_weight"]),
+     ValueError, "ce_weight needs alpha > 0"),
+    ("integer-ce-weight", lambda x: _with(_teacher("sparse", x), ce_weight=x["labels"]),
+     TypeError, "ce_weight must be floating point"),
     ("two-teachers", lambda x: _with(_teacher("sparse", x), teacher_h=x["teacher_h"],
                                      teacher_w=x["teacher_w"]),
      ValueError, "either a sparse teacher .* or a dense one"),
