@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 import llmcore
 from llmcore.config.schema import Config, ModelConfig
 from llmcore.errors import CheckpointError
-from llmcore.generate.sampling import generate
 from llmcore.hf.folder import export_hf, import_hf
 from llmcore.model.args import ModelArgs
 from llmcore.model.transformer import Transformer
 from llmcore.tokenizer import Tokenizer
+from tests.llmcore.hf_testing import assert_greedy_matches
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # every load below must work from the folder alone
 
@@ -114,13 +114,7 @@ def test_logits_and_greedy_match_transformers(exported):
         ours, theirs = model.logits(model(ids)), hf(ids).logits.float()
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
     for prompt in (ids[0, :1].tolist(), ids[1, :9].tolist()):
-        mine = generate(model, [prompt], 16, temperature=0.0, eos_id=tok.eos_id)[0]
-        with torch.no_grad():
-            full = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                               max_new_tokens=16, do_sample=False)[0, len(prompt):].tolist()
-        if tok.eos_id in full:
-            full = full[:full.index(tok.eos_id) + 1]
-        assert mine == full
+        assert_greedy_matches(model, hf, prompt, 16, tok.eos_id)
 
 
 def test_files_config_and_aux_dropped(exported):

@@ -17,13 +17,13 @@ from run_configs import tiny_config
 import llmcore
 from llmcore.cli.main import main
 from llmcore.errors import TokenizerError
-from llmcore.generate.sampling import generate
 from llmcore.hf.folder import export_hf, import_hf
 from llmcore.tokenizer import Tokenizer
 from llmcore.tokenizer_hf import HFTokenizer
 from llmcore.train import checkpoint
 from llmcore.train.loop import Trainer
 from llmcore.train.metrics import log
+from tests.llmcore.hf_testing import assert_greedy_matches
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # every load below must work from the folders alone
 tokenizers = pytest.importorskip("tokenizers")
@@ -117,13 +117,7 @@ def test_import_train_pause_export_round_trip(hf_model, corpus_file, tmp_path, m
     for text in TEXTS:
         assert exported_tok.encode(text, add_special_tokens=False) == ours_tok.encode(text), text
     prompt = ours_tok.encode("The hacker")
-    mine = generate(ours, [prompt], 8, temperature=0.0, eos_id=ours_tok.eos_id)[0]
-    with torch.no_grad():
-        full = theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                               max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
-    if ours_tok.eos_id in full:
-        full = full[:full.index(ours_tok.eos_id) + 1]
-    assert mine == full
+    mine = assert_greedy_matches(ours, theirs, prompt, 8, ours_tok.eos_id)
     assert ours_tok.decode(prompt + mine).startswith("The hacker")
     back = import_hf(str(out), str(tmp_path / "again"))  # the exported folder imports as it was trained
     assert Tokenizer.load(str(back / "tokenizer")).hash == tok.hash
