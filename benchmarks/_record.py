@@ -1,11 +1,14 @@
 """What every benchmark row records beside its numbers: the commit it ran at, and the CSV it
-is appended to. Shared by the benchmark scripts."""
+is appended to; and the fresh worker process a measured case runs in. Shared by the benchmark
+scripts."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,3 +50,14 @@ def append_csv(path: str | Path, rows: list[dict]) -> Path:
     with path.open("a", newline="") as f:
         csv.DictWriter(f, fieldnames=fields, restval="").writerows(rows)
     return path
+
+
+def run_worker(module: str, case: str, args: list[str]) -> dict:
+    """`python -m module --worker case *args` in a fresh process (its peak memory is its own),
+    its last stdout line parsed as the row, the commit added; exits naming the case and the
+    worker's error output when it fails."""
+    cmd = [sys.executable, "-m", module, "--worker", case, *map(str, args)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if out.returncode:
+        sys.exit(f"{case} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": git_commit()}

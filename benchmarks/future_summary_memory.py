@@ -26,12 +26,10 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks._record import append_csv, git_commit
+from benchmarks._record import append_csv, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("ntp", "fused", "naive")
@@ -110,13 +108,9 @@ def main(argv=None) -> None:
         return
     rows = []
     for case in a.cases.split(","):
-        cmd = [sys.executable, "-m", "benchmarks.future_summary_memory", "--worker", case, "--tokens", str(a.tokens),
-               "--vocab", str(a.vocab), "--dim", str(a.dim), "--heads", str(a.heads), "--tau", str(a.tau),
-               "--threads", str(a.threads)]
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{case} worker failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": git_commit()})
+        rows.append(run_worker("benchmarks.future_summary_memory", case, [
+            "--tokens", a.tokens, "--vocab", a.vocab, "--dim", a.dim, "--heads", a.heads, "--tau", a.tau,
+            "--threads", a.threads]))
     ntp = next((r for r in rows if r["case"] == "ntp"), None)
     print(f"\nN={a.tokens} tokens, V={a.vocab}, d={a.dim}, fp32, {rows[0]['device']}; "
           f"aux = {a.heads} MTP heads + FSP-BCE (bags of {a.tau - 1})")

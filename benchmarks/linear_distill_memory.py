@@ -35,12 +35,10 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks._record import append_csv, git_commit
+from benchmarks._record import append_csv, git_commit, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("ntp", "kd_sparse_T1", "kd_sparse_T2", "kd_dense", "naive_sparse", "naive_dense")
@@ -189,15 +187,10 @@ def main(argv=None) -> None:
         p.error(f"unknown cases {unknown}; choose from {', '.join(CASES)}")
     rows = []
     for case in cases:
-        cmd = [sys.executable, "-m", "benchmarks.linear_distill_memory", "--worker", case,
-               "--tokens", str(a.tokens), "--dim", str(a.dim), "--vocab", str(a.vocab),
-               "--top-k", str(a.top_k), "--teacher-dim", str(a.teacher_dim),
-               "--repeats", str(a.repeats), "--threads", str(a.threads)]
         print(f"running {case} ...", flush=True)
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-        if out.returncode:
-            sys.exit(f"{case} worker failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": git_commit()})
+        rows.append(run_worker("benchmarks.linear_distill_memory", case, [
+            "--tokens", a.tokens, "--dim", a.dim, "--vocab", a.vocab, "--top-k", a.top_k,
+            "--teacher-dim", a.teacher_dim, "--repeats", a.repeats, "--threads", a.threads]))
     ntp = next((r for r in rows if r["case"] == "ntp"), None)
     print(f"\nN={a.tokens} tokens, d={a.dim}, V={a.vocab}, k={a.top_k}, teacher d_t={a.teacher_dim}, "
           f"alpha={ALPHA}, {ROUTED:.0%} routed, fp32, {rows[0]['device']}")

@@ -23,12 +23,10 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks._record import append_csv, git_commit
+from benchmarks._record import append_csv, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,12 +147,9 @@ def main() -> None:
         return
     rows = []
     for impl in ("llmcore", "hf"):
-        cmd = [sys.executable, "-m", "benchmarks.throughput", "--worker", impl, "--preset", a.preset,
-               "--seq-len", str(a.seq_len), "--batch", str(a.batch), "--steps", str(a.steps), "--dtype", a.dtype, "--threads", str(a.threads)] + (["--compile"] * a.compile)
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{impl} worker failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"commit": git_commit()})
+        rows.append(run_worker("benchmarks.throughput", impl, [
+            "--preset", a.preset, "--seq-len", a.seq_len, "--batch", a.batch, "--steps", a.steps, "--dtype", a.dtype,
+            "--threads", a.threads, *(["--compile"] * a.compile)]))
     ours, base = rows
     print(f"\npreset {a.preset} ({ours['params']:,} params), batch {a.batch} x seq {a.seq_len}, {a.dtype}, "
           f"{'compiled blocks, ' if a.compile else ''}{ours['device']}")
