@@ -123,12 +123,12 @@ def cmd_sweep(a) -> None:
     # values stay the text typed, so the folders are named as typed (`optim.lr=1e-3`)
     spec = Pipeline(out_dir=base.train.out_dir, overrides=list(a.overrides),
                     stages=[Stage(name="sweep", config=a.config or "", out_dir=".", sweep=Sweep(a.key, values))])
-    rows = run_pipeline(spec, print_summary=False)
+    rows = run_pipeline(spec, print_summary=False, jobs=a.jobs)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{a.key:>16}  {'train loss':>10}  {'val loss':>10}  out_dir")
-        for value, row in zip(values, rows):
+        for row in rows:  # a run stopped by a signal (or not started after it) has no row
             fmt = lambda x: f"{x:10.4f}" if isinstance(x, float) else f"{'-':>10}"
-            print(f"{value:>16}  {fmt(row.get('loss'))}  {fmt(row.get('val_loss'))}  {row['out_dir']}")
+            print(f"{row['params'][a.key]!s:>16}  {fmt(row.get('loss'))}  {fmt(row.get('val_loss'))}  {row['out_dir']}")
 
 
 def cmd_eval(a) -> None:
@@ -288,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--config", help="YAML config")
     sw.add_argument("--key", required=True, help="dotted config key, e.g. optim.lr")
     sw.add_argument("--values", required=True, help="comma-separated values, e.g. 1e-3,3e-3,1e-2")
+    sw.add_argument("--jobs", type=int, default=1, help="train up to N of the runs at once (as llmcore pipeline)")
     sw.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     sw.set_defaults(fn=cmd_sweep)
 

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from llmcore.cli.main import main
 
 
@@ -44,8 +46,9 @@ def test_print_config_resolves_overrides(capsys):
     assert "lr: 0.5" in capsys.readouterr().out
 
 
-def test_sweep_runs_one_training_per_value(prepared, tmp_path, capsys):
-    assert main(["sweep", "--config", "recipes/configs/tiny.yaml", "--key", "optim.lr", "--values", "1e-4,3e-3",
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sweep_runs_one_training_per_value(prepared, tmp_path, capsys, jobs):
+    assert main(["sweep", "--jobs", jobs, "--config", "recipes/configs/tiny.yaml", "--key", "optim.lr", "--values", "1e-4,3e-3",
                  f"data.path={prepared}", f"train.out_dir={tmp_path}", "data.seq_len=32", "train.max_steps=15",
                  "train.progress=false", "train.eval_every=0", "train.save_every=0", "train.eval_batches=2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()[1:]
