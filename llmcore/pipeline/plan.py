@@ -219,7 +219,11 @@ def _read_disk_state(run: Run) -> None:
         run.state = "resume"
         return
     saved = read_saved(yaml.safe_load((ckpt / "config.yaml").read_text()) or {}, recipe_config_class)
-    diff = shown(differences(saved, yaml.safe_load(run.config.to_yaml()), common_only=True), 4)
+    now = yaml.safe_load(run.config.to_yaml())
+    if step < max_steps and isinstance(saved.get("train"), dict):
+        # stopped early, by its own rule, before either cap: a longer cap trains the same run
+        now["train"]["max_steps"] = saved["train"].get("max_steps")
+    diff = shown(differences(saved, now, common_only=True), 4)
     if diff:
         raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
                           "folder or give the pipeline another out_dir to train it again")

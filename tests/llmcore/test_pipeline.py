@@ -264,3 +264,13 @@ def test_an_early_stopped_stage_is_finished_and_its_best_checkpoint_starts_the_n
     count_fits.clear()
     rows = run_pipeline(path, print_summary=False)
     assert count_fits == [] and [r["status"] for r in rows] == ["skipped", "skipped"]
+    # a longer cap would have stopped at the same step: still finished, nothing trains
+    longer = write_pipeline(tmp_path, prepared, [
+        {"name": "post", "overrides": ["train.max_steps=16", "recipes=[probe]", "probe.stop_at_step=3",
+                                       "train.eval_every=1", "train.keep_best_on=val"]},
+        {"name": "ft", "init_from": "post", "overrides": ["optim.lr=0.0", "train.max_steps=1"]},
+    ], name="longer.yaml")
+    rows = run_pipeline(longer, print_summary=False)
+    assert count_fits == [] and [r["status"] for r in rows] == ["skipped", "skipped"]
+    with pytest.raises(ConfigError, match="past train.max_steps=2"):
+        run_pipeline(path, overrides=["train.max_steps=2"], print_summary=False)
