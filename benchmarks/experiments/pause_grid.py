@@ -183,6 +183,14 @@ def score(run_dir: str, data: dict) -> dict:
     return task.score(model, tok, data["test"], recipes=llmcore.load_recipes(ckpt))
 
 
+def val_curve(run_dir: str) -> list[list[float]]:
+    """[step, validation loss] of every evaluation of a fine-tune (answer + end-of-text tokens,
+    the same tokens in every cell: pauses take no loss)."""
+    from llmcore.train.metrics import read_metrics
+
+    return [[r["step"], r["val_loss"]] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "val_loss" in r]
+
+
 def plateau(run_dir: str) -> float:
     """Change of the logged training loss over the last 20% of a run's steps: the mean of the
     rows logged after 80% of the steps minus the mean of those logged in the 20% before
@@ -246,7 +254,10 @@ def plot(doc: dict, path: Path) -> Path:
 
     plt = pyplot("the pause-grid plot")
     results = doc["results"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+    curves = all("val_curve" in r for r in results)
+    fig, axes = plt.subplots(1, 3 if curves else 2, figsize=(17 if curves else 12, 4.2),
+                             gridspec_kw={"width_ratios": [1, 1.3, 1.2] if curves else [1, 1.3]})
+    ax, bx = axes[0], axes[1]
     per_seed = np.array([[100 * x for x in cell_scores(results, c)] for c in CELLS])  # [cell, seed]
     ax.bar(range(4), per_seed.mean(1), color="#9ecae1", width=0.6)
     for s in range(per_seed.shape[1]):
@@ -265,9 +276,31 @@ def plot(doc: dict, path: Path) -> Path:
                   rotation=20, fontsize=7, ha="right")
     bx.set_ylabel("paired difference, accuracy points")
     bx.set_title("Contrasts: per seed (dots), mean and 95% CI", fontsize=10)
+    if curves:
+        _plot_curves(axes[2], results)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+def _plot_curves(ax, results: list[dict]) -> None:
+    """Validation loss along fine-tuning, per cell: the mean over seeds at each evaluation
+    every run of the cell reached (early-stopped runs end sooner), each seed faint."""
+    colors = dict(zip(CELLS, ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")))
+    for cell in CELLS:
+        runs = [r["val_curve"] for r in results if (r["pretrain"], r["finetune"]) == cell]
+        if not runs:
+            continue
+        for c in runs:
+            ax.plot(*zip(*c), color=colors[cell], lw=0.5, alpha=0.25)
+        steps = sorted(set.intersection(*({s for s, _ in c} for c in runs)))
+        mean = [np.mean([dict(c)[s] for c in runs]) for s in steps]
+        ax.plot(steps, mean, color=colors[cell], lw=1.6, label=f"pt {cell[0]}, ft {cell[1]}")
+    ax.set_xlabel("fine-tune step")
+    ax.set_ylabel("validation loss (answer + end of text)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("Fine-tuning: mean over seeds (bold), each seed (faint)", fontsize=10)
 
 
 def main(argv=None) -> None:
@@ -300,6 +333,7 @@ def main(argv=None) -> None:
                 run = rows[(f"pt_{pt}-ft_{ft}", seed)]
                 best_step = int(best_checkpoint(run["out_dir"]).name.split("-")[-1])
                 res = {"seed": seed, "pretrain": pt, "finetune": ft, "steps": int(run["step"]), "best_step": best_step,
+                       "val_curve": val_curve(run["out_dir"]),
                        **score(run["out_dir"], data)}
                 results.append(res)
                 print(f"seed {seed} {pt}-pretrain {ft}-finetune: accuracy {res['accuracy']:.3f} "
