@@ -48,7 +48,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 CELLS = [("standard", "standard"), ("standard", "pause"), ("pause", "standard"), ("pause", "pause")]
 SCALES = {
     "cpu": {"d_model": 8, "layers": 2, "heads": 2, "batch": 32, "ft_batch": 128, "pretrain_steps": 1500,
-            "finetune_steps": 12000, "ft_lr": 4e-3, "patience": 15, "dims": 1, "corpus": 100000, "train": 40000,
+            "finetune_steps": 24000, "ft_lr": 4e-3, "patience": 15, "dims": 1, "corpus": 100000, "train": 40000,
             "eval": 1000, "threads": 1},
     # not run (no GPU lent): two-digit items, which no CPU size learned at all, for a model 16x wider
     "gpu": {"d_model": 256, "layers": 4, "heads": 4, "batch": 256, "ft_batch": 512, "pretrain_steps": 1500,
