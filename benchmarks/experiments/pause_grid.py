@@ -262,7 +262,10 @@ def plot(doc: dict, path: Path) -> Path:
     ax.bar(range(4), per_seed.mean(1), color="#9ecae1", width=0.6)
     for s in range(per_seed.shape[1]):
         ax.plot(range(4), per_seed[:, s], color="#08519c", marker="o", ms=3, lw=0.7, alpha=0.7)
-    ax.axhline(50, color="grey", ls="--", lw=1)
+    low = max(0.0, 5 * np.floor(per_seed.min() / 5) - 5)  # zoomed to the cells: their differences are points
+    if low < 50:
+        ax.axhline(50, color="grey", ls="--", lw=1)
+    ax.set_ylim(low, 100)
     ax.set_xticks(range(4), [f"pt {p}\nft {f}" for p, f in CELLS], fontsize=8)
     ax.set_ylabel(f"accuracy, % ({doc['args']['eval']} test problems)")
     ax.set_title(f"3SUM, {doc['args']['items']} items: mean (bar), each seed (line)", fontsize=10)

@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     p.add_argument("--out", default="runs/sam_forgetting")
-    p.add_argument("--seeds", default="0,1,2", help="the first seed also carries the LR / rho sweeps")
+    p.add_argument("--seeds", default="0,1,2,3,4,5", help="the first seed also carries the LR / rho sweeps")
     p.add_argument("--d-model", type=int)
     p.add_argument("--layers", type=int)
     p.add_argument("--batch", type=int)
