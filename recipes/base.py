@@ -128,6 +128,10 @@ class Recipe:
         return None
 
     @_default
+    def uses_max_steps(self) -> bool:
+        return False
+
+    @_default
     def state_dict(self) -> dict:
         return {}
 

@@ -126,6 +126,9 @@ class Sam(Recipe):
         return want
 
     # --- hooks ---------------------------------------------------------------------------
+    def uses_max_steps(self) -> bool:
+        return self.config.schedule != "constant"  # linear: rho reaches final_rho at max_steps - 1
+
     def on_train_start(self, ctx: RunContext):
         self.max_steps = ctx.config.train.max_steps
         self._log_mode(ctx.engine)

@@ -17,7 +17,10 @@ Choices made here:
   workers, whose bars would overwrite each other on one terminal;
 - a failed run stops new launches, lets the running ones finish, then raises its error;
   SIGTERM / SIGUSR1 is passed to every worker (each checkpoints and stops) and nothing new
-  starts: rerun to go on, as with one job.
+  starts: rerun to go on, as with one job. A worker the signal reaches before its trainer
+  listens is killed with its checkpoints as they were, and counts as not started;
+- recipes: workers find them as any process does (entry points, `LLMCORE_RECIPE_MODULES`);
+  one registered only in the parent's memory (`temporary_recipe`) is unknown there.
 """
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ def run_parallel(runs: list[Run], jobs: int, run_one) -> list[dict]:
                 live[here] = (run, proc, slot)
                 pending.remove(run)
                 log.info("%s: started in worker %d of %d", run.title, slot + 1, jobs)
+                if stopping and isinstance(stopping[-1], int):  # a signal that came during the start
+                    os.kill(proc.pid, stopping[-1])
             if not live:
                 break  # what is left waits on a failed or stopped run
             for conn in wait(list(live)):
@@ -131,8 +136,20 @@ def run_parallel(runs: list[Run], jobs: int, run_one) -> list[dict]:
                 try:
                     message = conn.recv()
                 except EOFError:
-                    message = ("error", RuntimeError(f"the worker of {run.title} died without a result"), "")
+                    message = None
+                except Exception as e:  # noqa: BLE001 - an error that pickled but does not unpickle
+                    message = ("error", RuntimeError(f"{run.title} failed; its error could not be read back: {e}"), "")
                 proc.join()
+                if message is None and stopping and proc.exitcode in (-signal.SIGTERM, -signal.SIGUSR1):
+                    # the signal reached the worker before its trainer listened (or after it
+                    # stopped listening): killed, with its checkpoints as they were; a rerun goes on
+                    log.warning("%s: stopped by the signal before it could checkpoint; rerun the pipeline to "
+                                "resume it", run.title)
+                    pending.append(run)
+                    continue
+                if message is None:
+                    message = ("error", RuntimeError(f"the worker of {run.title} died without a result "
+                                                     f"(exit code {proc.exitcode})"), "")
                 if message[0] == "row":
                     rows[run.name] = message[1]
                     if message[1]["status"] == "stopped":  # a signal sent to the worker itself
@@ -148,4 +165,4 @@ def run_parallel(runs: list[Run], jobs: int, run_one) -> list[dict]:
     if pending:
         log.warning("%d run(s) not started: %s; rerun the pipeline to go on", len(pending),
                     ", ".join(r.name for r in pending))
-    return [rows[r.name] for r in runs if r.name in rows]
+    return [rows[r.name] for r in runs if r.name in rows]  # plan order

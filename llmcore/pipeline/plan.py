@@ -24,9 +24,13 @@ from llmcore.errors import ConfigError
 from llmcore.pipeline.expr import substitute
 from llmcore.pipeline.result import RESULT_FILE, read_result
 from llmcore.pipeline.spec import Pipeline, Stage, value_text, variant_label
+from llmcore.recipe.recipe_set import RecipeSet
 from llmcore.recipe.registry import recipe_config_class
 from llmcore.train import checkpoint
 
+DISPLAY_ONLY = ("train.progress",)
+"""Keys that change what a terminal shows, not what a run trains or writes: a finished run is
+not "another config" for them (a `--jobs` worker turns its bar off)."""
 _REF_RE = re.compile(r"^([^\[\]]+)(?:\[(.*)\])?$")
 
 
@@ -220,14 +224,23 @@ def _read_disk_state(run: Run) -> None:
         return
     saved = read_saved(yaml.safe_load((ckpt / "config.yaml").read_text()) or {}, recipe_config_class)
     now = yaml.safe_load(run.config.to_yaml())
-    if step < max_steps and isinstance(saved.get("train"), dict):
-        # stopped early, by its own rule, before either cap: a longer cap trains the same run
+    if step < max_steps and isinstance(saved.get("train"), dict) and _cap_free(run.config, step):
+        # stopped early, by its own rule, and nothing before that step saw the cap: a longer
+        # cap trains the same run
         now["train"]["max_steps"] = saved["train"].get("max_steps")
-    diff = shown(differences(saved, now, common_only=True), 4)
+    diff = shown(differences(saved, now, keep=lambda key: key not in DISPLAY_ONLY, common_only=True), 4)
     if diff:
         raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
                           "folder or give the pipeline another out_dir to train it again")
     run.state = "finished"
+
+
+def _cap_free(cfg: Config, step: int) -> bool:
+    """Whether no step before `step` depended on `train.max_steps`: a constant LR whose warmup
+    ended by then, and no recipe that schedules over the run (`uses_max_steps`). Cosine and
+    WSD decay toward the cap, so under another cap every step's LR differs."""
+    s = cfg.schedule
+    return s.kind == "constant" and s.warmup_steps <= step and not RecipeSet.from_config(cfg).uses_max_steps()
 
 
 def _check_sources_finished(run: Run, sources: dict[str, Run]) -> None:

@@ -20,7 +20,7 @@ from llmcore.recipe.registry import recipe_class
 HOOKS = (
     "special_tokens", "bind", "transform", "ignore_ids", "frozen_modules", "modules", "loss",
     "ntp_weight", "optimizer_step", "on_train_start", "on_step_end", "on_eval", "on_train_end",
-    "state_dict", "load_state_dict", "logits_processors", "prepare_prompt", "beam_selector", "fan_out",
+    "uses_max_steps", "state_dict", "load_state_dict", "logits_processors", "prepare_prompt", "beam_selector", "fan_out",
 )
 """Every recipe hook llmcore calls, in the order of README's hook table."""
 
@@ -133,6 +133,12 @@ class RecipeSet:
                 if mod is not None:
                     out[r.name] = mod
         return out
+
+    def uses_max_steps(self) -> bool:
+        """True when some recipe trains differently under another `train.max_steps` (a
+        schedule over the whole run): then even a run that stopped early would not repeat
+        itself under a longer cap."""
+        return any(_has(r, "uses_max_steps") and bool(r.uses_max_steps()) for r in self.recipes)
 
     # --- the step -------------------------------------------------------------------------
     def ntp_weight(self, step: int) -> float:

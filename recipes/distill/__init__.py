@@ -184,6 +184,11 @@ class Distill(Recipe):
                                     "distill.teacher")
         return {TEACHER: model}
 
+    def uses_max_steps(self) -> bool:
+        # linear runs start -> end over max_steps; lr follows the LR schedule, which may too
+        c = self.config
+        return c.alpha_schedule != "constant" or c.temperature_schedule != "constant"
+
     def on_train_start(self, ctx: RunContext) -> dict:
         cfg = ctx.config
         c = self.config

@@ -274,3 +274,11 @@ def test_an_early_stopped_stage_is_finished_and_its_best_checkpoint_starts_the_n
     assert count_fits == [] and [r["status"] for r in rows] == ["skipped", "skipped"]
     with pytest.raises(ConfigError, match="past train.max_steps=2"):
         run_pipeline(path, overrides=["train.max_steps=2"], print_summary=False)
+    # under a decaying LR every step saw the cap: a longer one is another run, refused by name
+    decaying = write_pipeline(tmp_path, prepared, [
+        {"name": "post", "overrides": ["train.max_steps=8", "recipes=[probe]", "probe.stop_at_step=3",
+                                       "train.eval_every=1", "schedule.kind=cosine"]}], name="cosine.yaml",
+        out_dir=str(tmp_path / "cosine"))
+    run_pipeline(decaying, print_summary=False)
+    with pytest.raises(ConfigError, match=re.escape("finished with another config (train.max_steps: 8 -> 16)")):
+        run_pipeline(decaying, overrides=["train.max_steps=16"], print_summary=False)

@@ -55,7 +55,9 @@ def test_two_jobs_end_where_one_job_ends_and_a_rerun_trains_nothing(prepared, tm
                                 / "config.yaml").read_text())
         assert saved["train"]["init_from"] == str(tmp_path / "two" / "runs" / "pre" / f"train.seed={seed}" / "ckpt-000003")
 
-    again = run_pipeline(pipeline_file(tmp_path / "two", prepared, stages), print_summary=False, jobs=2)
+    # a progress bar on or off is not another config: workers turn theirs off
+    again = run_pipeline(pipeline_file(tmp_path / "two", prepared, stages), overrides=["train.progress=true"],
+                         print_summary=False, jobs=2)
     assert [r["status"] for r in again] == ["skipped"] * 4
     assert [r["val_loss"] for r in again] == [r["val_loss"] for r in one]
 

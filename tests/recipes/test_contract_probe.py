@@ -213,3 +213,16 @@ def test_extra_fields_and_side_cars_reach_the_loss_aligned_with_labels(prepared,
     assert len(rows) == 4 and all(r["probe/field_mismatch"] == 0 for r in rows)
     assert all(r["probe/field_checked"] == 2 * r["loss_tokens"] for r in rows)  # two fields, every target
     assert losses(out) == losses(baseline)  # carrying fields changes nothing else
+
+
+def test_recipes_with_a_schedule_over_the_run_say_they_use_max_steps():
+    from recipes.distill import Distill
+    from recipes.sam import Sam
+
+    assert not RecipeSet([Probe(Probe.Config())]).uses_max_steps()
+    assert not RecipeSet([Sam(Sam.Config())]).uses_max_steps()
+    assert RecipeSet([Sam(Sam.Config(schedule="linear", final_rho=0.0))]).uses_max_steps()
+    cache = {"cache": "teacher_cache"}  # named only: nothing is read before training starts
+    assert not RecipeSet([Distill(Distill.Config(**cache))]).uses_max_steps()
+    assert RecipeSet([Distill(Distill.Config(alpha_schedule="linear", alpha_end=0.0, **cache))]).uses_max_steps()
+    assert RecipeSet([Distill(Distill.Config(temperature_schedule="lr", temperature_end=1.0, **cache))]).uses_max_steps()
