@@ -47,6 +47,7 @@ import numpy as np
 from llmcore.data.collate import check_extra_names
 from llmcore.data.shards import TokenShards, read_format_json, sha256_file
 from llmcore.errors import DataError
+from llmcore.fsutil import write_text_atomically
 
 SIDECAR_FORMAT = "llmcore-sidecar-v1"
 SIDECAR_DIR = "sidecars"
@@ -81,11 +82,7 @@ def read_sidecar_manifest(data_path: str, name: str) -> dict:
 
 def write_json_atomic(path: str, obj: dict) -> None:
     """Write JSON so a reader sees the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(obj, indent=1) + "\n")
 
 
 def open_npy(file: str, what: str) -> np.memmap:

@@ -13,9 +13,9 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
+from llmcore.fsutil import write_text_atomically
 from llmcore.plots import pyplot
 
 CSV_COLUMNS = ("checkpoint", "step", "tokens", "probe", "law", "sigma", "seeds", "finetune_steps", "finetune_lr",
@@ -72,9 +72,7 @@ def write_tables(rows: list[dict], out_dir: str | Path) -> list[Path]:
     texts = (to_csv(rows), to_markdown(rows), json.dumps(rows, indent=1))
     paths = []
     for name, text in zip(FILES, texts):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        write_text_atomically(out / name, text)
         paths.append(out / name)
     return paths
 

@@ -67,10 +67,7 @@ def _worker(run_one, run: Run, env: dict[str, str], conn) -> None:
         import torch
 
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    setup_logging()
-    for handler in logging.getLogger("llmcore").handlers:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s llmcore %(levelname)s [{run.name}] %(message)s",
-                                               "%H:%M:%S"))
+    setup_logging(tag=run.name)
     run.config.train.progress = False
     try:
         conn.send(("row", run_one(run, True)))

@@ -27,6 +27,7 @@ from llmcore.pipeline.spec import Pipeline, Stage, value_text, variant_label
 from llmcore.recipe.recipe_set import RecipeSet
 from llmcore.recipe.registry import recipe_config_class
 from llmcore.train import checkpoint
+from llmcore.train.optim import lr_multiplier
 
 DISPLAY_ONLY = ("train.progress",)
 """Keys that change what a terminal shows, not what a run trains or writes: a finished run is
@@ -224,10 +225,11 @@ def _read_disk_state(run: Run) -> None:
         return
     saved = read_saved(yaml.safe_load((ckpt / "config.yaml").read_text()) or {}, recipe_config_class)
     now = yaml.safe_load(run.config.to_yaml())
-    if step < max_steps and isinstance(saved.get("train"), dict) and _cap_free(run.config, step):
+    old_cap = saved.get("train", {}).get("max_steps") if isinstance(saved.get("train"), dict) else None
+    if step < max_steps and isinstance(old_cap, int) and _cap_free(run.config, step, old_cap):
         # stopped early, by its own rule, and nothing before that step saw the cap: a longer
         # cap trains the same run
-        now["train"]["max_steps"] = saved["train"].get("max_steps")
+        now["train"]["max_steps"] = old_cap
     diff = shown(differences(saved, now, keep=lambda key: key not in DISPLAY_ONLY, common_only=True), 4)
     if diff:
         raise ConfigError(f"{run.title}: {run.out_dir} finished with another config ({diff}); delete the "
@@ -235,12 +237,15 @@ def _read_disk_state(run: Run) -> None:
     run.state = "finished"
 
 
-def _cap_free(cfg: Config, step: int) -> bool:
-    """Whether no step before `step` depended on `train.max_steps`: a constant LR whose warmup
-    ended by then, and no recipe that schedules over the run (`uses_max_steps`). Cosine and
-    WSD decay toward the cap, so under another cap every step's LR differs."""
-    s = cfg.schedule
-    return s.kind == "constant" and s.warmup_steps <= step and not RecipeSet.from_config(cfg).uses_max_steps()
+def _cap_free(cfg: Config, step: int, old_cap: int) -> bool:
+    """Whether the steps before `step` trained the same under `old_cap` as under
+    `cfg.train.max_steps`: the LR schedule gives every one of them the same factor (true of a
+    constant LR after its warmup, or of WSD before either anneal starts; never of cosine),
+    and no recipe schedules over the run (`uses_max_steps`)."""
+    cap = cfg.train.max_steps
+    if any(lr_multiplier(i, old_cap, cfg.schedule) != lr_multiplier(i, cap, cfg.schedule) for i in range(step)):
+        return False
+    return not RecipeSet.from_config(cfg).uses_max_steps()
 
 
 def _check_sources_finished(run: Run, sources: dict[str, Run]) -> None:

@@ -17,13 +17,17 @@ from llmcore.fsutil import write_text_atomically
 log = logging.getLogger("llmcore")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
+def setup_logging(level: int = logging.INFO, tag: str = "") -> None:
+    """llmcore's log lines on stderr (once per process); `tag` starts every message (a pipeline
+    worker's run name)."""
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s llmcore %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(level)
         log.propagate = False
+    prefix = f"[{tag}] " if tag else ""
+    for handler in log.handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s llmcore %(levelname)s {prefix}%(message)s", "%H:%M:%S"))
 
 
 def parse_row(line: str) -> dict | None:

@@ -282,3 +282,18 @@ def test_an_early_stopped_stage_is_finished_and_its_best_checkpoint_starts_the_n
     run_pipeline(decaying, print_summary=False)
     with pytest.raises(ConfigError, match=re.escape("finished with another config (train.max_steps: 8 -> 16)")):
         run_pipeline(decaying, overrides=["train.max_steps=16"], print_summary=False)
+
+
+def test_a_longer_cap_is_the_same_run_only_while_the_schedule_gave_every_step_the_same_lr():
+    from llmcore.config.load import load_run_config
+    from llmcore.pipeline.plan import _cap_free
+
+    def cfg(*o):
+        return load_run_config(None, ["data.path=unused", "train.max_steps=100", "schedule.warmup_steps=10", *o])
+
+    assert _cap_free(cfg("schedule.kind=constant"), 40, 50)
+    assert not _cap_free(cfg("schedule.kind=constant", "schedule.warmup_steps=60"), 40, 50)  # warmup spans the cap
+    assert not _cap_free(cfg("schedule.kind=cosine"), 40, 50)
+    # WSD (a 20% anneal): flat before either anneal starts (step 40 of 50), not once the old one has
+    assert _cap_free(cfg("schedule.kind=wsd", "schedule.anneal_fraction=0.2"), 40, 50)
+    assert not _cap_free(cfg("schedule.kind=wsd", "schedule.anneal_fraction=0.2"), 45, 50)
