@@ -35,14 +35,17 @@ def append_csv(path: str | Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(rows[0])
     old: list[dict] = []
-    if path.exists():
+    rewrite = not path.exists()
+    if not rewrite:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             have = list(reader.fieldnames or [])
-            if set(fields) - set(have):
+            # an empty file, or rows bringing columns it lacks: header (and old rows) written anew
+            rewrite = not have or bool(set(fields) - set(have))
+            if rewrite:
                 old = list(reader)
         fields = have + [k for k in fields if k not in have]
-    if old or not path.exists():
+    if rewrite:
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()

@@ -88,7 +88,6 @@ def _sampled_stats(data: Path, split: str = "train") -> dict:
     pre = "" if split == "train" else f"{split}_"
     return {f"{pre}teacher_entropy": round(float(ent.mean()), 3), f"{pre}unique_mean": round(float(u.mean()), 2),
             f"{pre}repeated_mean": round(float(r.mean()), 2),
-            f"{pre}bytes_per_token": round(10 + 2 * float(u.mean()) + float(r.mean()), 2),
             f"{pre}unique_p10_p50_p90_max": f"{q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f}/{u.max()}"}
 
 
@@ -144,9 +143,9 @@ def main(argv=None) -> None:
         disk = sum(os.path.getsize(f) for f in files)
         stats = _sampled_stats(data) if a.sample else {}
         if a.sample:  # held out from a trained teacher: not timed, for the bytes only
-            write_cache(str(teacher), str(data), "kd", sample=a.sample, seq_len=a.seq_len, splits=["val"],
-                        progress=False)
-            stats.update(_sampled_stats(data, "val"))
+            val = write_cache(str(teacher), str(data), "kd", sample=a.sample, seq_len=a.seq_len, splits=["val"],
+                              progress=False)
+            stats.update(_sampled_stats(data, "val"), val_bytes_per_token=val["bytes_per_token"])
     row = {"device": f"cpu {platform.machine()} x{torch.get_num_threads()}", "dtype": "float32",
            "preset": a.preset, "teacher_steps": a.teacher_steps, "vocab": args.vocab_size, "mode": f"top-{a.top_k}" if a.top_k else f"sample-{a.sample}",
            "seq_len": a.seq_len, "tokens": info["tokens"], "bytes_per_token_rows": info["bytes_per_token"],

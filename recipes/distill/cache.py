@@ -57,10 +57,11 @@ from recipes.distill.targets import (
 )
 from recipes.distill.teacher import check_vocab, load_teacher, teacher_identity
 
-LAYOUTS = ("topk", "counts", "draws")
-"""A cache's layout: top-k; sampled as distinct ids + counts; sampled as the raw draws (the
-first sampled layout, read only)."""
-# the side-cars a run lists in data.sidecars (C_nrep of the counts layout is read through C_count)
+COUNT_ROWS = 1 << 20
+"""Rows of draws counted at once when a sampled shard is finished (bounds that step's memory)."""
+
+# a cache's layout: top-k; sampled as distinct ids + counts; sampled as the raw draws (the
+# first sampled layout, read only). The side-cars a run lists in data.sidecars (C_nrep of the counts layout is read through C_count)
 _LISTED = {"topk": ("ids", "logp", "lse", "entropy"), "counts": ("n", "ids", "count", "lse", "entropy"),
            "draws": ("ids", "lse", "entropy")}
 
@@ -161,10 +162,19 @@ def _shard_rows(model, shards: TokenShards, k_shard: int, *, seq_len: int, width
                     out[part][rows] = t[i * m:(i + 1) * m]
             bar.update(len(batch) * m)
     if sampled:  # the draws as distinct ids + repeats' counts; a row without a teacher (entropy NaN) is empty
-        u, r, flat_ids, counts = count_draws(torch.from_numpy(out.pop("ids").astype(np.int64)),
-                                             torch.from_numpy(np.isfinite(out["entropy"])))
-        out.update(n=u.numpy(), nrep=r.numpy(), ids=flat_ids.numpy(), count=counts.numpy())
+        out.update(_counted(out.pop("ids"), np.isfinite(out["entropy"])))
     return out
+
+
+def _counted(draws: np.ndarray, has_row: np.ndarray, rows: int = COUNT_ROWS) -> dict:
+    """`count_draws` of a shard's draws [N, n], `rows` rows at a time (rows in order, so the
+    ragged parts simply concatenate): the sort runs on int64, which a whole shard of uint16
+    draws would make 4x its size at once."""
+    parts = [count_draws(torch.from_numpy(draws[i:i + rows].astype(np.int64)), torch.from_numpy(has_row[i:i + rows]))
+             for i in range(0, len(draws), rows)]
+    names = ("n", "nrep", "ids", "count")
+    return {k: np.concatenate([p[j].numpy() for p in parts]) if parts else np.zeros(0, np.int64)
+            for j, k in enumerate(names)}
 
 
 def write_cache(teacher_path: str, data_path: str, cache: str, *, top_k: int | None = None,

@@ -254,3 +254,19 @@ def test_sampled_cache_of_either_layout_gives_the_same_targets(sharded, teacher,
     lines = (out / "metrics.jsonl").read_text().splitlines()
     soft = [m["distill/soft"] for m in map(json.loads, lines) if "distill/soft" in m]
     assert len(soft) == 3 and min(soft) > 0
+
+
+def test_a_shard_s_draws_counted_in_row_chunks_equal_one_count():
+    import numpy as np
+
+    from recipes.distill.cache import _counted
+
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, 9, size=(11, 6)).astype(np.uint16)  # small vocab: repeats in most rows
+    has_row = np.ones(11, dtype=bool)
+    has_row[[0, 7]] = False  # rows without a teacher stay empty
+    whole, chunked = _counted(draws, has_row, rows=100), _counted(draws, has_row, rows=3)
+    assert whole.keys() == chunked.keys() == {"n", "nrep", "ids", "count"}
+    for k in whole:
+        assert np.array_equal(whole[k], chunked[k]), k
+    assert whole["n"][0] == whole["n"][7] == 0 and whole["n"].sum() == len(whole["ids"])
