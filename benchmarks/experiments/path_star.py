@@ -57,18 +57,18 @@ METHODS = {
 # --scale presets: the CPU record, and a larger model and budget for one H100/H200 (<= 8 min).
 SCALES = {
     "cpu": {"d_model": 128, "layers": 2, "heads": 4, "batch": 64, "steps": 1500, "train": 90000, "eval": 300,
-            "threads": 1},
+            "lengths": "4,5,6", "threads": 1},
     "gpu": {"d_model": 256, "layers": 4, "heads": 8, "batch": 256, "steps": 2500, "train": 600000, "eval": 1000,
             "lengths": "6,7,8", "threads": 8},
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="cpu", help="preset of the sizes below")
-    p.add_argument("--out", default="runs/path_star")
+    from benchmarks.experiments.pipeline_file import parse_study, study_parser
+
+    p = study_parser(__doc__.splitlines()[0], SCALES, "runs/path_star", "path_star")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--lengths", default="4,5,6", help="path lengths (nodes on the answer path), trained mixed")
+    p.add_argument("--lengths", help="path lengths (nodes on the answer path), trained mixed (cpu: 4,5,6)")
     p.add_argument("--degree", type=int, default=2)
     p.add_argument("--num-nodes", type=int, default=20, help="node names drawn from this many letters")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -84,15 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--schedule", default="cosine", help="cosine | wsd (flat, then a 20%% linear anneal)")
     p.add_argument("--mtp-heads", type=int, default=2, help="MTP aux heads (x_(t+2..t+1+n))")
     p.add_argument("--tau", type=int, default=12, help="FSP-BCE horizon (12 covers a length-8 answer)")
-    p.add_argument("--threads", type=int, help="torch threads per run")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (llmcore pipeline --jobs)")
-    p.add_argument("--record", default="path_star", help="benchmarks/results/<record>.{json,png}; '' for none")
     p.add_argument("--table", help="only print the tables of an existing results.json")
-    a = p.parse_args(argv)
-    for key, value in SCALES[a.scale].items():
-        if getattr(a, key) is None or (key == "lengths" and a.lengths == p.get_default("lengths")):
-            setattr(a, key, value)
-    return a
+    return parse_study(p, SCALES, argv)
 
 
 def build_data(root: Path, a) -> dict:
@@ -247,11 +240,7 @@ def plot(doc: dict, path: Path) -> Path:
 
 
 def main(argv=None) -> None:
-    from benchmarks.experiments.pipeline_file import (
-        finished_runs,
-        run_pipeline_command,
-        write_pipeline,
-    )
+    from benchmarks.experiments.pipeline_file import train_pipeline
 
     a = parse_args(argv)
     if a.table:
@@ -265,10 +254,10 @@ def main(argv=None) -> None:
     t0 = time.time()
     data = build_data(root / "data", a)
     spec = study_pipeline(root, data, seeds, methods, a)
-    run_pipeline_command(write_pipeline(spec, root / "pipeline.yaml"), a.threads, a.jobs)
+    fits = train_pipeline(spec, root / "pipeline.yaml", a.threads, a.jobs)
     train_s = time.time() - t0
     results = []
-    for fit in finished_runs(root / "pipeline.yaml"):
+    for fit in fits:
         if fit["stage"] not in methods:  # the reverse LM: FSP-RevLM's tool, not a result
             continue
         run = Path(fit["out_dir"])

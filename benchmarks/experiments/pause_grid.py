@@ -58,14 +58,13 @@ SCALES = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    p.add_argument("--out", default="runs/pause_grid")
+    from benchmarks.experiments.pipeline_file import parse_study, study_parser
+
+    p = study_parser(__doc__.splitlines()[0], SCALES, "runs/pause_grid", "pause_grid")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--items", type=int, default=6, help="items per fine-tune/test prompt")
     p.add_argument("--min-items", type=int, default=3, help="pretraining corpus: min-items..items per document")
     p.add_argument("--dims", type=int, help="digits per item")
-    p.add_argument("--modulus", type=int, default=10, help="digits in [0, modulus); a triple sums to 0 mod it")
     p.add_argument("--corpus", type=int, help="pretraining documents")
     p.add_argument("--train", type=int, help="fine-tuning rows")
     p.add_argument("--eval", type=int, help="test rows")
@@ -83,15 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pauses", type=int, default=10, help="pause.num_tokens of pause-finetuning (M_ft = M_inf)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--ft-lr", type=float)
-    p.add_argument("--threads", type=int, help="torch threads per run")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (llmcore pipeline --jobs)")
-    p.add_argument("--record", default="pause_grid", help="benchmarks/results/<record>.{json,png}; '' for none")
     p.add_argument("--table", help="only print the tables of an existing results.json")
-    a = p.parse_args(argv)
-    for key, value in SCALES[a.scale].items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
-    return a
+    return parse_study(p, SCALES, argv)
 
 
 def build_data(root: Path, a) -> dict:
@@ -100,12 +92,12 @@ def build_data(root: Path, a) -> dict:
     from recipes.tasks import files
     from recipes.tasks import three_sum as task
 
-    test = task.problems(a.eval, 1, a.items, a.dims, modulus=a.modulus)
+    test = task.problems(a.eval, 1, a.items, a.dims)
     held = {r["prompt"] for r in test}
-    val = task.problems(500, 2, a.items, a.dims, exclude=held, modulus=a.modulus)
+    val = task.problems(500, 2, a.items, a.dims, exclude=held)
     held |= {r["prompt"] for r in val}
-    train = task.problems(a.train, 3, a.items, a.dims, exclude=held, modulus=a.modulus)
-    corpus = task.problems(a.corpus, 4, (a.min_items, a.items), a.dims, exclude=held, modulus=a.modulus)
+    train = task.problems(a.train, 3, a.items, a.dims, exclude=held)
+    corpus = task.problems(a.corpus, 4, (a.min_items, a.items), a.dims, exclude=held)
     tok = task.train_tokenizer(str(root / "tokenizer"), all_special_tokens())
     files.write_pretraining_data(str(root / "pretrain_data"), tok, corpus[: len(corpus) * 19 // 20],
                                  corpus[len(corpus) * 19 // 20:])
@@ -307,11 +299,7 @@ def _plot_curves(ax, results: list[dict]) -> None:
 
 
 def main(argv=None) -> None:
-    from benchmarks.experiments.pipeline_file import (
-        finished_runs,
-        run_pipeline_command,
-        write_pipeline,
-    )
+    from benchmarks.experiments.pipeline_file import train_pipeline
 
     a = parse_args(argv)
     if a.table:
@@ -323,9 +311,9 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     data = build_data(root / "data", a)
     seeds = [int(s) for s in a.seeds.split(",")]
-    run_pipeline_command(write_pipeline(grid_pipeline(root, data, seeds, a), root / "pipeline.yaml"), a.threads, a.jobs)
+    fits = train_pipeline(grid_pipeline(root, data, seeds, a), root / "pipeline.yaml", a.threads, a.jobs)
     train_s = time.perf_counter() - t0
-    rows = {(r["stage"], r["params"]["train.seed"]): r for r in finished_runs(root / "pipeline.yaml")}
+    rows = {(r["stage"], r["params"]["train.seed"]): r for r in fits}
     results, pretraining = [], []
     for seed in seeds:
         for pt in ("standard", "pause"):

@@ -9,6 +9,7 @@ the finished runs itself (`finished_runs`).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import subprocess
@@ -80,3 +81,33 @@ def finished_runs(path: str | os.PathLike) -> list[dict]:
             row.update(result["metrics"], step=result["step"], checkpoint=result["checkpoint"])
         rows.append(row)
     return rows
+
+
+def train_pipeline(pipeline, path: str | os.PathLike, threads: int = 1, jobs: int = 1) -> list[dict]:
+    """Write `pipeline` to `path`, train it with `llmcore pipeline` (`run_pipeline_command`) and
+    return its `finished_runs`: what every study does with its runs."""
+    run_pipeline_command(write_pipeline(pipeline, path), threads, jobs)
+    return finished_runs(path)
+
+
+def study_parser(description: str, scales: dict, out: str, record: str) -> argparse.ArgumentParser:
+    """The options every study shares: `--scale` (a preset of `scales`), `--out`, `--threads`
+    (torch threads per run), `--jobs` (runs at once) and `--record`; the study adds its own.
+    Read it with `parse_study`, which fills what is left unset from the preset."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--scale", choices=sorted(scales), default="cpu", help="preset of the sizes left unset")
+    p.add_argument("--out", default=out)
+    p.add_argument("--threads", type=int, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (llmcore pipeline --jobs)")
+    p.add_argument("--record", default=record, help="benchmarks/results/<record>.{json,png}; '' for none")
+    return p
+
+
+def parse_study(p: argparse.ArgumentParser, scales: dict, argv=None) -> argparse.Namespace:
+    """Parse a `study_parser`'s options; every option left unset (None) takes the chosen
+    preset's value."""
+    a = p.parse_args(argv)
+    for key, value in scales[a.scale].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    return a

@@ -61,9 +61,9 @@ MATCHED_B = (2.5, 2.0, 1.5, 1.2)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    p.add_argument("--out", default="runs/sam_forgetting")
+    from benchmarks.experiments.pipeline_file import parse_study, study_parser
+
+    p = study_parser(__doc__.splitlines()[0], SCALES, "runs/sam_forgetting", "sam_forgetting")
     p.add_argument("--seeds", default="0,1,2,3,4,5", help="the first seed also carries the LR / rho sweeps")
     p.add_argument("--d-model", type=int)
     p.add_argument("--layers", type=int)
@@ -77,15 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=40)
     p.add_argument("--eval-every", type=int, default=8)
     p.add_argument("--noise-sigma", type=float, default=0.1)
-    p.add_argument("--threads", type=int, help="torch threads per run")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (llmcore pipeline --jobs)")
-    p.add_argument("--record", default="sam_forgetting", help="benchmarks/results/<record>.{json,png}; '' for none")
     p.add_argument("--quick", action="store_true", help="a few steps of everything (plumbing check)")
     p.add_argument("--report-only", action="store_true", help="print the tables of <out>/results.json again")
-    a = p.parse_args(argv)
-    for key, value in SCALES[a.scale].items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
+    a = parse_study(p, SCALES, argv)
     if a.quick:
         a.seeds, a.pretrain_steps, a.finetune_steps, a.eval_every = "0,1", 6, 4, 2
         a.adamw_lrs, a.sam_lrs, a.rhos, a.record = "2e-3,4e-3", "4e-3", "0.05,0.1", ""
@@ -236,11 +230,7 @@ def _ms(xs: list[float], digits: int = 4) -> str:
 
 
 def main(argv=None) -> None:
-    from benchmarks.experiments.pipeline_file import (
-        finished_runs,
-        run_pipeline_command,
-        write_pipeline,
-    )
+    from benchmarks.experiments.pipeline_file import train_pipeline
     from llmcore.pipeline.spec import variant_label
     from recipes.forgetting import forgetting_runs
 
@@ -255,12 +245,10 @@ def main(argv=None) -> None:
     data_a, data_b = build_data(out)
     seeds = [int(s) for s in a.seeds.split(",")]
     path = out / "pipeline.yaml"
-    run_pipeline_command(write_pipeline(tuning_pipeline(out, data_a, seeds[0], a), path), a.threads, a.jobs)
-    rows = finished_runs(path)
+    rows = train_pipeline(tuning_pipeline(out, data_a, seeds[0], a), path, a.threads, a.jobs)
     chosen = choose(rows)
     print(f"chosen: {chosen}", flush=True)
-    run_pipeline_command(write_pipeline(full_pipeline(out, data_a, data_b, seeds, chosen, a), path), a.threads, a.jobs)
-    rows = finished_runs(path)
+    rows = train_pipeline(full_pipeline(out, data_a, data_b, seeds, chosen, a), path, a.threads, a.jobs)
     train_s = time.time() - t0
     results: dict = {"args": vars(a), "seeds": seeds, "chosen": chosen, "tuning": [], "runs": {}}
     for r in rows:
