@@ -251,10 +251,12 @@ def main(argv=None) -> None:
     rows = train_pipeline(full_pipeline(out, data_a, data_b, seeds, chosen, a), path, a.threads, a.jobs)
     train_s = time.time() - t0
     results: dict = {"args": vars(a), "seeds": seeds, "chosen": chosen, "tuning": [], "runs": {}}
+    edits = {}  # checkpoint -> its weight-edit rises: a chosen tuning run is measured once
     for r in rows:
         if r["stage"].startswith("tune_"):
+            edits[r["checkpoint"]] = weight_edits(r["checkpoint"], data_a, a)
             rec = {"kind": r["stage"][5:], "params": r["params"], "val_a_train_eval": r["val_loss"],
-                   **weight_edits(r["checkpoint"], data_a, a)}
+                   **edits[r["checkpoint"]]}
             results["tuning"].append(rec)
             print(f"tuning {rec['kind']} {variant_label(r['params'])}: val_a {rec['val_a']:.4f} "
                   f"rtn4 +{rec['rtn4_channel']:.4f} noise +{rec['noise']:.4f}", flush=True)
@@ -262,7 +264,7 @@ def main(argv=None) -> None:
         for kind in ("adamw", "sam"):
             want = {**chosen[kind], "train.seed": seed}
             (pre,) = [r for r in rows if r["stage"] in (f"tune_{kind}", f"pre_{kind}") and r["params"] == want]
-            rec = weight_edits(pre["checkpoint"], data_a, a)
+            rec = dict(edits.get(pre["checkpoint"]) or weight_edits(pre["checkpoint"], data_a, a))
             rec["finetune"] = forgetting_runs([r for r in rows if r["stage"] == f"ft_{kind}_s{seed}"])
             rec["pretrain_s"] = pre["train_s"]
             results["runs"][f"{kind}_s{seed}"] = rec

@@ -62,11 +62,10 @@ def _same_layout(per_source: list[tuple[str, list[Sidecar]]]) -> None:
     name0, ref = per_source[0]
     for name, cars in per_source[1:]:
         for a, b in zip(ref, cars):
-            if (a.kind, a.layout, a.dtype, a.shape, repr(a.fill)) != (b.kind, b.layout, b.dtype, b.shape,
-                                                                        repr(b.fill)):  # repr: NaN fills
+            if (a.kind, a.dtype, a.shape, repr(a.fill)) != (b.kind, b.dtype, b.shape, repr(b.fill)):  # NaN fills
                 raise DataError(f"side-car {a.name!r} differs between sources {name0!r} ({a.kind}, "
-                                f"{a.dtype.name}{list(a.shape)}, fill {a.fill!r}, {a.layout}) and {name!r} "
-                                f"({b.kind}, {b.dtype.name}{list(b.shape)}, fill {b.fill!r}, {b.layout})")
+                                f"{a.dtype.name}{list(a.shape)}, fill {a.fill!r}) and {name!r} ({b.kind}, "
+                                f"{b.dtype.name}{list(b.shape)}, fill {b.fill!r})")
 
 
 MIXING = ("random", "exact")
